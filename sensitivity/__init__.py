@@ -1,0 +1,3 @@
+"""Hyperparameter sensitivity studies of learning-rate rules."""
+
+__version__ = "0.1.0"
