@@ -1,0 +1,33 @@
+"""Analysis of sensitivity studies: parquet tables in, statistics, figures and tables out.
+
+Depends only on pandas, pyarrow, numpy, matplotlib, seaborn and optuna; never on torch, ray or
+``sensitivity`` — the parquet schema in ``shared/design.md`` is the whole contract.
+
+    trials, curves = analysis.load("results/quickstart")
+    table = analysis.sensitivity_table(trials)
+    analysis.valley_figure(table)
+"""
+from ._io import ResultsError, load, prepare
+from .plots import (
+    combination_figure, combination_plot, curve_plot, curves_figure, decay_figure, expected_best_figure,
+    expected_best_plot, gamma_figure, hd_figure, importance_figure, importance_plot, valley_figure, valley_plot,
+)
+from .report import write_report
+from .robustness import expected_best, expected_best_of, importance, valley_width
+from .stats import (
+    best_beta, best_configs, best_trials, combination_table, config_table, curve_stats, sensitivity_table,
+    higher_is_better, swept, t_quantile, threshold_table,
+)
+from .tables import best_config_summary, expected_best_summary, threshold_summary, to_markdown
+
+__all__ = [
+    "ResultsError", "load", "prepare", "write_report",
+    "higher_is_better", "sensitivity_table", "swept", "best_beta", "config_table", "best_configs", "best_trials",
+    "curve_stats",
+    "threshold_table", "combination_table", "t_quantile",
+    "valley_width", "expected_best", "expected_best_of", "importance",
+    "valley_plot", "valley_figure", "decay_figure", "hd_figure", "curve_plot", "curves_figure", "gamma_figure",
+    "combination_plot", "combination_figure", "expected_best_plot", "expected_best_figure", "importance_plot",
+    "importance_figure",
+    "to_markdown", "best_config_summary", "threshold_summary", "expected_best_summary",
+]

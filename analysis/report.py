@@ -1,0 +1,164 @@
+"""``write_report``: every figure and table a results directory supports (``sensitivity plot``).
+
+Figures go out as PNG and PDF, tables as CSV (the tidy statistic) and markdown (the readable
+summary). Anything the data cannot support is skipped with a one-line note saying why.
+"""
+from __future__ import annotations
+
+import pathlib
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import plots, robustness, stats, tables
+from ._io import load
+
+__all__ = ["write_report", "VALLEY_TOLERANCES"]
+
+# (rtol, atol) pairs reported for the valley width: within 10% of the best, within 0.05 nats
+VALLEY_TOLERANCES = ((0.1, 0.0), (0.0, 0.05))
+
+
+class _Skip(Exception):
+    """Raised by a report item whose data is absent; the message is the reason."""
+
+
+class _Writer:
+    def __init__(self, out: pathlib.Path, echo: Callable[[str], object], title: str):
+        self.out, self.echo, self.title, self.paths = out, echo, title, []
+
+    def figure(self, name: str, fig) -> None:
+        fig.suptitle(self.title, fontsize="small")
+        paths = [self.out / f"{name}.png", self.out / f"{name}.pdf"]
+        fig.savefig(paths[0], dpi=110)
+        fig.set_layout_engine("none")  # keep the constrained layout just computed: no second pass
+        fig.savefig(paths[1])
+        self._wrote(paths)
+
+    def table(self, name: str, frame: pd.DataFrame, summary: pd.DataFrame | None = None) -> None:
+        paths = [self.out / f"{name}.csv", self.out / f"{name}.md"]
+        frame.to_csv(paths[0], index=False)
+        paths[1].write_text(f"# {name.replace('_', ' ')} — {self.title}\n\n"
+                            + tables.to_markdown(frame if summary is None else summary))
+        self._wrote(paths)
+
+    def _wrote(self, paths) -> None:
+        self.paths.extend(paths)
+        self.echo("wrote " + " ".join(str(p) for p in paths))
+
+
+def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = print) -> list[pathlib.Path]:
+    """Write the study's figures and tables to ``out_dir`` (default ``<results_dir>/figures``).
+
+    Returns the written paths. Raises ``analysis.ResultsError`` (one line) when the results
+    directory is missing or corrupt.
+    """
+    trials, curves = load(results_dir)
+    out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(results_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    studies = trials["study"].dropna().unique() if "study" in trials else []
+    title = ", ".join(map(str, studies)) or pathlib.Path(results_dir).name
+    w = _Writer(out, echo, title)
+    # one colour per name in every figure: methods first, so the main lines get the clearest colours
+    methods = sorted(set(trials["method"]))
+    palette = plots.palette_for(methods + sorted(set(trials["series"]) - set(methods)))
+
+    table = stats.sensitivity_table(trials)
+    valley = stats.swept(table)
+    best = stats.best_configs(trials)
+    chosen = stats.best_trials(trials, best)
+    curve = stats.curve_stats(curves, chosen, hue="method") if len(curves) and len(chosen) else None
+
+    def sensitivity():
+        w.table("sensitivity", table)
+
+    def valleys():
+        if valley.empty:
+            raise _Skip("no optimizer was run at two or more lr values")
+        w.figure("valley", plots.valley_figure(valley, palette=palette))
+
+    def decay():
+        if not plots.decay_labels(valley):
+            raise _Skip("no optimizer has both constant-step and lr-decay runs over two or more lr values")
+        w.figure("decay", plots.decay_figure(valley, palette=palette))
+
+    def hd():
+        if not plots.hd_series(table):
+            raise _Skip("no HD optimizer (beta set) was run at two or more lr values")
+        w.figure("hd", plots.hd_figure(table))
+
+    def best_table():
+        w.table("best_configs", best, tables.best_config_summary(best))
+
+    def learning_curves():
+        if curve is None or curve.empty:
+            raise _Skip("curves.parquet has no rows for the best configurations")
+        w.figure("curves", plots.curves_figure(curve, hue="method", palette=palette))
+
+    def learned_lr():
+        if curve is None or not (curve["variable"] == "lr").any():
+            raise _Skip("no lr in the curves of the best configurations")
+        w.figure("lr", plots.curves_figure(curve, variables=("lr",), hue="method", palette=palette))
+
+    def gammas():
+        if curve is None or not curve["variable"].str.startswith("gamma_").any():
+            raise _Skip("no gamma_<level> curves (no CAM-HD runs)")
+        g = curve[curve["variable"].str.startswith("gamma_")]
+        spread = g.groupby(["method", "variable"])["mean"].agg(lambda m: m.max() - m.min())
+        moving = spread[spread > 1e-12].index.get_level_values("method").unique()
+        if moving.empty:
+            raise _Skip("γ does not change over the recorded epochs of any CAM-HD run (delta = 0, or one epoch)")
+        w.figure("gamma", plots.gamma_figure(g[g["method"].isin(moving)], hue="method"))
+
+    def combination():
+        combo = stats.combination_table(trials)
+        if combo.empty:
+            raise _Skip("no CAM-HD label sweeps fixed gammas")
+        w.figure("combination", plots.combination_figure(combo))
+        w.table("combination", combo)
+
+    def thresholds():
+        if not any(c.startswith("iters_to_") for c in trials.columns):
+            raise _Skip("no iters_to_<threshold> columns (the study set no thresholds)")
+        thr = stats.threshold_table(trials)
+        w.table("thresholds", thr, tables.threshold_summary(thr))
+
+    def valley_widths():
+        if valley.empty:
+            raise _Skip("no optimizer was run at two or more lr values")
+        widths = pd.concat([robustness.valley_width(valley, metric=m, rtol=r, atol=a)
+                            for m in stats.LOSSES for r, a in VALLEY_TOLERANCES], ignore_index=True)
+        summary = widths[["metric", "series", "beta", "rtol", "atol", "best_lr", "best", "low_lr", "high_lr",
+                          "width_decades", "censored"]].rename(columns={"series": "optimizer", "beta": "β"})
+        w.table("valley_width", widths, summary)
+
+    def expected():
+        configs = table.groupby(["series", "metric"])["mean"].agg(lambda m: m.notna().sum())
+        several = table[table.set_index(["series", "metric"]).index.isin(configs[configs >= 2].index)]
+        if several.empty:
+            raise _Skip("no optimizer has two or more configurations to draw from")
+        eb = pd.concat([robustness.expected_best(several, metric=m) for m in stats.LOSSES
+                        if (several["metric"] == m).any()], ignore_index=True)
+        w.figure("expected_best", plots.expected_best_figure(eb, palette=palette))
+        w.table("expected_best", eb, tables.expected_best_summary(eb))
+
+    def importance():
+        imp = robustness.importance(trials)
+        if imp.empty:
+            raise _Skip("no HD optimizer was swept over two or more values of both lr and beta")
+        w.figure("importance", plots.importance_figure(imp))
+        w.table("importance", imp)
+
+    items = [sensitivity, valleys, decay, hd, best_table, learning_curves, learned_lr, gammas, combination,
+             thresholds, valley_widths, expected, importance]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for item in items:
+            try:
+                item()
+            except _Skip as skip:
+                echo(f"skipped {item.__name__.replace('_', ' ')}: {skip}")
+    echo(f"{len(w.paths)} files in {out}")
+    return w.paths

@@ -1,0 +1,104 @@
+"""analysis.load / prepare: the parquet contract, display columns, and one-line errors."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_results import generate, write
+
+import analysis
+from analysis import ResultsError
+
+
+def test_load_returns_tables_with_display_columns(results_dir):
+    trials, curves = analysis.load(results_dir)
+    assert {"label", "variant", "series", "method"} <= set(trials.columns)
+    assert set(trials["status"]) == {"ok", "diverged", "error"}
+    assert {"trial_id", "epoch", "gamma_unit", "lr_global"} <= set(curves.columns)
+    series = set(trials["series"])
+    assert {"sgd", "sgd (step:2:0.5)", "sgdn", "adam", "sgd-hd", "adam-cam-hd-2level"} <= series
+    # the combination-ratio entry sweeps gammas inside one label: one series per fixed γ, one method
+    ratio = trials[trials["label"] == "adam-cam-hd-ratio"]
+    assert ratio["series"].nunique() == 5 and set(ratio["method"]) == {"adam-cam-hd-ratio"}
+    assert "adam-cam-hd-ratio [gammas=[0.25, 0.75]]" in series
+    # per-seed columns (node, wall_time_s) never split a configuration
+    assert trials.groupby(["series", "beta", "lr"], dropna=False).size().eq(3).all()
+
+
+def test_gammas_as_strings_or_lists_give_the_same_series(tmp_path):
+    as_list = analysis.prepare(generate(gammas_as="list")[0])
+    as_text = analysis.prepare(generate(gammas_as="str")[0])
+    assert sorted(as_list["series"]) == sorted(as_text["series"])
+    assert analysis.prepare(pd.DataFrame({"optimizer": ["a", "a"], "gammas": ["[0.0, 1.0]", "(0.5, 0.5)"],
+                                          "lr": [1, 1], "beta": None, "decay": None,
+                                          "status": "ok"}))["variant"].tolist() == ["gammas=[0, 1]",
+                                                                                   "gammas=[0.5, 0.5]"]
+
+
+def test_label_falls_back_to_optimizer(tmp_path):
+    trials, curves = generate(with_label=False)
+    trials, _ = analysis.load(write(tmp_path / "nolabel", trials, curves))
+    assert (trials["label"] == trials["optimizer"]).all()
+    partial = analysis.prepare(pd.DataFrame({"optimizer": ["sgd", "adam"], "label": ["mine", None], "lr": [1, 1],
+                                             "beta": None, "decay": None, "status": "ok"}))
+    assert partial["label"].tolist() == ["mine", "adam"]
+
+
+def test_decay_and_variant_make_the_series_name():
+    trials = pd.DataFrame({
+        "optimizer": ["sgd", "sgd", "sgd", "sgdn", "sgdn"], "lr": [0.1] * 5, "beta": [np.nan] * 5,
+        "decay": [None, "step:25:0.5", "milestones:150:0.1", None, None], "status": "ok",
+        "momentum": [np.nan, np.nan, np.nan, 0.9, 0.5], "node": ["a", "b", "c", "d", "e"]})
+    out = analysis.prepare(trials)
+    assert out["series"].tolist() == ["sgd", "sgd (step:25:0.5)", "sgd (milestones:150:0.1)",
+                                      "sgdn [momentum=0.9]", "sgdn [momentum=0.5]"]
+    assert out["method"].tolist() == ["sgd", "sgd (step:25:0.5)", "sgd (milestones:150:0.1)", "sgdn", "sgdn"]
+    assert out["decay"].tolist()[0] is None
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ResultsError, match="results directory not found") as info:
+        analysis.load(tmp_path / "nope")
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_missing_trials_file(tmp_path):
+    with pytest.raises(ResultsError, match="no trials.parquet"):
+        analysis.load(tmp_path)
+
+
+def test_corrupt_parquet(tmp_path):
+    (tmp_path / "trials.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(ResultsError, match="cannot read") as info:
+        analysis.load(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_columns_are_named(tmp_path, results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet").drop(columns=["min_test_loss", "status"])
+    trials.to_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(ResultsError, match="lacks column\\(s\\) status, min_test_loss"):
+        analysis.load(tmp_path)
+    curves = pd.read_parquet(results_dir / "curves.parquet").drop(columns=["test_acc"])
+    pd.read_parquet(results_dir / "trials.parquet").to_parquet(tmp_path / "trials.parquet")
+    curves.to_parquet(tmp_path / "curves.parquet")
+    with pytest.raises(ResultsError, match="curves.parquet lacks column\\(s\\) test_acc"):
+        analysis.load(tmp_path)
+
+
+def test_bad_status_names_the_allowed_values(tmp_path, results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    trials.loc[0, "status"] = "exploded"
+    trials.to_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(ResultsError, match="status has exploded; allowed: ok, diverged, error"):
+        analysis.load(tmp_path)
+
+
+def test_empty_trials_and_missing_curves(tmp_path, results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    trials.iloc[:0].to_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(ResultsError, match="has no trials"):
+        analysis.load(tmp_path)
+    trials.to_parquet(tmp_path / "trials.parquet")  # no curves.parquet: an empty curves table
+    _, curves = analysis.load(tmp_path)
+    assert curves.empty and {"trial_id", "epoch", "train_loss"} <= set(curves.columns)

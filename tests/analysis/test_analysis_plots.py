@@ -1,0 +1,164 @@
+"""Each figure function runs and draws the expected lines and markers (small Agg figures)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+import analysis
+from analysis import plots
+
+INF, NAN = math.inf, math.nan
+
+
+def axes(n=1):
+    return Figure(figsize=(3, 2)).subplots(1, n, squeeze=False)[0]
+
+
+def data_lines(ax):
+    return [line for line in ax.lines if line.get_gid() is None]
+
+
+def markers(ax, gid):
+    return [(x, y) for line in ax.lines if line.get_gid() == gid for x, y in zip(*line.get_data())]
+
+
+@pytest.fixture
+def trials():
+    rows = []
+
+    def add(optimizer, lr, seed, loss, *, beta=None, decay=None):
+        status = "error" if math.isnan(loss) else "diverged" if math.isinf(loss) else "ok"
+        rows.append(dict(trial_id=f"{optimizer}{lr}{beta}{decay}{seed}", optimizer=optimizer, lr=lr, beta=beta,
+                         decay=decay, seed=seed, status=status, min_train_loss=loss, min_test_loss=loss + 0.1,
+                         best_test_acc=1 - loss / 4, final_test_acc=1 - loss / 4))
+
+    for seed in (0, 1):
+        for lr, loss in ((1e-3, 2.0), (1e-2, 1.0), (1e-1, 1.5), (1.0, INF)):
+            add("sgd", lr, seed, loss + 0.01 * seed)
+            add("sgd", lr, seed, loss - 0.2 + 0.01 * seed, decay="step:25:0.5")
+        for lr, loss in ((1e-4, 1.2), (1e-3, 0.8), (1e-2, NAN)):
+            add("adam", lr, seed, loss)
+        for beta in (1e-5, 1e-4, 1e-3):
+            for lr in (1e-3, 1e-2):
+                add("sgd-hd", lr, seed, 1.0 + math.log10(beta) / 10 + lr, beta=beta)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def table(trials):
+    return analysis.sensitivity_table(trials)
+
+
+def test_valley_plot_draws_lines_and_marks_diverged_and_errored_points(table):
+    ax = plots.valley_plot(table[table["label"] != "sgd-hd"], ax=axes()[0])
+    assert [line.get_label() for line in data_lines(ax)] == ["adam", "sgd", "sgd (step:25:0.5)"]
+    assert [len(line.get_xdata()) for line in data_lines(ax)] == [2, 3, 3]  # finite points only
+    # one ▲ per diverged configuration (lr 1 of both sgd series, both best at lr 1e-2), one ✕ for
+    # adam's all-errored lr; line i's markers sit STAGGER·i below the top so none hides another
+    top = plots.TOP
+    assert markers(ax, "diverged") == [(100.0, top - plots.STAGGER), (100.0, top - 2 * plots.STAGGER)]
+    assert markers(ax, "error") == [(pytest.approx(10.0), top)]
+    assert ax.get_xscale() == "log"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "diverged (at top)" in legend and "all seeds errored (at top)" in legend
+
+
+def test_valley_plot_names_a_series_without_any_finite_point(table):
+    blown = table[table["label"] == "sgd"].assign(mean=INF, best_lr=NAN, lr_ratio=NAN, series="blown")
+    ax = plots.valley_plot(pd.concat([table[table["label"] == "adam"], blown]), ax=axes()[0])
+    assert [line.get_label() for line in data_lines(ax)] == ["adam", "blown (no finite loss)"]
+
+
+def test_valley_figure_has_train_and_test_panels_with_hd_at_its_best_beta(table):
+    fig = analysis.valley_figure(table)
+    panels = fig.axes
+    assert [ax.get_ylabel() for ax in panels] == ["min train loss", "min test loss"]
+    for ax in panels:
+        assert len(data_lines(ax)) == 4  # adam, sgd, sgd (decay), sgd-hd at one β
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "sgd-hd, β=1e-05" in labels  # the lowest loss is at β = 1e-5
+
+
+def test_decay_figure_has_a_panel_per_base_optimizer(table):
+    assert plots.decay_labels(table) == ["sgd"]
+    fig = analysis.decay_figure(table)
+    assert len(fig.axes) == 2  # train and test rows, one column
+    assert [len(data_lines(ax)) for ax in fig.axes] == [2, 2]
+    with pytest.raises(ValueError, match="no label has both constant-step and decay runs"):
+        analysis.decay_figure(table[table["decay"].isna()])
+
+
+def test_hd_figure_draws_one_line_per_beta(table):
+    assert plots.hd_series(table) == ["sgd-hd"]
+    fig = analysis.hd_figure(table)
+    assert [len(data_lines(ax)) for ax in fig.axes] == [3, 3]
+    assert [line.get_label() for line in data_lines(fig.axes[0])] == ["β=1e-05", "β=0.0001", "β=0.001"]
+    with pytest.raises(ValueError, match="no HD series"):
+        analysis.hd_figure(table[table["beta"].isna()])
+
+
+@pytest.fixture
+def curve_stats():
+    rows = []
+    for series in ("sgd", "adam"):
+        for epoch in (1, 2, 3):
+            for variable in ("train_loss", "test_loss", "train_acc", "test_acc", "lr", "gamma_unit", "gamma_global"):
+                band = series == "sgd"  # adam ran one seed: no band
+                rows.append(dict(series=series, variable=variable, epoch=epoch, n=2 if band else 1, mean=1.0 / epoch,
+                                 se=0.1 if band else NAN, low=1.0 / epoch - 0.2 if band else NAN,
+                                 high=1.0 / epoch + 0.2 if band else NAN))
+    return pd.DataFrame(rows)
+
+
+def test_curve_plot_draws_a_line_per_series_and_bands_where_seeds_allow(curve_stats):
+    ax = plots.curve_plot(curve_stats, y="train_loss", ax=axes()[0])
+    assert [line.get_label() for line in ax.lines] == ["sgd", "adam"]
+    assert len(ax.collections) == 1  # sgd's band
+    assert ax.get_yscale() == "log"
+    assert plots.curve_plot(curve_stats, y="test_acc", ax=axes()[0]).get_yscale() == "linear"
+
+
+def test_curves_figure_gamma_figure(curve_stats):
+    fig = analysis.curves_figure(curve_stats)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["train loss", "test loss", "train acc", "test acc"]
+    assert all(len(ax.lines) == 2 for ax in fig.axes)
+    lr = analysis.curves_figure(curve_stats, variables=["lr"])
+    assert len(lr.axes) == 1 and lr.axes[0].get_yscale() == "log"
+    gamma = analysis.gamma_figure(curve_stats)
+    assert [ax.get_title() for ax in gamma.axes] == ["sgd", "adam"]
+    assert [[line.get_label() for line in ax.lines] for ax in gamma.axes] == [["unit", "global"]] * 2
+    with pytest.raises(ValueError, match="no curve data"):
+        analysis.curves_figure(curve_stats, variables=["nothing"])
+
+
+def test_combination_plot_draws_an_errorbar_line_per_label():
+    table = pd.DataFrame({"line": ["a"] * 3 + ["b"] * 2, "gamma": [0.0, 0.5, 1.0, 0.0, 1.0],
+                          "mean": [0.9, 0.95, 0.93, 0.8, 0.85], "se": [0.01, 0.01, NAN, 0.02, 0.02]})
+    ax = plots.combination_plot(table, ax=axes()[0])
+    assert len(ax.containers) == 2
+    assert [len(c.lines[0].get_xdata()) for c in ax.containers] == [3, 2]
+    assert len(analysis.combination_figure(table).axes) == 1
+
+
+def test_expected_best_and_importance_plots(table, trials):
+    expected = analysis.expected_best(table)
+    ax = plots.expected_best_plot(expected, ax=axes()[0])
+    assert len(ax.lines) == expected["series"].nunique()
+    assert max(len(line.get_xdata()) for line in ax.lines) == 6  # sgd-hd: 3 β × 2 lr configs
+    both = pd.concat([expected, analysis.expected_best(table, metric="min_test_loss")])
+    assert len(analysis.expected_best_figure(both).axes) == 2
+    importance = analysis.importance(trials)
+    ax = plots.importance_plot(importance, ax=axes()[0])
+    assert sum(len(c) for c in ax.containers) == len(importance) == 2
+    assert len(analysis.importance_figure(importance).axes) == 1
+
+
+def test_palette_for_keeps_given_colours_and_fills_gaps():
+    colors = plots.palette_for(["a", "b", "a"], {"a": (1, 0, 0)})
+    assert list(colors) == ["a", "b"] and colors["a"] == (1, 0, 0) and len(colors["b"]) == 3
+    assert len(set(plots.palette_for([f"s{i}" for i in range(12)]).values())) == 12
+    assert np.allclose(plots.palette_for(["x"], "viridis")["x"], plots.palette_for(["y"], "viridis")["y"])
