@@ -1,0 +1,14 @@
+"""Optimizers of the sensitivity project: baselines, hypergradient descent (HD) and L4.
+
+``create(name, params, **hyperparameters)`` builds one; ``available()`` lists every name with its
+hyperparameters and defaults. Importing a module below registers its names.
+"""
+
+from .registry import OptimizerInfo, available, create
+
+from . import baselines  # noqa: E402,F401  sgd, sgdn, adam, radam, adabound
+from . import hd  # noqa: E402,F401  <op>-hd, <op>-hd-<lop>
+from . import l4  # noqa: E402,F401  adam-l4, sgdn-l4
+from . import cam_hd  # noqa: E402,F401  <op>-cam-hd
+
+__all__ = ["OptimizerInfo", "available", "create"]

@@ -1,0 +1,208 @@
+"""Pure update math of the hypergradient (HD) family, over lists of tensors.
+
+Contract (shared with ``cam_hd.py``; keep names and signatures stable):
+
+* Every function takes parallel lists of tensors (one entry per parameter) and python scalars.
+  Nothing here reads optimizer state or param groups, and nothing synchronises with the device
+  except :func:`lr_step`, which takes and returns python floats.
+* State arguments (momentum buffers, Adam moments) are updated in place, as each docstring says;
+  returned directions are new tensors, and no other input is modified.
+* Convention (``/work/shared/papers.md``): the update is θ_t = θ_{t−1} − α_t·d_t where d_t is the
+  base optimizer's direction, g_t includes coupled L2, and the hypergradient of the loss with
+  respect to α is D_t = −Σ g_t·d_{t−1}.
+* All multi-tensor work uses ``torch._foreach_*`` ops; reductions over the parameters stay on the
+  device as 0-dim tensors, so a step needs at most one host sync (reading D for the α update).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LOPS",
+    "coupled_l2",
+    "sgdn_direction",
+    "adam_direction",
+    "adam_scaled_direction",
+    "dot",
+    "hypergradient",
+    "lr_step",
+]
+
+LOPS = ("sgd", "sgdn", "adam")
+
+
+def coupled_l2(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    """g + wd·θ as new tensors; returns `grads` itself (same list, no copy) when wd == 0."""
+    if weight_decay == 0:
+        return grads
+    return list(torch._foreach_add(grads, params, alpha=weight_decay))
+
+
+def sgdn_direction(grads: list[Tensor], momentum_buffers: list[Tensor], *, momentum: float) -> list[Tensor]:
+    """torch's Nesterov direction (dampening 0).
+
+    Updates `momentum_buffers` in place, buf ← μ·buf + g (a zero buffer reproduces torch's first
+    step, which clones g), and returns new tensors d = g + μ·buf.
+    """
+    if not grads:
+        return []
+    torch._foreach_mul_(momentum_buffers, momentum)
+    torch._foreach_add_(momentum_buffers, grads)
+    return list(torch._foreach_add(grads, momentum_buffers, alpha=momentum))
+
+
+def adam_direction(
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    step: int,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> list[Tensor]:
+    """torch.optim.Adam's direction m̂_t/(√v̂_t + ε) as new tensors.
+
+    Updates the moments in place exactly as torch's foreach Adam does (m ← lerp(m, g, 1−β1),
+    v ← β2·v + (1−β2)·g²); `step` is t after the increment (1 on the first step).
+    """
+    if not grads:
+        return []
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    directions = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_div_(directions, bias_correction1)
+    return list(directions)
+
+
+def adam_scaled_direction(
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    steps: Sequence[int],
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> tuple[list[Tensor], list[float]]:
+    """Adam's direction in factored form, with one allocation like torch's Adam step.
+
+    Returns (u, c) with d_i = c_i·u_i, u_i = m_i/(√v_i + ε·√(1−β2^{t_i})) and
+    c_i = √(1−β2^{t_i})/(1−β1^{t_i}); this equals m̂/(√v̂ + ε) up to round-off. `steps` holds each
+    tensor's own t (after the increment), as torch keeps one step count per parameter.
+    Updates the moments in place like :func:`adam_direction`.
+    """
+    if not grads:
+        return [], []
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    bias2_sqrt = [math.sqrt(1 - beta2**t) for t in steps]
+    scales = [b2 / (1 - beta1**t) for b2, t in zip(bias2_sqrt, steps)]
+    # Built in the one buffer that sqrt allocates (torch's Adam allocates the same one):
+    # u = m · 1/(√v + ε·√bc2). An extra allocation costs more than the extra pass on CPU.
+    u = torch._foreach_sqrt(exp_avg_sqs)
+    if len(set(steps)) == 1:
+        torch._foreach_add_(u, eps * bias2_sqrt[0])
+    else:
+        torch._foreach_add_(u, [eps * b for b in bias2_sqrt])
+    torch._foreach_reciprocal_(u)
+    torch._foreach_mul_(u, exp_avgs)
+    return list(u), scales
+
+
+_SMALL = 8192  # tensors up to this size share one concatenated dot on CPU
+
+
+def dot(xs: list[Tensor], ys: list[Tensor], weights: Sequence[float] | None = None) -> Tensor:
+    """Σ_i w_i·⟨x_i, y_i⟩ as a 0-dim tensor on the device of xs[0], without a host sync.
+
+    On CPU a per-tensor ``torch.dot`` reads each operand once and allocates nothing; small
+    tensors (biases, norms) are concatenated into one dot, since there the per-call overhead
+    dominates. On accelerators one foreach product plus one concatenated sum needs a handful of
+    kernel launches instead of one per tensor. Mixed dtypes are accumulated in float64.
+    """
+    if not xs:
+        return torch.zeros((), dtype=torch.float64)
+    if weights is not None and all(w == weights[0] for w in weights):
+        return dot(xs, ys) * weights[0]
+    device = xs[0].device
+    same = len({x.dtype for x in xs}) == 1 and len({x.device for x in xs}) == 1
+    if device.type != "cpu":
+        prods = torch._foreach_mul(xs, ys)
+        if weights is None and same:
+            return torch.cat([p.reshape(-1) for p in prods]).sum()
+        parts = [p.sum() for p in prods]
+    elif weights is None and same and len(xs) > 2:
+        parts, small_x, small_y = [], [], []
+        for x, y in zip(xs, ys):
+            if x.numel() <= _SMALL:  # (most are 1-D already: skip the reshape call)
+                small_x.append(x if x.dim() == 1 else x.reshape(-1))
+                small_y.append(y if y.dim() == 1 else y.reshape(-1))
+            else:
+                parts.append(torch.dot(x.reshape(-1), y.reshape(-1)))
+        if small_x:
+            parts.append(torch.dot(torch.cat(small_x), torch.cat(small_y)))
+    else:
+        parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+    if weights is not None:
+        parts = [p * w for p, w in zip(parts, weights)]
+    if len({p.dtype for p in parts}) > 1 or len({p.device for p in parts}) > 1:
+        parts = [p.to(device=device, dtype=torch.float64) for p in parts]
+    return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
+
+
+def hypergradient(grads: list[Tensor], prev_directions: list[Tensor]) -> Tensor:
+    """D = −Σ g·d_prev (0-dim tensor): ∂f(θ_{t−1})/∂α_{t−1}, summed over the parameters sharing α."""
+    return -dot(grads, prev_directions)
+
+
+def lr_step(
+    lop: str,
+    alpha: float,
+    D: float,
+    state: dict,
+    *,
+    beta: float,
+    lop_momentum: float = 0.9,
+    lop_betas: tuple[float, float] = (0.9, 0.999),
+    lop_eps: float = 1e-8,
+) -> float:
+    """One step of the lr-optimizer `lop` on α with hypergradient D; returns the new α.
+
+    * ``sgd``:  α ← α − β·D                                   (Baydin et al. 2018)
+    * ``sgdn``: b ← μ_h·b + D;  α ← α − β·(D + μ_h·b)          (Mittal 2019, Algorithm 1)
+    * ``adam``: k ← k + 1;  m ← β1h·m + (1−β1h)·D;  v ← β2h·v + (1−β2h)·D²;
+      α ← α − β·(m/(1−β1h^k)) / (√(v/(1−β2h^k)) + ε_h)        (Mittal 2019, Algorithm 2)
+
+    `state` holds the lop's python-float state and is updated in place: ``lop_momentum_buffer``
+    (sgdn), ``lop_step``, ``lop_exp_avg``, ``lop_exp_avg_sq`` (adam). Missing keys start at 0.
+    """
+    alpha, D = float(alpha), float(D)
+    if lop == "sgd":
+        return alpha - beta * D
+    if lop == "sgdn":
+        b = lop_momentum * state.get("lop_momentum_buffer", 0.0) + D
+        state["lop_momentum_buffer"] = b
+        return alpha - beta * (D + lop_momentum * b)
+    if lop == "adam":
+        beta1, beta2 = lop_betas
+        k = state.get("lop_step", 0) + 1
+        m = beta1 * state.get("lop_exp_avg", 0.0) + (1 - beta1) * D
+        v = beta2 * state.get("lop_exp_avg_sq", 0.0) + (1 - beta2) * D * D
+        state.update(lop_step=k, lop_exp_avg=m, lop_exp_avg_sq=v)
+        m_hat = m / (1 - beta1**k)
+        v_hat = v / (1 - beta2**k)
+        return alpha - beta * m_hat / (math.sqrt(v_hat) + lop_eps)
+    raise ValueError(f"unknown lr-optimizer {lop!r}; valid: {', '.join(LOPS)}")

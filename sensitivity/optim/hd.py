@@ -1,0 +1,360 @@
+"""Hypergradient descent (HD): a base optimizer whose learning rate is learned online.
+
+``<op>-hd-<lop>`` for op, lop ∈ {sgd, sgdn, adam}; ``<op>-hd`` is ``<op>-hd-sgd`` (Baydin et al.).
+The math lives in :mod:`sensitivity.optim.functional`; this module gathers tensors and state.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import functional as F
+from .registry import register
+
+__all__ = ["HypergradientOptimizer", "OPS", "LOPS"]
+
+OPS = ("sgd", "sgdn", "adam")
+LOPS = F.LOPS
+
+
+def _check_range(key: str, value: Any, low: float, high: float | None = None, *, high_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
+        raise ValueError(f"{key} must be {bound}, got {value!r}")
+
+
+def _check_betas(key: str, betas: Any) -> None:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"{key} must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
+    for i, b in enumerate(betas):
+        _check_range(f"{key}[{i}]", b, 0.0, 1.0)
+
+
+class HypergradientOptimizer(Optimizer):
+    r"""Base optimizer ``op`` whose learning rate α is learned by the lr-optimizer ``lop``.
+
+    .. math::
+        \begin{aligned}
+        &\textbf{input}: α_0 \text{ (lr)}, β \text{ (beta)}, θ_0, f, λ \text{ (weight decay)},
+            \text{op} ∈ \{sgd, sgdn, adam\}, \text{lop} ∈ \{sgd, sgdn, adam\} \\
+        &\textbf{initialize}: α ← α_0, \; b ← 0, \; m_h ← 0, \; v_h ← 0, \; k ← 0 \\
+        &\textbf{for } t = 1, 2, \ldots \textbf{ do} \\
+        &\quad g_t ← ∇f(θ_{t-1}) + λ θ_{t-1}                                   \\
+        &\quad \textbf{if } t ≥ 2: \; D_t ← -\textstyle\sum_{params} g_t \cdot d_{t-1}
+            \qquad (= ∂f(θ_{t-1})/∂α) \\
+        &\quad\quad \text{lop sgd}: \; α ← α - β D_t \\
+        &\quad\quad \text{lop sgdn}: \; b ← μ_h b + D_t; \; α ← α - β (D_t + μ_h b) \\
+        &\quad\quad \text{lop adam}: \; k ← k+1; \; m_h ← β_{1h} m_h + (1-β_{1h}) D_t;
+            \; v_h ← β_{2h} v_h + (1-β_{2h}) D_t^2 \\
+        &\quad\quad\quad α ← α - β \, \frac{m_h/(1-β_{1h}^k)}{\sqrt{v_h/(1-β_{2h}^k)} + ε_h} \\
+        &\quad\quad α ← \mathrm{clamp}(α, α_{min}, α_{max}) \quad \text{(only when given)} \\
+        &\quad \text{op sgd}: \; d_t ← g_t \\
+        &\quad \text{op sgdn}: \; u_t ← μ u_{t-1} + g_t; \; d_t ← g_t + μ u_t \\
+        &\quad \text{op adam}: \; m_t ← β_1 m_{t-1} + (1-β_1) g_t; \;
+            v_t ← β_2 v_{t-1} + (1-β_2) g_t^2; \;
+            d_t ← \frac{m_t/(1-β_1^t)}{\sqrt{v_t/(1-β_2^t)} + ε} \\
+        &\quad θ_t ← θ_{t-1} - α \, d_t \\
+        &\textbf{return } θ_t
+        \end{aligned}
+
+    One α per param group, kept in ``param_groups[i]["lr"]`` as a python float and updated once
+    per step, before any parameter of the step moves (all groups' D_t are read with one host
+    sync). With β = 0 this is torch.optim.SGD, SGD(nesterov=True) or Adam to round-off.
+    Sources: Baydin et al. 2018 (lop sgd) and Mittal 2019, Algorithms 1 and 2 (lop sgdn, adam).
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: α_0, the initial learning rate (default 1e-3).
+        beta: β, the hypergradient learning rate (default 1e-3).
+        op, lop: base optimizer and lr-optimizer, each "sgd", "sgdn" or "adam".
+        momentum: μ of the sgdn base optimizer (default 0.9).
+        betas, eps: Adam base optimizer coefficients (default (0.9, 0.999), 1e-8).
+        weight_decay: λ, coupled L2 added to the gradient before the hypergradient (default 0).
+        lop_momentum: μ_h of the sgdn lr-optimizer (default 0.9).
+        lop_betas, lop_eps: β_{1h}, β_{2h}, ε_h of the Adam lr-optimizer (default (0.9, 0.999), 1e-8).
+        lr_min, lr_max: optional clamps on α (default None: α may go anywhere, negative included).
+
+    State: per parameter ``step``, ``prev_direction`` (d_{t−1}; for op adam it is stored as
+    u = m/(√v + ε·√(1−β_2^t)) with ``prev_direction_scale`` c so that d = c·u), ``momentum_buffer``
+    (sgdn) and ``exp_avg``/``exp_avg_sq`` (adam); the lr-optimizer state of a group
+    (``lop_momentum_buffer`` or ``lop_step``/``lop_exp_avg``/``lop_exp_avg_sq``) sits in the state of
+    the group's first parameter.
+
+    Memory traffic: without weight decay, ops sgd and sgdn keep d_{t−1} in the gradient tensor
+    itself when autograd allocated a fresh one (``zero_grad(set_to_none=True)``, the default), so
+    HD adds one read of g and d_{t−1} per step and no copy; like torch's foreach SGD, op sgdn then
+    leaves the Nesterov direction in ``p.grad``. When gradients are reused in place
+    (``set_to_none=False``) this is detected and d_{t−1} is copied instead; a switch to in-place
+    reuse mid-run is detected too (RuntimeWarning; that step's D omits the lost tensors).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        beta: float = 1e-3,
+        *,
+        op: str = "sgd",
+        lop: str = "sgd",
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lop_momentum: float = 0.9,
+        lop_betas: tuple[float, float] = (0.9, 0.999),
+        lop_eps: float = 1e-8,
+        lr_min: float | None = None,
+        lr_max: float | None = None,
+    ):
+        if op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
+        if lop not in LOPS:
+            raise ValueError(f"lop must be one of {', '.join(LOPS)}, got {lop!r}")
+        defaults = dict(
+            lr=lr, beta=beta, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+            lop_momentum=lop_momentum, lop_betas=tuple(lop_betas), lop_eps=lop_eps, lr_min=lr_min, lr_max=lr_max,
+        )
+        self.op, self.lop = op, lop
+        # id(param) -> the grad tensor seen at the last step (ops sgd/sgdn without weight decay).
+        # Params live as long as the optimizer, so their ids are stable. Not state: identities.
+        # In steady state this holds no extra memory: the object is d_{t−1} (borrowed) or p.grad.
+        self._last_grads: dict[int, Tensor] = {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_range("lr", group["lr"], 0.0)
+        group["lr"] = float(group["lr"])
+        _check_range("beta", group["beta"], 0.0)
+        _check_range("momentum", group["momentum"], 0.0, 1.0)
+        _check_betas("betas", group["betas"])
+        _check_range("eps", group["eps"], 0.0)
+        _check_range("weight_decay", group["weight_decay"], 0.0)
+        _check_range("lop_momentum", group["lop_momentum"], 0.0, 1.0)
+        _check_betas("lop_betas", group["lop_betas"])
+        _check_range("lop_eps", group["lop_eps"], 0.0)
+        lo, hi = group["lr_min"], group["lr_max"]
+        for key, v in (("lr_min", lo), ("lr_max", hi)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+                raise ValueError(f"{key} must be a number or None, got {v!r}")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"lr_min must be <= lr_max, got lr_min={lo!r} > lr_max={hi!r}")
+        for p in group["params"]:
+            if p.is_complex():
+                raise ValueError("complex parameters are not supported")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._last_grads.clear()  # grad identities from before the load are meaningless
+
+    # -- gathering ---------------------------------------------------------------------------
+    def _init_group(self, group: dict):
+        """Params with a grad, their grads and states, and each one's usable d_{t−1} (or None)."""
+        params, grads, states, prevs = [], [], [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                # p does not move this step, so d_t is 0 for it: a stale d_{t−1} must not enter the next D.
+                if p in self.state:
+                    self.state[p].pop("prev_direction", None)
+                continue
+            if grad.is_sparse:
+                raise RuntimeError("HypergradientOptimizer does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                if self.op == "sgdn":
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif self.op == "adam":
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            prev = state.get("prev_direction")
+            if prev is grad:
+                # d_{t−1} was the borrowed grad, which has since been zeroed and reaccumulated in
+                # place (gradients started being reused mid-run): it is lost, so this tensor adds
+                # nothing to this step's D. _update_sgd copies from now on.
+                warnings.warn("previous gradient was modified in place; copying gradients from now on", RuntimeWarning)
+                del state["prev_direction"]
+                prev = None
+            params.append(p)
+            grads.append(grad)
+            states.append(state)
+            prevs.append(prev)
+        return params, grads, states, prevs
+
+    def _hypergradient(self, g: list[Tensor], states: list[dict], prevs: list[Tensor | None]) -> Tensor | None:
+        """D = −Σ g·d_{t−1} over the tensors that have d_{t−1} (0-dim tensor), or None."""
+        pairs = [i for i, prev in enumerate(prevs) if prev is not None]
+        if not pairs:
+            return None
+        gs = [g[i] for i in pairs] if len(pairs) < len(g) else g
+        ds = [prevs[i] for i in pairs]
+        if self.op != "adam":
+            return -F.dot(gs, ds)
+        scales = [states[i]["prev_direction_scale"] for i in pairs]  # Adam keeps d = c·u
+        if all(c == scales[0] for c in scales):
+            return F.dot(gs, ds) * (-scales[0])
+        return -F.dot(gs, ds, scales)
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one step; `closure` (optional) re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        gathered, hypergrads = [], []
+        for group in self.param_groups:
+            params, grads, states, prevs = self._init_group(group)
+            g = F.coupled_l2(grads, params, group["weight_decay"])
+            D = self._hypergradient(g, states, prevs)
+            if D is not None:
+                hypergrads.append(D)
+            del prevs  # d_{t−1} is not needed any more; let its memory be reused
+            gathered.append((group, params, g, states, D is not None, g is not grads))
+
+        # One host sync for every group's D, before any parameter moves.
+        values = iter(_to_floats(hypergrads))
+        for group, params, g, states, has_D, owned in gathered:
+            if has_D:
+                lop_state = self.state[group["params"][0]]
+                alpha = F.lr_step(
+                    self.lop, group["lr"], next(values), lop_state, beta=group["beta"],
+                    lop_momentum=group["lop_momentum"], lop_betas=group["lop_betas"], lop_eps=group["lop_eps"],
+                )
+                if group["lr_min"] is not None:
+                    alpha = max(alpha, group["lr_min"])
+                if group["lr_max"] is not None:
+                    alpha = min(alpha, group["lr_max"])
+                group["lr"] = alpha
+            if params:
+                if self.op == "adam":
+                    self._update_adam(group, params, g, states)
+                else:
+                    self._update_sgd(group, params, g, states, owned)
+        return loss
+
+    def _update_adam(self, group: dict, params: list[Tensor], g: list[Tensor], states: list[dict]) -> None:
+        for state in states:
+            state["step"] += 1
+            state.pop("prev_direction", None)  # free d_{t−1} before sqrt allocates d_t
+        beta1, beta2 = group["betas"]
+        u, c = F.adam_scaled_direction(
+            g, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
+        )
+        alpha = group["lr"]
+        if all(ci == c[0] for ci in c):
+            torch._foreach_add_(params, u, alpha=-alpha * c[0])
+        else:  # parameters skipped some steps (grad None), so their bias corrections differ
+            by_scale: dict[float, list[int]] = {}
+            for i, ci in enumerate(c):
+                by_scale.setdefault(ci, []).append(i)
+            for ci, idx in by_scale.items():
+                torch._foreach_add_([params[i] for i in idx], [u[i] for i in idx], alpha=-alpha * ci)
+        for state, ui, ci in zip(states, u, c):
+            state["prev_direction"] = ui
+            state["prev_direction_scale"] = ci
+
+    def _update_sgd(self, group: dict, params: list[Tensor], g: list[Tensor], states: list[dict], owned: bool) -> None:
+        """op sgd / sgdn. `owned`: g was allocated by this step (coupled L2), not p.grad itself.
+
+        d_t is written into g when g may be overwritten: allocated by coupled L2, or a fresh
+        autograd grad that zero_grad(set_to_none=True) drops anyway (torch's foreach SGD also
+        writes the Nesterov direction into the grad). When grads are reused in place, d_t goes
+        into an owned buffer instead (the old d_{t−1}, already used for D).
+        """
+        d = list(g)
+        copy_dst, copy_src = [], []
+        last_grads = self._last_grads
+        for i, (p, state) in enumerate(zip(params, states)):
+            state["step"] += 1
+            if owned:
+                last_grads.pop(id(p), None)
+                continue
+            gi = g[i]
+            last = last_grads.get(id(p))
+            last_grads[id(p)] = gi
+            if last is not None and last is not gi:  # autograd allocated this grad: keep it
+                continue
+            # First sight of this grad (copy to be safe), or the same grad object as last step.
+            prev = state.get("prev_direction")
+            if prev is None or prev is last or prev.shape != gi.shape or prev.dtype != gi.dtype or prev.device != gi.device:
+                prev = torch.empty_like(gi, memory_format=torch.preserve_format)
+            copy_dst.append(prev)
+            copy_src.append(gi)
+            d[i] = prev
+        if copy_dst:
+            torch._foreach_copy_(copy_dst, copy_src)
+        if self.op == "sgdn":
+            bufs = [s["momentum_buffer"] for s in states]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, g)
+            torch._foreach_add_(d, bufs, alpha=group["momentum"])  # d = g + μ·buf
+        torch._foreach_add_(params, d, alpha=-group["lr"])
+        for state, di in zip(states, d):
+            state["prev_direction"] = di
+
+
+def _to_floats(values: list[Tensor]) -> list[float]:
+    """Read 0-dim tensors with one host sync when they share a device."""
+    if not values:
+        return []
+    if len(values) == 1:
+        return [values[0].item()]
+    if len({v.device for v in values}) == 1:
+        return torch.stack([v.to(torch.float64) for v in values]).tolist()
+    return [v.item() for v in values]
+
+
+# -- registry -------------------------------------------------------------------------------
+_BAYDIN = "Baydin et al. 2018, Online Learning Rate Adaptation with Hypergradient Descent (ICLR, arXiv:1703.04782)"
+_MITTAL = "Mittal 2019, Hypergradient based optimization methods"
+_OP_TEXT = {"sgd": "SGD", "sgdn": "Nesterov SGD", "adam": "Adam"}
+_LOP_TEXT = {
+    "sgd": "learned by gradient descent on α",
+    "sgdn": "learned by Nesterov-momentum descent on α",
+    "adam": "learned by Adam on α",
+}
+# Baydin et al. and Mittal use β = 1e-3 for SGD-type ops and 1e-7 for Adam.
+_OP_HP = {
+    "sgd": {"lr": 1e-3, "beta": 1e-3, "weight_decay": 0.0},
+    "sgdn": {"lr": 1e-3, "beta": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+    "adam": {"lr": 1e-3, "beta": 1e-7, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+}
+_LOP_HP = {"sgd": {}, "sgdn": {"lop_momentum": 0.9}, "adam": {"lop_betas": (0.9, 0.999), "lop_eps": 1e-8}}
+_CLAMPS = {"lr_min": None, "lr_max": None}
+
+
+def _factory(op: str, lop: str):
+    def build(params, **hp):
+        return HypergradientOptimizer(params, op=op, lop=lop, **hp)
+
+    build.__name__ = f"{op}_hd_{lop}"
+    return build
+
+
+for _op in OPS:
+    for _lop in LOPS:
+        _names = [f"{_op}-hd-{_lop}"] + ([f"{_op}-hd"] if _lop == "sgd" else [])
+        for _name in reversed(_names):
+            register(
+                _name,
+                _factory(_op, _lop),
+                description=f"{_OP_TEXT[_op]} with its learning rate {_LOP_TEXT[_lop]} (hypergradient descent)"
+                + (f"; alias of {_op}-hd-sgd" if _name == f"{_op}-hd" else ""),
+                paper=_BAYDIN if _lop == "sgd" else _MITTAL,
+                hyperparameters={**_OP_HP[_op], **_LOP_HP[_lop], **_CLAMPS},
+                is_hd=True,
+            )

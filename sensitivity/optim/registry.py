@@ -1,0 +1,138 @@
+"""Name -> optimizer registry behind :func:`create` and :func:`available`.
+
+Each module that defines optimizers registers them at import time with :func:`register`;
+``sensitivity/optim/__init__.py`` imports those modules, so ``available()`` is complete once the
+package is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+__all__ = ["OptimizerInfo", "register", "available", "create", "normalize_params"]
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """What the CLI and study validation need to know about one optimizer name."""
+
+    name: str
+    description: str
+    paper: str
+    hyperparameters: Mapping[str, Any]  # keyword -> default, exactly the keywords `create` accepts
+    is_hd: bool = False  # takes the hypergradient rate `beta`
+    needs_closure: bool = False  # `step(closure)` is mandatory (L4 needs the loss)
+    wants_names: bool = False  # factory receives (name, tensor) pairs when the caller has them
+    factory: Callable[..., torch.optim.Optimizer] = field(default=None, repr=False, compare=False)
+
+
+_REGISTRY: dict[str, OptimizerInfo] = {}
+
+
+def register(
+    name: str,
+    factory: Callable[..., torch.optim.Optimizer],
+    *,
+    description: str,
+    paper: str,
+    hyperparameters: Mapping[str, Any],
+    is_hd: bool = False,
+    needs_closure: bool = False,
+    wants_names: bool = False,
+) -> OptimizerInfo:
+    """Add `name`; `factory(params, **hyperparameters)` must build the optimizer."""
+    if name in _REGISTRY:
+        raise ValueError(f"optimizer name {name!r} is already registered")
+    if is_hd and "beta" not in hyperparameters:
+        raise ValueError(f"HD optimizer {name!r} must declare the 'beta' hyperparameter")
+    info = OptimizerInfo(
+        name=name,
+        description=description,
+        paper=paper,
+        hyperparameters=MappingProxyType(dict(hyperparameters)),
+        is_hd=is_hd,
+        needs_closure=needs_closure,
+        wants_names=wants_names,
+        factory=factory,
+    )
+    _REGISTRY[name] = info
+    return info
+
+
+def available() -> dict[str, OptimizerInfo]:
+    """Every registered name (registration order) with its hyperparameters and defaults."""
+    return dict(_REGISTRY)
+
+
+def _is_named_pair(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], torch.Tensor)
+
+
+def normalize_params(params: Any, *, keep_names: bool) -> list:
+    """Materialise `params` (tensors, param-group dicts or (name, tensor) pairs) as a list.
+
+    Names are kept only when `keep_names`; otherwise (name, tensor) pairs become plain tensors,
+    both at top level and inside param-group dicts.
+    """
+    if isinstance(params, torch.Tensor):
+        raise ValueError("params must be an iterable of tensors, param-group dicts or (name, tensor) pairs, got a Tensor")
+    if isinstance(params, Mapping):
+        params = [params]
+    items = list(params)
+    if not items:
+        raise ValueError("params is empty: the optimizer got no parameters")
+
+    def strip(seq: Iterable) -> list:
+        seq = [seq] if isinstance(seq, torch.Tensor) else list(seq)
+        if keep_names:
+            return seq
+        return [x[1] if _is_named_pair(x) else x for x in seq]
+
+    if all(isinstance(x, Mapping) for x in items):
+        groups = []
+        for g in items:
+            if "params" not in g:
+                raise ValueError("every param-group dict needs a 'params' key")
+            groups.append({**g, "params": strip(g["params"])})
+        return groups
+    if any(isinstance(x, Mapping) for x in items):
+        raise ValueError("params mixes param-group dicts with tensors; pass one kind")
+    for x in items:
+        if not (isinstance(x, torch.Tensor) or _is_named_pair(x)):
+            raise ValueError(f"params must hold tensors, param-group dicts or (name, tensor) pairs, got {type(x).__name__}")
+    return strip(items)
+
+
+def _check_number(name: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    if value != value or value < 0:
+        raise ValueError(f"{name}: {key} must be >= 0, got {value!r}")
+
+
+def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
+    """Build optimizer `name` over `params` with `hyperparameters` (others keep their defaults).
+
+    `params` may be an iterable of tensors, of param-group dicts, or ``model.named_parameters()``.
+    """
+    info = _REGISTRY.get(name)
+    if info is None:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    if "beta" in hyperparameters and not info.is_hd:
+        raise ValueError(f"{name}: beta is only for hypergradient optimizers, and {name!r} is not one")
+    unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown hyperparameter(s) {', '.join(unknown)}; valid: {', '.join(info.hyperparameters)}"
+        )
+    for key in ("lr", "beta"):
+        if key in hyperparameters:
+            _check_number(name, key, hyperparameters[key])
+            hyperparameters[key] = float(hyperparameters[key])  # param_groups hold python floats
+    kwargs = {**info.hyperparameters, **hyperparameters}
+    return info.factory(normalize_params(params, keep_names=info.wants_names), **kwargs)
