@@ -115,6 +115,23 @@ def _check_number(name: str, key: str, value: Any) -> None:
         raise ValueError(f"{name}: {key} must be >= 0, got {value!r}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_type(name: str, key: str, value: Any, default: Any) -> None:
+    """A value must have its default's shape: a number for a number, k numbers for a k-tuple of numbers.
+
+    Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
+    """
+    if _is_number(default) and not _is_number(value):
+        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    if isinstance(default, tuple) and default and all(_is_number(x) for x in default) and key != "gammas":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(default) \
+                or not all(_is_number(x) for x in value):
+            raise ValueError(f"{name}: {key} must be {len(default)} numbers like {list(default)}, got {value!r}")
+
+
 def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
     """Build optimizer `name` over `params` with `hyperparameters` (others keep their defaults).
 
@@ -134,5 +151,7 @@ def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimi
         if key in hyperparameters:
             _check_number(name, key, hyperparameters[key])
             hyperparameters[key] = float(hyperparameters[key])  # param_groups hold python floats
+    for key, value in hyperparameters.items():
+        _check_type(name, key, value, info.hyperparameters[key])
     kwargs = {**info.hyperparameters, **hyperparameters}
     return info.factory(normalize_params(params, keep_names=info.wants_names), **kwargs)
