@@ -1,0 +1,141 @@
+"""The `sensitivity` command: run, validate, optimizers, plot.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line (its default prints usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bad(message: str) -> int:
+    print(f"sensitivity: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sensitivity", description="Hyperparameter sensitivity studies on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a study (only its trials not yet in the results)")
+    run.add_argument("study", help="study YAML file")
+    run.add_argument("--out", default="results", help="results root; tables go to OUT/<study name>/ (default: results)")
+    run.add_argument("--address", help="join a running Ray cluster (e.g. auto or HOST:6379) instead of starting Ray")
+    run.add_argument("--storage", help="results and Ray state go to URI/<study name>/ (s3://, gs://, or a shared path)")
+    run.add_argument("--smoke", action="store_true", help="1 epoch, tiny data, 1 seed, at most 2 lr: try a study fast")
+    run.add_argument("--max-concurrent", type=_positive_int, help="at most N trials at once")
+    run.add_argument("--retry-errors", action="store_true", help="run trials that ended with status error again")
+    run.add_argument("--quiet", action="store_true", help="no progress line or summary")
+
+    validate = sub.add_parser("validate", help="check a study file and print its trial counts")
+    validate.add_argument("study")
+    validate.add_argument("--smoke", action="store_true", help="count the --smoke trials")
+
+    sub.add_parser("optimizers", help="list optimizer names, hyperparameters and defaults")
+
+    plot = sub.add_parser("plot", help="figures and tables of a results directory")
+    plot.add_argument("results", help="a study's results directory (OUT/<study name>)")
+    plot.add_argument("--out", help="where figures go (default: RESULTS/figures)")
+    return parser
+
+
+def _validate(args) -> int:
+    from sensitivity.study import load_study
+
+    study = load_study(args.study)
+    counts = study.counts(smoke=args.smoke)
+    mode = (f"optuna search ({study.search.sampler}, {study.search_trials(args.smoke)} points per entry "
+            f"x {len(study.seeds(args.smoke))} seeds)" if study.search else "grid")
+    print(f"{study.name}: valid, {mode}")
+    names = [f"[{i}] {study.label(i)}" for i in range(len(counts))]
+    width = max(len(n) for n in names + ["total"])
+    for name, count in zip(names, counts):
+        print(f"  {name:<{width}}  {count:>6} trials")
+    print(f"  {'total':<{width}}  {sum(counts):>6} trials")
+    return 0
+
+
+def _optimizers(args) -> int:
+    from sensitivity.optim import available
+
+    for name, info in available().items():
+        params = ", ".join(f"{k}={v!r}" for k, v in info.hyperparameters.items())
+        tags = [t for t, on in (("HD", info.is_hd), ("closure", info.needs_closure)) if on]
+        print(f"{name}{' [' + ', '.join(tags) + ']' if tags else ''}: {info.description}")
+        print(f"    {params}")
+    return 0
+
+
+def _run(args) -> int:
+    from sensitivity.study import load_study
+
+    study = load_study(args.study)  # bad input fails here, before Ray starts
+    from sensitivity.sweep import run_study
+
+    summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
+                        max_concurrent=args.max_concurrent, quiet=args.quiet, retry_errors=args.retry_errors)
+    if not args.quiet:
+        print(f"{study.name}: ran {summary.ran} trials ({summary.diverged} diverged, {summary.errored} errored)"
+              f" in {summary.elapsed_s:.1f} s; {summary.skipped} already done; bundle {summary.bundle}")
+        print(f"  trials: {summary.trials_path}")
+        print(f"  curves: {summary.curves_path}")
+    if summary.missing:
+        first = f"; first Ray error: {summary.errors[0]}" if summary.errors else ""
+        print(f"sensitivity: {summary.missing} of {summary.total} trials did not finish{first}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plot(args) -> int:
+    from pathlib import Path
+
+    from analysis.report import write_report
+
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results / "figures"
+    try:
+        paths = write_report(results, out)
+    except ValueError as exc:  # analysis.ResultsError: a missing or corrupt results directory
+        return _bad(exc)
+    print(f"{len(paths)} files in {out}")  # write_report has printed each one
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from sensitivity.study import StudyError
+
+    handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("sensitivity: interrupted; run the same command again to resume", file=sys.stderr)
+        return 1
+    except StudyError as exc:  # bad input: one line naming the field
+        return _bad(exc)
+    except Exception as exc:  # a failure, not the user's input
+        print(f"sensitivity: failed: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

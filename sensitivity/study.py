@@ -1,0 +1,559 @@
+"""Study files: load and validate a YAML study, expand it into run_trial configs.
+
+A study is a task (dataset, model, training budget), seeds, and optimizer
+entries.  Each entry is a grid: every list is an axis, except for hyperparameters
+whose value is itself a sequence (``betas``, ``gammas``, ``levels``, ...) where a
+flat list is one value and a list of lists is an axis.  With ``search:`` the
+keys of ``search.space`` are sampled by Optuna instead, and the remaining axes
+of an entry become categorical choices.
+
+Errors are `StudyError` (a ValueError): one line naming the field path and,
+where there is a choice, the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sensitivity.results import trial_id
+
+
+class StudyError(ValueError):
+    """A bad study file: one line naming the field and the allowed values."""
+
+
+# run_trial keys that an optimizer entry sets; the task may not set them
+ENTRY_KEYS = ("optimizer", "lr", "beta", "optimizer_args", "decay", "seed", "study", "label")
+# hyperparameters whose single value is a sequence: a flat list is one value
+SEQUENCE_HYPERPARAMETERS = {"betas", "lop_betas", "gammas", "levels"}
+METRICS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
+# smoke-test stand-in sizes: any model trains one epoch on this in seconds on CPU
+SMOKE_TRAIN, SMOKE_TEST, SMOKE_BATCH, SMOKE_OPTUNA_TRIALS = 32, 16, 16, 3
+
+
+# ---------------------------------------------------------------------------
+# schema (structure only; meaning is checked in _check below, with field paths)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+
+class Search(_Strict):
+    algorithm: Literal["optuna"] = "optuna"
+    sampler: Literal["tpe", "random"] = "tpe"
+    trials: int = Field(gt=0)
+    metric: Literal[METRICS] = "min_train_loss"  # type: ignore[valid-type]
+    space: dict[str, Range] = Field(min_length=1)
+    max_concurrent: int | None = Field(default=None, gt=0)
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="allow")  # any run_trial key; checked against CONFIG_KEYS
+    dataset: str
+    model: str
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(extra="allow")  # hyperparameters; checked against optim.available()
+    name: str
+    label: str | None = None
+    task: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyModel(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    description: str = ""
+    task: Task
+    seeds: Union[int, list[int]] = Field(default=1, validate_default=True)
+    optimizers: list[Entry] = Field(min_length=1)
+    search: Search | None = None
+    resources: Resources = Field(default_factory=Resources)
+    bundle: Union[Literal["auto"], int] = "auto"
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value):
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"a count must be >= 1, got {value}")
+            return list(range(value))
+        if not value or len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"a list must be non-empty distinct non-negative ints, got {value}")
+        return value
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be 'auto' or an int >= 1, got {value}")
+        return value
+
+
+def _path(loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "list[int]", "literal['auto']", "Range", "str", "float"):
+            continue  # union-branch names pydantic adds to the location
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "study"
+
+
+def _pydantic_error(exc: ValidationError) -> StudyError:
+    err = exc.errors()[0]
+    path, kind, msg = _path(err["loc"]), err["type"], err["msg"]
+    if kind == "missing":
+        return StudyError(f"{path}: missing required field")
+    if kind == "extra_forbidden":
+        parent = [p for p in err["loc"][:-1] if isinstance(p, str)]
+        models = {"search": Search, "resources": Resources}
+        model = Range if parent[-2:-1] == ["space"] else models.get(parent[-1] if parent else "", StudyModel)
+        fields = model.model_fields
+        return StudyError(f"{path}: unknown field; choose from {', '.join(fields)}")
+    if kind == "string_pattern_mismatch":
+        msg = "use only lowercase letters, digits, '-' and '_'"
+    msg = msg.removeprefix("Value error, ")
+    if "got" not in msg:
+        msg = f"{msg} (got {err.get('input')!r})"
+    return StudyError(f"{path}: {msg}")
+
+
+# ---------------------------------------------------------------------------
+# dependencies (imported lazily: `sensitivity optimizers` should not need data/models)
+
+
+def _optimizers() -> dict:
+    from sensitivity.optim import available
+
+    return available()
+
+
+def _train():
+    from sensitivity import train
+
+    return train
+
+
+def _choices(names) -> str:
+    return ", ".join(sorted(names))
+
+
+# ---------------------------------------------------------------------------
+# axes
+
+
+def _is_sequence_param(key: str, default: Any) -> bool:
+    return key in SEQUENCE_HYPERPARAMETERS or isinstance(default, (list, tuple))
+
+
+def _axis(key: str, value: Any, sequence_valued: bool) -> list:
+    """The values an entry's field takes: a list is an axis unless it is one sequence value."""
+    if key == "decay":
+        return list(value) if isinstance(value, list) else [value]
+    if sequence_valued:
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+            return [list(v) for v in value]
+        if isinstance(value, (list, tuple)) and not value:
+            return []
+        return [list(value) if isinstance(value, (list, tuple)) else value]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _decay(path: str, value: Any) -> dict | None:
+    if value is None or value == "none":
+        return None
+    if not isinstance(value, dict):
+        raise StudyError(f"{path}: expected {{every_epochs: N, factor: F}}, {{milestones: [..], factor: F}} or null, "
+                         f"got {value!r}")
+    keys = set(value)
+    if keys not in ({"every_epochs", "factor"}, {"milestones", "factor"}):
+        raise StudyError(f"{path}: keys must be every_epochs+factor or milestones+factor, got {', '.join(sorted(keys))}")
+    factor = value["factor"]
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 0:
+        raise StudyError(f"{path}.factor: must be a number > 0, got {factor!r}")
+    if "every_epochs" in value:
+        every = value["every_epochs"]
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise StudyError(f"{path}.every_epochs: must be an int >= 1, got {every!r}")
+        return {"every_epochs": every, "factor": float(factor)}
+    stones = value["milestones"]
+    if (not isinstance(stones, list) or not stones
+            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in stones)):
+        raise StudyError(f"{path}.milestones: must be a non-empty list of epochs >= 1, got {stones!r}")
+    return {"milestones": sorted(stones), "factor": float(factor)}
+
+
+def _positive(path: str, value: Any, *, allow_zero: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise StudyError(f"{path}: must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise StudyError(f"{path}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------
+# the study
+
+
+class Study:
+    """A validated study.  Build with `load_study` or `Study.from_dict`."""
+
+    def __init__(self, model: StudyModel, *, base_dir: str | os.PathLike | None = None):
+        self.model = model
+        self.base_dir = Path(base_dir or os.getcwd())
+        self._plans = self._check()
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, **kwargs) -> "Study":
+        if not isinstance(data, dict):
+            raise StudyError(f"study: expected a mapping of fields (name, task, seeds, optimizers, ...), "
+                             f"got {type(data).__name__}")
+        try:
+            model = StudyModel.model_validate(data)
+        except ValidationError as exc:
+            raise _pydantic_error(exc) from None
+        return cls(model, **kwargs)
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def search(self) -> Search | None:
+        return self.model.search
+
+    @property
+    def resources(self) -> Resources:
+        return self.model.resources
+
+    @property
+    def bundle(self):
+        return self.model.bundle
+
+    @property
+    def entries(self) -> list[Entry]:
+        return self.model.optimizers
+
+    def label(self, index: int) -> str:
+        entry = self.entries[index]
+        return entry.label or entry.name
+
+    # -- validation ---------------------------------------------------------
+
+    def _task_config(self, overrides: dict, path: str) -> dict:
+        train = _train()
+        allowed = set(train.CONFIG_KEYS) - set(ENTRY_KEYS)
+        task = {**self.model.task.model_dump(), **overrides}
+        for key in task:
+            if key not in allowed:
+                where = f"{path}.{key}" if key in overrides else f"task.{key}"
+                if key in ENTRY_KEYS:
+                    raise StudyError(f"{where}: set per optimizer entry, not in the task")
+                raise StudyError(f"{where}: unknown task key; choose from {_choices(allowed)}")
+        from sensitivity.data import DATASETS
+        from sensitivity.models import MODELS
+
+        where = "task" if "dataset" not in overrides else path
+        if task["dataset"] not in DATASETS:
+            raise StudyError(f"{where}.dataset: unknown dataset {task['dataset']!r}; choose from {_choices(DATASETS)}")
+        where = "task" if "model" not in overrides else path
+        if task["model"] not in MODELS:
+            raise StudyError(f"{where}.model: unknown model {task['model']!r}; choose from {_choices(MODELS)}")
+        if task.get("data_dir") is not None and "://" not in str(task["data_dir"]):
+            # trials run in Ray's per-trial working directory: only absolute paths survive
+            task["data_dir"] = str((self.base_dir / os.path.expanduser(str(task["data_dir"]))).resolve())
+        return task
+
+    def _check(self) -> list[dict]:
+        """Validate every entry; return per-entry plans (task, fixed values, axes)."""
+        optimizers = _optimizers()
+        space = self.search.space if self.search else {}
+        for key, rng in space.items():
+            self._check_range(f"search.space.{key}", key, rng)
+        used_space = set()
+        plans = []
+        for i, entry in enumerate(self.entries):
+            path = f"optimizers[{i}]"
+            if entry.name not in optimizers:
+                raise StudyError(f"{path}.name: unknown optimizer {entry.name!r}; choose from {_choices(optimizers)}")
+            info = optimizers[entry.name]
+            defaults = dict(info.hyperparameters)
+            allowed = set(defaults) | {"lr"}
+            if info.is_hd:
+                allowed.add("beta")
+            else:
+                allowed.discard("beta")
+            task = self._task_config(entry.task, f"{path}.task")
+            axes: dict[str, list] = {}
+            for key, value in (entry.model_extra or {}).items():
+                fpath = f"{path}.{key}"
+                if key == "beta" and not info.is_hd:
+                    hd = [n for n, o in optimizers.items() if o.is_hd]
+                    raise StudyError(f"{fpath}: beta applies only to HD optimizers ({_choices(hd)}); "
+                                     f"{entry.name!r} is not one")
+                if key != "decay" and key not in allowed:
+                    raise StudyError(f"{fpath}: unknown hyperparameter of {entry.name!r}; choose from "
+                                     f"{_choices(allowed | {'decay', 'label', 'task'})}")
+                values = _axis(key, value, _is_sequence_param(key, defaults.get(key)))
+                if key in space:
+                    continue  # searched: the entry's grid for this key is replaced by the space
+                if not values:
+                    raise StudyError(f"{fpath}: empty grid; give at least one value")
+                if key == "decay":
+                    values = [_decay(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
+                              for j, v in enumerate(values)]
+                elif key == "lr":
+                    values = [_positive(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
+                              for j, v in enumerate(values)]
+                elif key == "beta":
+                    values = [_positive(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v, allow_zero=True)
+                              for j, v in enumerate(values)]
+                axes[key] = values
+            searched = [k for k in space if k in allowed]
+            if "lr" not in axes and "lr" not in searched and "lr" in defaults:
+                axes["lr"] = [_positive(f"{path}.lr (default)", defaults["lr"])]
+            used_space.update(searched)
+            if self.search and not searched:
+                raise StudyError(f"{path}: none of search.space ({_choices(space)}) is a hyperparameter of "
+                                 f"{entry.name!r}; choose from {_choices(allowed)}")
+            plans.append({"task": task, "axes": axes, "searched": searched, "is_hd": info.is_hd})
+        for key in space:
+            if key not in used_space:
+                raise StudyError(f"search.space.{key}: not a hyperparameter of any optimizer entry")
+        # every trial must be a valid run_trial config; name the entry that is not
+        train = _train()
+        seen: dict[str, int] = {}
+        for i in range(len(self.entries)):
+            for config in self._entry_configs(i, plans[i], smoke=False, probe=bool(self.search)):
+                try:
+                    train.validate_config(runnable(config))
+                except ValueError as exc:
+                    raise StudyError(self._config_error(i, str(exc))) from None
+                except Exception as exc:  # an optimizer that choked on a wrong-typed or wrong-sized value
+                    values = {k: config[k] for k in ("lr", "beta") if k in config} | config.get("optimizer_args", {})
+                    raise StudyError(f"optimizers[{i}]: {self.entries[i].name} rejects {values} "
+                                     f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                tid = trial_id(config)
+                if tid in seen and seen[tid] != i:
+                    raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
+                                     f"(same optimizer and values); remove one")
+                seen.setdefault(tid, i)
+        return plans
+
+    def _config_error(self, index: int, message: str) -> str:
+        """run_trial's message ("epochs must be ...") with the study path of its key in front."""
+        message = " ".join(message.split()) or "invalid trial config"
+        match = re.match(r"([a-z_]+)", message)
+        key = match.group(1) if match else ""
+        entry = self.entries[index]
+        if key in entry.task:
+            return f"optimizers[{index}].task.{message}"
+        if key in (entry.model_extra or {}) or key in ("optimizer", "optimizer_args", "lr", "beta", "decay"):
+            return f"optimizers[{index}].{message}"
+        if key in self.model.task.model_dump():
+            return f"task.{message}"
+        return f"optimizers[{index}]: {message}"
+
+    def _check_range(self, path: str, key: str, rng: Range) -> None:
+        for bound in ("low", "high"):
+            if not math.isfinite(getattr(rng, bound)):
+                raise StudyError(f"{path}.{bound}: must be finite, got {getattr(rng, bound)}")
+        if not rng.low < rng.high:
+            raise StudyError(f"{path}: low must be < high, got low={rng.low} high={rng.high}")
+        if rng.log and rng.low <= 0:
+            raise StudyError(f"{path}.low: must be > 0 with log: true, got {rng.low}")
+        if key == "lr" and rng.low <= 0:
+            raise StudyError(f"{path}.low: lr must be > 0, got {rng.low}")
+        if key == "beta" and rng.low < 0:
+            raise StudyError(f"{path}.low: beta must be >= 0, got {rng.low}")
+
+    # -- expansion ----------------------------------------------------------
+
+    def _smoke_axes(self, axes: dict[str, list]) -> dict[str, list]:
+        out = {}
+        for key, values in axes.items():
+            if key == "lr":
+                out[key] = values if len(values) <= 2 else [values[0], values[-1]]  # smallest and largest usually
+            else:
+                out[key] = values[:1]
+        return out
+
+    def _smoke_task(self, task: dict) -> dict:
+        from sensitivity.data import dataset_info
+
+        task = dict(task)
+        task["epochs"] = 1
+        task["batch_size"] = min(int(task.get("batch_size", SMOKE_BATCH)), SMOKE_BATCH)
+        if task["dataset"] not in ("digits", "synthetic"):
+            # the real files are not on test machines: same shape and classes, generated
+            shape, classes = dataset_info(task["dataset"])
+            task["dataset"] = "synthetic"
+            task["dataset_args"] = {"shape": list(shape), "num_classes": int(classes),
+                                    "train_size": SMOKE_TRAIN, "test_size": SMOKE_TEST}
+            task.pop("data_dir", None)
+            task.pop("download", None)
+            task.pop("augment", None)
+        elif task["dataset"] == "synthetic":
+            args = dict(task.get("dataset_args") or {})
+            args.update(train_size=SMOKE_TRAIN, test_size=SMOKE_TEST)
+            task["dataset_args"] = args
+        return task
+
+    def _entry_configs(self, index: int, plan: dict, *, smoke: bool, probe: bool = False) -> list[dict]:
+        """Grid configs of one entry (in search mode: one probe config per axis value, for validation)."""
+        axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
+        task = self._smoke_task(plan["task"]) if smoke else plan["task"]
+        seeds = self.model.seeds[:1] if smoke else self.model.seeds
+        entry = self.entries[index]
+        if probe:
+            space = self.search.space
+            axes = {**axes, **{k: [space[k].low, space[k].high] for k in plan["searched"]}}
+        keys = list(axes)
+        configs = []
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            for seed in seeds:
+                configs.append(self._config(entry, task, values, seed, plan["is_hd"]))
+        return configs
+
+    def _config(self, entry: Entry, task: dict, values: dict, seed: int, is_hd: bool) -> dict:
+        config = {"study": self.name, **copy.deepcopy(task), "optimizer": entry.name}
+        args = {}
+        for key, value in values.items():
+            if key in ("lr", "beta", "decay"):
+                config[key] = copy.deepcopy(value)
+            elif key == "weight_decay":
+                config["weight_decay"] = value  # a task key that an entry may sweep
+            else:
+                args[key] = copy.deepcopy(value)
+        config.setdefault("decay", None)
+        if args:
+            config["optimizer_args"] = args
+        config["seed"] = int(seed)
+        config["label"] = entry.label or entry.name  # display name; not part of the trial's identity
+        return config
+
+    def trials(self, smoke: bool = False) -> list[dict]:
+        """Every grid trial as a run_trial config (search mode: the configs the space's corners give)."""
+        return [c for i, plan in enumerate(self._plans)
+                for c in self._entry_configs(i, plan, smoke=smoke, probe=bool(self.search))]
+
+    def entry_trials(self, index: int, smoke: bool = False) -> list[dict]:
+        return self._entry_configs(index, self._plans[index], smoke=smoke, probe=bool(self.search))
+
+    def counts(self, smoke: bool = False) -> list[int]:
+        """Trials (seeded runs) per optimizer entry, as the sweep will run them."""
+        if self.search:
+            n = min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
+            return [n * len(self.seeds(smoke)) for _ in self.entries]
+        return [len(self.entry_trials(i, smoke)) for i in range(len(self.entries))]
+
+    def seeds(self, smoke: bool = False) -> list[int]:
+        return self.model.seeds[:1] if smoke else list(self.model.seeds)
+
+    # -- search mode --------------------------------------------------------
+
+    def search_plan(self, index: int, smoke: bool = False) -> dict:
+        """What Optuna samples for one entry: base task, fixed values, categorical axes, ranges."""
+        plan = self._plans[index]
+        axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
+        fixed = {k: v[0] for k, v in axes.items() if len(v) == 1}
+        choices = {k: v for k, v in axes.items() if len(v) > 1}
+        return {"task": self._smoke_task(plan["task"]) if smoke else plan["task"], "fixed": fixed,
+                "choices": choices, "ranges": {k: self.search.space[k] for k in plan["searched"]},
+                "is_hd": plan["is_hd"], "entry": self.entries[index]}
+
+    def search_trials(self, smoke: bool = False) -> int:
+        return min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
+
+    def search_configs(self, index: int, values: dict, smoke: bool = False) -> list[dict]:
+        """The per-seed run_trial configs of one sampled point."""
+        plan = self.search_plan(index, smoke)
+        return [self._config(plan["entry"], plan["task"], {**plan["fixed"], **values}, seed, plan["is_hd"])
+                for seed in self.seeds(smoke)]
+
+    # -- output -------------------------------------------------------------
+
+    def resolved(self, smoke: bool = False) -> dict:
+        """The study with defaults filled in, as saved beside the results."""
+        data = self.model.model_dump(mode="json", exclude_none=True)
+        data["seeds"] = self.seeds()  # --smoke is recorded in the header, not baked into the study
+        for i, entry in enumerate(data["optimizers"]):
+            entry.setdefault("label", self.label(i))
+            if self.entries[i].task:
+                entry["task"] = self.entries[i].task
+            elif "task" in entry and not entry["task"]:
+                del entry["task"]
+        if "data_dir" in self._plans[0]["task"]:
+            data["task"]["data_dir"] = self._plans[0]["task"]["data_dir"]  # absolute, as the trials saw it
+        return data
+
+    def to_yaml(self, smoke: bool = False) -> str:
+        """The resolved study as a loadable study file; a header comment records how it ran."""
+        head = f"# resolved by sensitivity: smoke: {str(bool(smoke)).lower()}, trials: {sum(self.counts(smoke))}\n"
+        return head + yaml.safe_dump(self.resolved(smoke), sort_keys=False)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.1 wants 1.0e-3)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def runnable(config: dict) -> dict:
+    """A trial config as run_trial takes it: without the keys only the sweep reads (label)."""
+    keys = set(_train().CONFIG_KEYS)
+    return {k: copy.deepcopy(v) for k, v in config.items() if k in keys}
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    """Read and validate a study file; raises StudyError (one line) on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read study file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StudyError(f"{path}:{where}: malformed YAML ({problem})") from None
+    return Study.from_dict(data)
