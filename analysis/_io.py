@@ -9,6 +9,7 @@ are the swept axes and stay columns of their own.
 from __future__ import annotations
 
 import ast
+import io
 import math
 import pathlib
 import re
@@ -45,7 +46,9 @@ class ResultsError(ValueError):
 
 def _read(path: pathlib.Path) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path)
+        # One read of the bytes: a running sweep replaces the file by rename, and pyarrow may
+        # open a path more than once, which could mix two versions of it.
+        return pd.read_parquet(io.BytesIO(path.read_bytes()))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ResultsError(f"cannot read {path}: {reason}") from None

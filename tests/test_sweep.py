@@ -227,7 +227,7 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
         done = 0
         while time.monotonic() < deadline and proc.poll() is None:
             if trials_file.exists():
-                done = len(pd.read_parquet(trials_file))
+                done = len(pd.read_parquet(io.BytesIO(trials_file.read_bytes())))  # one read: the file is renamed over
                 if done >= 3:
                     break
             time.sleep(0.1)
