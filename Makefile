@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= results
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-all install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -22,6 +22,9 @@ demo: $(VENV)/.installed
 	@echo "figures: $(OUT)/quickstart/figures/"
 
 test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not exhaustive"
+
+test-all: $(VENV)/.installed  # also smoke-runs the VGG16/ResNet study files through Ray (+3 min)
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
