@@ -113,11 +113,10 @@ def _plot(args) -> int:
     results = Path(args.results)
     out = Path(args.out) if args.out else results / "figures"
     try:
-        paths = write_report(results, out)
+        write_report(results, out)
     except ValueError as exc:  # analysis.ResultsError: a missing or corrupt results directory
         return _bad(exc)
-    print(f"{len(paths)} files in {out}")  # write_report has printed each one
-    return 0
+    return 0  # write_report has printed each file and a summary
 
 
 def main(argv=None) -> int:
