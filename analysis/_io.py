@@ -158,6 +158,12 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     out["beta"] = pd.to_numeric(out["beta"], errors="coerce").astype(float)
     out["lr"] = pd.to_numeric(out["lr"], errors="coerce").astype(float)
     out["decay"] = pd.Series([None if _missing(d) else str(d) for d in out["decay"]], index=out.index, dtype=object)
+    # The sweep writes +inf losses for an errored trial (the contract forbids NaN there); an error
+    # is no outcome, so its losses and accuracies become missing here and never count as diverged.
+    errored = out["status"] == "error"
+    outcome = [c for c in out.columns if c.startswith(("min_", "final_", "best_")) and c.endswith(("_loss", "_acc"))]
+    for column in outcome:
+        out[column] = pd.to_numeric(out[column], errors="coerce").astype(float).mask(errored)
     out["variant"] = _variants(out)
     decay = out["decay"].map(lambda d: "" if d is None else f" ({d})")
     variant = out["variant"].map(lambda v: f" [{v}]" if v else "")

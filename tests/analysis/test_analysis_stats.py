@@ -23,7 +23,7 @@ def trial(optimizer, lr, seed, status, train, test=None, *, beta=None, decay=Non
 def trials():
     """sgd with an errored seed and a diverged (+inf) seed; sgd-hd over two β, one diverged finitely."""
     return pd.DataFrame([
-        trial("sgd", 0.01, 0, "ok", 1.0, best_test_acc=0.5), trial("sgd", 0.01, 1, "error", NAN, best_test_acc=NAN),
+        trial("sgd", 0.01, 0, "ok", 1.0, best_test_acc=0.5), trial("sgd", 0.01, 1, "error", INF, best_test_acc=NAN),
         trial("sgd", 0.1, 0, "ok", 0.5, best_test_acc=0.8), trial("sgd", 0.1, 1, "ok", 0.7, best_test_acc=0.9),
         trial("sgd", 1.0, 0, "diverged", INF, best_test_acc=0.1), trial("sgd", 1.0, 1, "ok", 2.0, best_test_acc=0.3),
         trial("sgd-hd", 0.01, 0, "ok", 0.4, beta=1e-4, best_test_acc=0.6),
@@ -106,7 +106,7 @@ def test_config_table_and_best_configs(trials):
 
 def test_best_configs_reports_a_method_that_only_diverged(trials):
     blown = pd.DataFrame([trial("adam", 1.0, s, "diverged", INF) for s in (0, 1)]
-                         + [trial("adam", 10.0, 0, "error", NAN)])
+                         + [trial("adam", 10.0, 0, "error", INF)])
     best = analysis.best_configs(pd.concat([trials, blown], ignore_index=True), columns=["min_train_loss"])
     row = best[best["method"] == "adam"].iloc[0]
     assert math.isnan(row["lr"]) and math.isnan(row["min_train_loss_mean"])
