@@ -228,6 +228,9 @@ def validate_config(config: Mapping[str, Any]) -> dict:
     optim.create(name, [("probe.weight", probe)], **_optimizer_hyperparameters(cfg))
 
     cfg["decay"] = _check_decay(cfg["decay"])
+    if cfg["decay"] is not None and info.needs_closure:
+        # L4 recomputes its step size from the loss every step, so a multiplied lr would be overwritten.
+        raise ValueError(f"decay: {name!r} sets its own step size every step; use decay: null")
     cfg["batch_size"] = _integer("batch_size", cfg["batch_size"], low=1)
     cfg["epochs"] = _integer("epochs", cfg["epochs"], low=1)
     cfg["seed"] = _integer("seed", cfg["seed"], low=0)

@@ -333,6 +333,9 @@ def test_bad_configs_name_the_key(key, value):
 def test_more_bad_configs():
     with pytest.raises(ValueError, match="optimizer_args.lr"):
         validate_config({**BASE, "optimizer_args": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="decay: 'adam-l4' sets its own step size"):
+        validate_config({**BASE, "optimizer": "adam-l4", "lr": 0.15,
+                         "decay": {"every_epochs": 1, "factor": 0.5}})
     with pytest.raises(ValueError, match="nesterov"):  # the optimizer's own check, run up front
         validate_config({**BASE, "optimizer_args": {"nesterov": True}})
     with pytest.raises(ValueError, match="augment"):
