@@ -437,13 +437,7 @@ class CamHD(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("CAM-HD does not support sparse gradients")
-            if "step" not in state:
-                state["step"] = 0
-                if self.op == "sgdn":
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                elif self.op == "adam":
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            F.init_base_state(state, p, self.op)
             idx.append(j)
             params.append(p)
             grads.append(p.grad)

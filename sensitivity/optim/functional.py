@@ -206,3 +206,15 @@ def lr_step(
         v_hat = v / (1 - beta2**k)
         return alpha - beta * m_hat / (math.sqrt(v_hat) + lop_eps)
     raise ValueError(f"unknown lr-optimizer {lop!r}; valid: {', '.join(LOPS)}")
+
+
+def init_base_state(state: dict, param: Tensor, op: str) -> None:
+    """Create the base optimizer's state for `param` on its first step (torch/optim's lazy init)."""
+    if "step" in state:
+        return
+    state["step"] = 0
+    if op == "sgdn":
+        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    elif op == "adam":
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)

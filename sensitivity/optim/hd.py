@@ -170,13 +170,7 @@ class HypergradientOptimizer(Optimizer):
             if grad.is_sparse:
                 raise RuntimeError("HypergradientOptimizer does not support sparse gradients")
             state = self.state[p]
-            if "step" not in state:
-                state["step"] = 0
-                if self.op == "sgdn":
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                elif self.op == "adam":
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            F.init_base_state(state, p, self.op)
             prev = state.get("prev_direction")
             if prev is grad:
                 # d_{t−1} was the borrowed grad, which has since been zeroed and reaccumulated in
