@@ -28,3 +28,15 @@ def ray_local():
     if started:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: two intra-op threads on a busy 2-core machine spin against each
+    other (steps 100x slower). Modules that train in-process use it via `pytestmark`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

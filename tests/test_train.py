@@ -26,13 +26,7 @@ CURVE = ["trial_id", "epoch", "step", "train_loss", "test_loss", "train_acc", "t
 LOSSES = ["min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine spin against each other (100x slower steps).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same(a, b):
