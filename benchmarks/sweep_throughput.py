@@ -31,6 +31,7 @@ import ray
 import yaml
 
 from sensitivity import sweep
+from sensitivity.sweep import tuner
 from sensitivity.study import Study
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
@@ -47,7 +48,7 @@ def _study(epochs: int, seeds: int, bundle, entries: int | None = None) -> Study
 
 
 def _run(study: Study, reuse: bool) -> tuple[float, int, int]:
-    sweep.REUSE_ACTORS = reuse
+    tuner.REUSE_ACTORS = reuse
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         summary = sweep.run_study(study, out=out, quiet=True)

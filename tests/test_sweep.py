@@ -27,7 +27,7 @@ import yaml
 from sensitivity.progress import Progress
 from sensitivity.results import trial_id
 from sensitivity.study import Study, StudyError, load_study
-from sensitivity.sweep import _mean, bundle_size, error_row, is_short, make_bundles, run_one, run_study
+from sensitivity.sweep import bundle_size, error_row, is_short, make_bundles, mean_metric, run_one, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,18 +84,18 @@ def test_error_row_keeps_identity_and_never_nan():
 
 
 def test_long_trials_checkpoint_beside_the_tables_or_mirrored_to_a_uri(tmp_path, monkeypatch):
-    from sensitivity import sweep
+    from sensitivity.sweep import worker
 
     config = {"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": 0}
     local = tmp_path / "checkpoints" / trial_id(config)
     row, curve = run_one(config, str(local))
     assert row["status"] == "ok" and len(curve) == 2 and not list(local.glob("*.pt"))  # removed when done
 
-    monkeypatch.setattr(sweep, "CHECKPOINT_SYNC_S", 0.05)
+    monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 0.05)
     remote = tmp_path / "remote" / "t1"
     remote.mkdir(parents=True)
     (remote / "t1.pt").write_bytes(b"epoch 3")
-    mirror = sweep._Mirror(f"file://{remote}")
+    mirror = worker.Mirror(f"file://{remote}")
     assert (Path(mirror.local) / "t1.pt").read_bytes() == b"epoch 3"  # a retried trial starts from it
     (Path(mirror.local) / "t1.pt").write_bytes(b"epoch 4")
     deadline = time.monotonic() + 10
@@ -107,9 +107,9 @@ def test_long_trials_checkpoint_beside_the_tables_or_mirrored_to_a_uri(tmp_path,
 
 
 def test_optuna_objective_is_inf_never_nan():
-    assert _mean([1.0, 3.0]) == 2.0
-    assert _mean([1.0, math.inf]) == math.inf
-    assert _mean([]) == math.inf
+    assert mean_metric([1.0, 3.0]) == 2.0
+    assert mean_metric([1.0, math.inf]) == math.inf
+    assert mean_metric([]) == math.inf
 
 
 def test_progress_line():

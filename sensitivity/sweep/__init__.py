@@ -1,0 +1,33 @@
+"""Run a study's trials on Ray Tune: grids, or Optuna searches, into the results tables.
+
+- Ray: an already-initialised Ray is reused; else ``--address`` (or RAY_ADDRESS, as
+  set by ``ray job submit``) joins a cluster; else Ray starts in-process with its
+  dashboard on 127.0.0.1 only (or none when the dashboard's extra deps are absent).
+- Grid mode: the trials still missing from ``trials.parquet`` are cut into bundles;
+  one Ray Tune trial runs one bundle, trial after trial, and reports each finished
+  trial's row and curve.  A Tune callback in this (driver) process appends them
+  to the tables, so this process is the only writer and a crash loses only the
+  trials in flight.
+- Optuna mode: one Tuner; each optimizer entry has its own OptunaSearch behind
+  its own ConcurrencyLimiter, and the entries take turns (`_Entries`).  One
+  Optuna trial runs a point on every seed and reports the mean of the metric
+  (+inf when a seed has no finite value, never NaN); every seed is still a row.
+- Resume is by trial_id: whatever is in ``trials.parquet`` is not run again.
+
+Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
+`grid` and `search` (the two modes), `worker` (one trial on a worker), `tuner`
+(one Tuner run, the recorder callback, the summary), `driver` (`run_study`).
+"""
+
+import os
+
+# Tune's CSV/JSON/TensorBoard loggers would copy every payload to disk a second time
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+
+from sensitivity.sweep.bundles import bundle_size, is_short, make_bundles  # noqa: E402
+from sensitivity.sweep.driver import run_study  # noqa: E402
+from sensitivity.sweep.tuner import Summary  # noqa: E402
+from sensitivity.sweep.worker import error_row, mean_metric, run_one  # noqa: E402
+
+__all__ = ["Summary", "bundle_size", "error_row", "is_short", "make_bundles", "mean_metric", "run_one", "run_study"]

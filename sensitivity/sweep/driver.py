@@ -1,0 +1,72 @@
+"""run_study: the driver of one run, grid or Optuna search, into the study's tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import ray
+
+from sensitivity.results import STUDY, ResultsStore, join
+from sensitivity.study import Study, StudyError
+from sensitivity.sweep.cluster import connect, trial_resources
+from sensitivity.sweep.grid import run_grid
+from sensitivity.sweep.search import run_search
+from sensitivity.sweep.tuner import Summary, remove_dir
+
+
+def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
+    """Refuse to mix --smoke trials and real ones in one table."""
+    path = store.path.rstrip("/") + "/" + STUDY
+    try:
+        if store.fs.get_file_info(path).type.name != "File":
+            return
+        with store.fs.open_input_stream(path) as handle:
+            head = handle.read(200).decode(errors="replace")
+    except OSError:
+        return
+    match = re.search(r"smoke: (true|false)", head)
+    if match is None or store.trials is None or not len(store.trials):
+        return
+    saved = match.group(1) == "true"
+    if saved != bool(smoke):
+        kind = "a --smoke run" if saved else "a full run"
+        raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
+
+
+def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
+              storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
+              quiet: bool = False, retry_errors: bool = False) -> Summary:
+    """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
+
+    Raises StudyError for bad input (no GPU for a GPU study, results of another kind
+    in the directory); returns a Summary whose `missing` counts trials that did not finish.
+    """
+    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
+    location = join(root, study.name)
+    store = ResultsStore(location)
+    _smoke_mismatch(store, smoke)
+    if retry_errors and store.trials is not None and "status" in store.trials:
+        store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
+    started = connect(address)
+    try:
+        resources = trial_resources(study, smoke, quiet)
+        store.write_text(STUDY, study.to_yaml(smoke))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        ray_storage = join(location, "ray")
+        # long trials checkpoint each epoch next to the tables (local/NFS), or mirrored to the URI
+        checkpoint_root = join(location, "checkpoints")
+        if study.search:
+            summary = run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
+                                  max_concurrent, quiet)
+        else:
+            summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
+                                max_concurrent, quiet)
+        store.ensure_tables()
+        if not summary.missing:
+            remove_dir(ray_storage)  # Tune's own state is only needed to debug a failed run
+        return summary
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,99 @@
+"""One Ray Tune run and what the driver keeps of it: the recorder callback and the summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from ray import tune
+
+from sensitivity.progress import Progress
+from sensitivity.results import CURVES, TRIALS, ResultsStore, join, resolve
+
+MAX_FAILURES = 3  # a lost worker's Ray task is retried this often
+REUSE_ACTORS = True  # a finished Ray trial's process (torch imported, data cached) runs the next one
+
+
+@dataclass
+class Summary:
+    """What a run did; `missing` > 0 means some trials did not finish (rerun to resume)."""
+
+    location: str
+    trials_path: str
+    curves_path: str
+    total: int
+    skipped: int
+    ran: int = 0
+    diverged: int = 0
+    errored: int = 0
+    missing: int = 0
+    elapsed_s: float = 0.0
+    bundle: int = 1
+    errors: list[str] = field(default_factory=list)
+
+
+class Recorder(tune.Callback):
+    """Append every reported trial to the tables (this process is their only writer)."""
+
+    def __init__(self, store: ResultsStore, progress: Progress):
+        self.store, self.progress = store, progress
+        self.rows: list[dict] = []
+
+    def __getstate__(self):
+        # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
+        # works from the tables); the live tables and the terminal stay out of that file.
+        return {"store": None, "progress": None, "rows": []}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        payload = result.get("payload")
+        if not payload:
+            return
+        data = json.loads(payload)
+        if self.store.append(data["rows"], data["curves"]):
+            self.rows.extend(data["rows"])
+            self.progress.add(data["rows"])
+            if data.get("checkpoint"):
+                remove_dir(data["checkpoint"])
+
+
+def remove_dir(location: str) -> None:
+    fs, path = resolve(location)
+    try:
+        if fs.get_file_info(path).type.name == "Directory":
+            fs.delete_dir(path)
+    except OSError:
+        pass
+
+
+def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: Recorder,
+               param_space: dict | None = None, search_alg=None, num_samples: int = 1,
+               max_concurrent: int | None = None) -> list[str]:
+    """Fit one Tuner; return the errors of Ray trials that failed for good."""
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=param_space or {},
+        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent, reuse_actors=REUSE_ACTORS),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        ),
+    )
+    grid = tuner.fit()
+    errors = []
+    for result in grid:
+        if result.error is not None:
+            errors.append(" ".join(str(result.error).split())[:500])
+    return errors
+
+
+def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder, start: float,
+             bundle: int, errors: list[str], missing: int) -> Summary:
+    rows = recorder.rows
+    return Summary(location=store.location, trials_path=join(store.location, TRIALS),
+                   curves_path=join(store.location, CURVES),
+                   total=total, skipped=skipped, ran=len(rows),
+                   diverged=sum(r.get("status") == "diverged" for r in rows),
+                   errored=sum(r.get("status") == "error" for r in rows), missing=missing,
+                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors)
