@@ -8,6 +8,7 @@ import time
 
 import ray
 
+from sensitivity.identity import legacy_ids
 from sensitivity.results import STUDY, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
@@ -47,6 +48,8 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     location = join(root, study.name)
     store = ResultsStore(location)
     _smoke_mismatch(store, smoke)
+    if not study.search:  # tables written under the old id rule: give their rows the current ids
+        store.rename(legacy_ids(study.trials(smoke)))
     if retry_errors and store.trials is not None and "status" in store.trials:
         store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
     started = connect(address)
