@@ -46,9 +46,10 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    """Join path parts of a local path or a URI with '/'."""
+    """Join path parts of a local path or a URI with '/' (into a URI's path, before its ?query)."""
     if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
+        head, sep, query = base.partition("?")
+        return "/".join([head.rstrip("/"), *parts]) + sep + query
     return os.path.join(base, *parts)
 
 

@@ -36,6 +36,18 @@ def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
         raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
 
 
+def results_root(out: str | os.PathLike, storage: str | None) -> str:
+    """The results root: a URI (--storage) or an absolute path; StudyError for an --out URI."""
+    if storage:
+        # Ray runs trials in per-trial working directories: a relative path must be made absolute now
+        return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    text = os.fspath(out)
+    if "://" in text:
+        raise StudyError(f"out: {text} is a URI, and --out takes a local directory; "
+                         f"use --storage {text} for remote storage")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
               quiet: bool = False, retry_errors: bool = False) -> Summary:
@@ -44,8 +56,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     Raises StudyError for bad input (no GPU for a GPU study, results of another kind
     in the directory); returns a Summary whose `missing` counts trials that did not finish.
     """
-    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
-    location = join(root, study.name)
+    location = join(results_root(out, storage), study.name)
     store = ResultsStore(location)
     _smoke_mismatch(store, smoke)
     if not study.search:  # tables written under the old id rule: give their rows the current ids
