@@ -135,3 +135,40 @@ def legacy_ids(configs) -> dict[str, str]:
         if old != new:
             out[old] = new
     return out
+
+
+# ---------------------------------------------------------------------------
+# which rows count: the current study's trials
+
+
+CURRENT = "current.json"  # beside the tables: {"study": name, "trials": {trial_id: label}}
+
+
+class Current:
+    """The trials of the study as it is now (trial_id -> label), written beside the tables.
+
+    Rows of the table that are not listed (an earlier version of the study: another task,
+    a removed entry) are stale: kept, but `analysis.load` leaves them out by default, and
+    labels come from this file, so a renamed entry relabels its old rows.
+    """
+
+    def __init__(self, store, study: str, labels: Mapping[str, str]):
+        self.store, self.study, self.labels = store, study, dict(labels)
+
+    def write(self) -> None:
+        text = json.dumps({"study": self.study, "trials": self.labels}, sort_keys=True, indent=0)
+        self.store.write_text(CURRENT, text)
+
+    def add(self, rows) -> None:
+        """Rows that became current while the study runs (an Optuna search's new points)."""
+        new = {r["trial_id"]: r.get("label") or r.get("optimizer") for r in rows if r["trial_id"] not in self.labels}
+        if new:
+            self.labels.update(new)
+            self.write()
+
+    def stale(self) -> int:
+        """Rows of the table that belong to no trial of the current study."""
+        trials = self.store.trials
+        if trials is None or "trial_id" not in trials:
+            return 0
+        return int((~trials["trial_id"].isin(list(self.labels))).sum())

@@ -8,12 +8,12 @@ import time
 
 import ray
 
-from sensitivity.identity import legacy_ids
-from sensitivity.results import STUDY, ResultsStore, join
+from sensitivity.identity import Current, legacy_ids
+from sensitivity.results import STUDY, ResultsStore, join, trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
-from sensitivity.sweep.search import run_search
+from sensitivity.sweep.search import current_search_ids, run_search
 from sensitivity.sweep.tuner import Summary, remove_dir
 
 
@@ -34,6 +34,15 @@ def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
     if saved != bool(smoke):
         kind = "a --smoke run" if saved else "a full run"
         raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
+
+
+def _current(study: Study, store: ResultsStore, smoke: bool) -> Current:
+    """The current study's stored trials; rows stored under the old id rule get their current ids first."""
+    if study.search:
+        return Current(store, study.name, current_search_ids(study, store, smoke))
+    configs = study.trials(smoke)
+    store.rename(legacy_ids(configs))
+    return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
 
 
 def results_root(out: str | os.PathLike, storage: str | None) -> str:
@@ -59,25 +68,29 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     location = join(results_root(out, storage), study.name)
     store = ResultsStore(location)
     _smoke_mismatch(store, smoke)
-    if not study.search:  # tables written under the old id rule: give their rows the current ids
-        store.rename(legacy_ids(study.trials(smoke)))
+    current = _current(study, store, smoke)
     if retry_errors and store.trials is not None and "status" in store.trials:
         store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
     started = connect(address)
     try:
         resources = trial_resources(study, smoke, quiet)
         store.write_text(STUDY, study.to_yaml(smoke))
+        current.write()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ray_storage = join(location, "ray")
         # long trials checkpoint each epoch next to the tables (local/NFS), or mirrored to the URI
         checkpoint_root = join(location, "checkpoints")
         if study.search:
             summary = run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
-                                  max_concurrent, quiet)
+                                  max_concurrent, quiet, current=current)
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
                                 max_concurrent, quiet)
         store.ensure_tables()
+        if study.search:
+            current = _current(study, store, smoke)  # what this run added, matched like the rest
+            current.write()
+        summary.stale = current.stale()
         if not summary.missing:
             remove_dir(ray_storage)  # Tune's own state is only needed to debug a failed run
         return summary

@@ -15,6 +15,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sensitivity.progress import Progress
+from sensitivity.identity import _canonical, legacy_trial_id, value_key
 from sensitivity.results import ResultsStore, join, trial_id
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
@@ -27,15 +28,41 @@ def _choice_key(key: str) -> str:
 
 
 def _point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
-    """Sampled config -> (hyperparameter values, canonical JSON of the point)."""
+    """Sampled config -> (hyperparameter values, the point as JSON of those values).
+
+    The point names values, not Optuna's choice indices: a row says what it ran, whatever
+    the entry's position or its list of choices in a later version of the study.
+    """
     plan = study.search_plan(index, smoke)
     values = {}
     for key in plan["ranges"]:
         values[key] = float(config[key])
     for key, options in plan["choices"].items():
         values[key] = options[int(config[_choice_key(key)])]
-    point = json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True)
-    return values, point
+    return values, point_text(values)
+
+
+def point_text(values: dict) -> str:
+    return json.dumps(_canonical(values), sort_keys=True)
+
+
+def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict | None:
+    """Hyperparameter values -> the entry's Optuna params; None when they are not a point of its space."""
+    plan = study.search_plan(index, smoke)
+    if set(values) != set(plan["ranges"]) | set(plan["choices"]):
+        return None
+    params = {}
+    for key, rng in plan["ranges"].items():
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not rng.low <= value <= rng.high:
+            return None
+        params[key] = float(value)
+    for key, options in plan["choices"].items():
+        keys = [value_key(o) for o in options]
+        if value_key(values[key]) not in keys:
+            return None
+        params[_choice_key(key)] = keys.index(value_key(values[key]))
+    return params
 
 
 def _optuna_space(study: Study, index: int, smoke: bool) -> dict:
@@ -74,19 +101,68 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
         tune.report({"objective": mean_metric(found), "trials": 0})
 
 
-def _previous_points(store: ResultsStore, index: int, seeds: int, metric: str) -> tuple[list, list, dict]:
-    """(complete points with their mean metric, partial points, done trial_id -> metric) of one entry."""
+def _stored_values(point: str, entry, study: Study, smoke: bool) -> dict | None:
+    """A row's search_point as hyperparameter values (tables of earlier versions held Optuna's choice indices)."""
+    try:
+        values = json.loads(point)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    if any(k.endswith("__choice") for k in values):
+        try:  # the old format: indices into the choices of the entry at that position
+            return _point_values(study, int(entry), values, smoke)[0]
+        except (IndexError, KeyError, TypeError, ValueError):
+            return None
+    return values
+
+
+def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str) -> list[dict]:
+    """Each entry's stored points, matched by configuration (never by position).
+
+    A stored row belongs to entry i when its point is a point of entry i's space and its
+    trial_id is the id that entry gives that point and seed now: a changed task, an inserted
+    entry or a narrowed range leaves old rows to no entry (they are stale).  Returns, per
+    entry, {point text: {"values", "params", "done": {seed: metric}}}; rows stored under the
+    old id rule are renamed to their current ids on the way.
+    """
+    out: list[dict] = [{} for _ in study.entries]
     trials = store.trials
-    if trials is None or "search_entry" not in trials:
-        return [], [], {}
-    mine = trials[trials["search_entry"] == index]
-    done = {r["trial_id"]: metric_value(r, metric) for r in mine.to_dict("records")}
-    complete, partial = [], []
-    for point, group in mine.groupby("search_point", sort=False):
-        values = [metric_value(r, metric) for r in group.to_dict("records")]
-        config = json.loads(point)
-        (complete if len(group) >= seeds else partial).append((config, mean_metric(values)))
-    return complete, [c for c, _ in partial], done
+    if trials is None or "search_point" not in trials or not len(trials):
+        return out
+    renames = {}
+    for (point, entry), group in trials.groupby(["search_point", "search_entry"], sort=False, dropna=False):
+        values = _stored_values(point, entry, study, smoke)
+        if values is None:
+            continue
+        stored = dict(zip(group["trial_id"], group.to_dict("records")))
+        for index in range(len(study.entries)):
+            params = _optuna_params(study, index, values, smoke)
+            if params is None:
+                continue
+            found = {}
+            for config in study.search_configs(index, values, smoke):
+                tid, old = trial_id(config), legacy_trial_id(config)
+                if old in stored and tid not in stored:
+                    renames[old] = tid
+                    stored[tid] = stored[old]
+                if tid in stored:
+                    found[config["seed"]] = (tid, metric_value(stored[tid], metric))
+            if found:
+                key = point_text(values)
+                entry_points = out[index].setdefault(key, {"values": values, "params": params, "done": {}})
+                entry_points["done"].update(found)
+                break  # two entries never share a trial (the study rejects that)
+    if renames:
+        store.rename(renames)
+    return out
+
+
+def _seed(study: Study, index: int, finished: int) -> int:
+    """The entry's sampler seed: its configuration and how many points are done, so a resumed
+    run draws new points instead of replaying the ones it already ran."""
+    text = json.dumps([study.name, _canonical(study.entries[index].model_dump()), finished], sort_keys=True)
+    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 2**31
 
 
 def _sampler(kind: str, seed: int):
@@ -100,16 +176,39 @@ class _Entries(Searcher):
 
     Each entry keeps its own OptunaSearch (its own space, behind its own ConcurrencyLimiter)
     and its own budget of points; entries take turns, so a cluster runs them side by side.
+    A proposal that repeats a finished point is answered with its known value at once and
+    costs no budget.
     """
 
-    def __init__(self, searchers: dict[int, Searcher], budgets: dict[int, int]):
+    MAX_REPEATS = 1000  # proposals in a row that repeat finished points before an entry gives up
+
+    def __init__(self, searchers: dict[int, Searcher], budgets: dict[int, int],
+                 finished: dict[int, dict[str, float]] | None = None, key_of=None):
         super().__init__(metric="objective", mode="min")
         self.searchers, self.budgets = searchers, dict(budgets)
+        self.finished = {i: dict((finished or {}).get(i, {})) for i in searchers}
+        self.key_of = key_of or (lambda index, point: json.dumps(point, sort_keys=True))
         self.owner: dict[str, int] = {}
+        self.keys: dict[str, str] = {}
         self.turn = 0
+        self.repeats = 0  # proposals answered from finished points (for tests and the curious)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # every entry's space is already set
+
+    def _propose(self, index: int, trial_id: str):
+        searcher = self.searchers[index]
+        for _ in range(self.MAX_REPEATS):
+            point = searcher.suggest(trial_id)
+            if point in (None, Searcher.FINISHED):
+                return point
+            key = self.key_of(index, point)
+            if key not in self.finished[index]:
+                return point, key
+            self.repeats += 1  # tell the sampler what it already knows; ask again
+            searcher.on_trial_complete(trial_id, result={"objective": self.finished[index][key]})
+        self.budgets[index] = 0  # its space holds no unfinished point it would propose
+        return None
 
     def suggest(self, trial_id: str):
         open_ = [i for i in self.searchers if self.budgets[i] > 0]
@@ -117,12 +216,13 @@ class _Entries(Searcher):
             return Searcher.FINISHED
         for k in range(len(open_)):
             index = open_[(self.turn + k) % len(open_)]
-            point = self.searchers[index].suggest(trial_id)
-            if point in (None, Searcher.FINISHED):
+            proposed = self._propose(index, trial_id)
+            if proposed in (None, Searcher.FINISHED):
                 continue  # this entry is at its concurrency limit
+            point, key = proposed
             self.turn += k + 1
             self.budgets[index] -= 1
-            self.owner[trial_id] = index
+            self.owner[trial_id], self.keys[trial_id] = index, key
             return {"entry": index, "point": point}
         return None
 
@@ -132,49 +232,91 @@ class _Entries(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.owner:
-            self.searchers[self.owner[trial_id]].on_trial_complete(trial_id, result=result, error=error)
+            index = self.owner[trial_id]
+            if result and not error and "objective" in result:
+                self.finished[index][self.keys[trial_id]] = result["objective"]
+            self.searchers[index].on_trial_complete(trial_id, result=result, error=error)
 
 
-def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet):
+def plan_entries(study: Study, store: ResultsStore, smoke: bool) -> list[dict]:
+    """Per entry: its matched points split into complete and partial, its budget and sampler seed."""
+    n_points, seeds = study.search_trials(smoke), study.seeds(smoke)
+    plans = []
+    for index, points in enumerate(match_points(study, store, smoke, study.search.metric)):
+        complete = {k: p for k, p in points.items() if set(seeds) <= set(p["done"])}
+        partial = [p for k, p in points.items() if k not in complete]
+        budget = max(0, n_points - len(complete))
+        plans.append({"complete": complete, "partial": partial[:budget], "budget": budget,
+                      "seed": _seed(study, index, len(complete)),
+                      "done": {tid: v for p in points.values() for tid, v in p["done"].values()}})
+    return plans
+
+
+def current_search_ids(study: Study, store: ResultsStore, smoke: bool) -> dict[str, str]:
+    """trial_id -> label of the stored rows that belong to the current study's entries."""
+    out = {}
+    for index, points in enumerate(match_points(study, store, smoke, study.search.metric)):
+        for point in points.values():
+            for tid, _ in point["done"].values():
+                out[tid] = study.label(index)
+    return out
+
+
+def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int) -> "_Entries":
+    """The searcher of a run: each entry with budget left gets an OptunaSearch that knows its finished points."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searchers, finished = {}, {}
+    for index, plan in enumerate(plans):
+        if plan["budget"] <= 0:
+            continue
+        searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
+                                sampler=_sampler(study.search.sampler, plan["seed"]),
+                                points_to_evaluate=[p["params"] for p in plan["partial"]] or None)
+        finished[index] = {}
+        for key, point in plan["complete"].items():  # what earlier runs learnt
+            value = mean_metric([v for _, v in point["done"].values()])
+            searcher.add_evaluated_point(point["params"], value)
+            finished[index][key] = value
+        searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
+    return _Entries(searchers, {i: plans[i]["budget"] for i in searchers}, finished,
+                    key_of=lambda index, point: _point_values(study, index, point, smoke)[1])
+
+
+def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet,
+               current=None):
     start = time.monotonic()
     search = study.search
-    n_points, n_seeds = study.search_trials(smoke), len(study.seeds(smoke))
+    n_points, seeds = study.search_trials(smoke), study.seeds(smoke)
     total = sum(study.counts(smoke))
     # TPE's first 10 points are random anyway; after that, about a quarter of the points at once
     limit = search.max_concurrent or max(1, math.ceil(n_points / 4), min(n_points, 10))
-    searchers, budgets, done, long = {}, {}, {}, False
-    for index in range(len(study.entries)):
-        complete, partial, done_here = _previous_points(store, index, n_seeds, search.metric)
-        done.update(done_here)
-        complete = complete[:n_points]
-        budgets[index] = n_points - len(complete)
-        if budgets[index] <= 0:
-            continue
-        seed = int(hashlib.sha1(f"{study.name}:{index}".encode()).hexdigest()[:8], 16) % 2**31
-        searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
-                                sampler=_sampler(search.sampler, seed),
-                                points_to_evaluate=partial[:budgets[index]] or None)  # finish cut-off points
-        for config, value in complete:
-            searcher.add_evaluated_point(config, value)  # what earlier runs learnt
-        searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
-        long = long or not is_short(study.entry_trials(index, smoke)[0])
-    progress = Progress(total - len(done), name=study.name, quiet=quiet)
+    plans = plan_entries(study, store, smoke)
+    done = {tid: v for plan in plans for tid, v in plan["done"].items()}
+    entries = make_entries(study, plans, smoke, limit)
+    long = any(not is_short(study.entry_trials(i, smoke)[0]) for i in entries.searchers)
+    already = sum(min(n_points, len(p["complete"])) * len(seeds) + sum(len(q["done"]) for q in p["partial"])
+                  for p in plans)
+    progress = Progress(total - already, name=study.name, quiet=quiet)
     recorder = Recorder(store, progress)
+    if current is not None:
+        recorder.current = current  # search rows become current as they arrive
     errors = []
-    if searchers:
+    if entries.searchers:
         progress.show()
         trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric, done=done,
                                          checkpoint_root=checkpoint_root if long else None, cpu=resources["cpu"])
         errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
-                            callback=recorder, search_alg=_Entries(searchers, budgets),
-                            num_samples=sum(budgets[i] for i in searchers), max_concurrent=max_concurrent)
+                            callback=recorder, search_alg=entries,
+                            num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
         progress.show(final=True)
-    counted = 0
-    if store.trials is not None and "search_entry" in store.trials:
-        counted = int(store.trials["search_entry"].notna().sum())
-    return summarize(store, total, len(done), recorder, start, 1, errors, max(0, total - counted))
+    missing = 0
+    for plan in plan_entries(study, store, smoke):
+        complete = len(plan["complete"])
+        if complete < n_points:
+            partial_rows = sum(len(p["done"]) for p in plan["partial"])
+            missing += (n_points - complete) * len(seeds) - partial_rows
+    return summarize(store, total, already, recorder, start, 1, errors, max(0, missing))

@@ -33,6 +33,7 @@ class Summary:
     errors: list[str] = field(default_factory=list)
     mirror_failures: int = 0  # checkpoint uploads that failed (the trials went on)
     mirror_error: str | None = None  # the first of them
+    stale: int = 0  # rows of an earlier version of the study, kept in the table but not counted
 
 
 class Recorder(tune.Callback):
@@ -42,11 +43,12 @@ class Recorder(tune.Callback):
         self.store, self.progress = store, progress
         self.rows: list[dict] = []
         self.mirror_failures, self.mirror_error = 0, None
+        self.current = None  # an identity.Current that learns the rows as they arrive (Optuna search)
 
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
-        return {"store": None, "progress": None, "rows": []}
+        return {"store": None, "progress": None, "rows": [], "current": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get("payload")
@@ -59,6 +61,8 @@ class Recorder(tune.Callback):
         if self.store.append(data["rows"], data["curves"]):
             self.rows.extend(data["rows"])
             self.progress.add(data["rows"])
+            if self.current is not None:
+                self.current.add(data["rows"])
             # an errored trial keeps its checkpoint: --retry-errors resumes from it
             if data.get("checkpoint") and all(r.get("status") != "error" for r in data["rows"]):
                 remove_dir(data["checkpoint"])
