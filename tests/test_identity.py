@@ -5,6 +5,8 @@ Budget: a few seconds; no Ray, no training.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -123,3 +125,22 @@ def test_rename_keeps_a_row_whose_new_id_is_already_stored(tmp_path):
     store.append([{"trial_id": "old", "status": "ok"}, {"trial_id": "new", "status": "ok"}], [])
     assert store.rename({"old": "new"}) == 0
     assert sorted(pd.read_parquet(tmp_path / "trials.parquet")["trial_id"]) == ["new", "old"]
+
+
+def test_which_stored_grid_rows_are_current_after_the_study_changes(tmp_path):
+    from sensitivity.sweep.driver import _current
+
+    before = _study([{"name": "sgd", "lr": [0.1, 1.0]}])
+    store = ResultsStore(tmp_path)
+    store.append([{"trial_id": trial_id(c), "status": "ok", "label": c["label"]} for c in before.trials()], [])
+    # the default written out: the same trials, nothing stale, nothing to run again
+    current = _current(_study([{"name": "sgd", "lr": [0.1, 1.0]}], weight_decay=0), store, False)
+    assert current.stale() == 0 and set(current.labels) == store.done_ids()
+    # a renamed label relabels the stored rows (analysis reads the labels from current.json)
+    current = _current(_study([{"name": "sgd", "label": "plain", "lr": [0.1, 1.0]}]), store, False)
+    assert current.stale() == 0 and set(current.labels.values()) == {"plain"}
+    current.write()
+    assert json.loads((tmp_path / "current.json").read_text())["trials"] == current.labels
+    # a changed task: every stored row is stale, and every trial runs again
+    current = _current(_study([{"name": "sgd", "lr": [0.1, 1.0]}], epochs=20), store, False)
+    assert current.stale() == 4 and not set(current.labels) & store.done_ids()
