@@ -27,9 +27,9 @@ def study(trials=5, sampler="random", entries=None, **task):
         "search": {"trials": trials, "sampler": sampler, "space": {"lr": {"low": 1e-3, "high": 1.0, "log": True}}}})
 
 
-def simulate(s: Study, store: ResultsStore, stop_after: int | None = None) -> _Entries:
+def simulate(s: Study, store: ResultsStore, stop_after: int | None = None, storage=None) -> _Entries:
     """What run_search does, without Ray: ask, 'train' every seed (loss = lr), store rows, tell."""
-    entries = make_entries(s, plan_entries(s, store, False), False, limit=1)
+    entries = make_entries(s, plan_entries(s, store, False), False, limit=1, storage=storage)
     asked = 0
     while stop_after is None or asked < stop_after:
         proposal = entries.suggest(f"t{asked}")
@@ -110,6 +110,29 @@ def test_an_inserted_entry_gets_no_history_of_another(tmp_path):
     assert (store.trials["optimizer"] == "adam").sum() == 4 and len(store.trials) == 8
 
 
+def test_each_entry_keeps_an_optuna_study_that_optunas_tools_open(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from sensitivity.sweep.search import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
+
+    store = ResultsStore(tmp_path)
+    simulate(study(2), store)  # a table from before the journal: its points are added to it once
+    storage = optuna_storage(str(tmp_path))
+    killed = simulate(study(4), store, stop_after=1, storage=storage)
+    killed.suggest("in-flight")  # a point the kill cut off: left RUNNING in the journal
+    simulate(study(4), store, storage=optuna_storage(str(tmp_path)))
+    assert len(points(store)) == 4
+    name = optuna_study_name(study(4), 0, False)
+    reopened = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / OPTUNA_JOURNAL)))
+    assert optuna.get_all_study_names(reopened) == [name]
+    trials = optuna.load_study(study_name=name, storage=reopened).get_trials()
+    complete = {t.params["lr"] for t in trials if t.state == TrialState.COMPLETE}
+    assert complete == set(store.trials["lr"]) and len(complete) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # the cut-off one is marked FAIL
+
+
 class _Replayer(Searcher):
     """A sampler that proposes the given points in order (like a reseeded RandomSampler)."""
 
@@ -134,7 +157,7 @@ def test_a_proposal_that_repeats_a_finished_point_costs_no_budget():
 
 
 @pytest.mark.slow
-def test_a_real_search_interrupted_then_resumed_and_extended(tmp_path, ray_local):
+def test_a_real_search_interrupted_then_resumed(tmp_path, ray_local):
     from sensitivity.sweep import run_study
 
     task = {"dataset": "synthetic", "model": "logreg", "epochs": 1, "batch_size": 16,
@@ -156,8 +179,5 @@ def test_a_real_search_interrupted_then_resumed_and_extended(tmp_path, ray_local
     after = pd.read_parquet(table)
     assert resumed.missing == 0 and resumed.ran == 4 and resumed.skipped == 2
     assert after.groupby("search_point").size().tolist() == [2, 2, 2] and kept_point in set(after.search_point)
-    extended = run_study(make(5), out=tmp_path, quiet=True)
-    final = pd.read_parquet(table)
-    assert extended.missing == 0 and extended.ran == 4 and extended.stale == 0
-    assert len(final) == 10 and final["trial_id"].is_unique and final["search_point"].nunique() == 5
-    assert math.isfinite(final["min_train_loss"].min())
+    assert resumed.stale == 0 and (tmp_path / "resume" / "optuna.journal").is_file()
+    assert math.isfinite(after["min_train_loss"].min())

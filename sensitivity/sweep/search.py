@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 
 from ray import tune
@@ -262,8 +263,55 @@ def current_search_ids(study: Study, store: ResultsStore, smoke: bool) -> dict[s
     return out
 
 
-def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int) -> "_Entries":
-    """The searcher of a run: each entry with budget left gets an OptunaSearch that knows its finished points."""
+OPTUNA_JOURNAL = "optuna.journal"  # beside the tables: one Optuna study per optimizer entry
+
+
+def optuna_storage(location: str):
+    """The Optuna journal of a local (or NFS) results directory; None for a URI (Optuna needs a file lock)."""
+    if "://" in location:
+        return None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    os.makedirs(location, exist_ok=True)
+    return JournalStorage(JournalFileBackend(os.path.join(location, OPTUNA_JOURNAL)))
+
+
+def optuna_study_name(study: Study, index: int, smoke: bool) -> str:
+    """`<label>-<hash of the entry's search plan>`: a changed entry gets a study of its own."""
+    plan = study.search_plan(index, smoke)
+    text = json.dumps(_canonical({"task": plan["task"], "fixed": plan["fixed"], "choices": plan["choices"],
+                                  "ranges": {k: r.model_dump() for k, r in plan["ranges"].items()},
+                                  "optimizer": plan["entry"].name, "seeds": study.seeds(smoke),
+                                  "metric": study.search.metric}), sort_keys=True)
+    return f"{study.label(index)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _known_points(storage, name: str) -> list[dict]:
+    """Params of the entry's COMPLETE Optuna trials; trials an interrupted run left RUNNING become FAIL."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        ot_study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return []
+    known = []
+    for trial in ot_study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        elif trial.state == TrialState.COMPLETE:
+            known.append(dict(trial.params))
+    return known
+
+
+def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int, storage=None) -> "_Entries":
+    """The searcher of a run: each entry with budget left gets an OptunaSearch that knows its finished points.
+
+    With an Optuna `storage`, each entry's points live in its own Optuna study there (with
+    every finished point of the table added once), so `optuna.load_study` and optuna-dashboard
+    can read the search; the table stays the record of which points are done.
+    """
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -271,16 +319,22 @@ def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int) -> "_
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searchers, finished = {}, {}
     for index, plan in enumerate(plans):
-        if plan["budget"] <= 0:
+        name = optuna_study_name(study, index, smoke) if storage is not None else None
+        known = _known_points(storage, name) if storage is not None else []
+        if plan["budget"] <= 0 and all(p["params"] in known for p in plan["complete"].values()):
             continue
         searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
                                 sampler=_sampler(study.search.sampler, plan["seed"]),
-                                points_to_evaluate=[p["params"] for p in plan["partial"]] or None)
+                                points_to_evaluate=[p["params"] for p in plan["partial"]] or None,
+                                storage=storage, study_name=name)
         finished[index] = {}
         for key, point in plan["complete"].items():  # what earlier runs learnt
             value = mean_metric([v for _, v in point["done"].values()])
-            searcher.add_evaluated_point(point["params"], value)
+            if point["params"] not in known:
+                searcher.add_evaluated_point(point["params"], value)
             finished[index][key] = value
+        if plan["budget"] <= 0:
+            continue  # its finished points are now in the storage; nothing to run
         searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
     return _Entries(searchers, {i: plans[i]["budget"] for i in searchers}, finished,
                     key_of=lambda index, point: _point_values(study, index, point, smoke)[1])
@@ -296,7 +350,7 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
     limit = search.max_concurrent or max(1, math.ceil(n_points / 4), min(n_points, 10))
     plans = plan_entries(study, store, smoke)
     done = {tid: v for plan in plans for tid, v in plan["done"].items()}
-    entries = make_entries(study, plans, smoke, limit)
+    entries = make_entries(study, plans, smoke, limit, storage=optuna_storage(store.location))
     long = any(not is_short(study.entry_trials(i, smoke)[0]) for i in entries.searchers)
     already = sum(min(n_points, len(p["complete"])) * len(seeds) + sum(len(q["done"]) for q in p["partial"])
                   for p in plans)
