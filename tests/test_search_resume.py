@@ -133,6 +133,23 @@ def test_each_entry_keeps_an_optuna_study_that_optunas_tools_open(tmp_path):
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # the cut-off one is marked FAIL
 
 
+def test_a_table_of_the_old_format_is_matched_and_migrated(tmp_path):
+    import json
+
+    from sensitivity.identity import legacy_trial_id
+
+    s = study(2, entries=[{"name": "sgdn", "momentum": [0.5, 0.9]}])
+    store = ResultsStore(tmp_path)
+    # before: points as Optuna's choice indices, ids hashed from the config as spelt
+    old_point = json.dumps({"lr": 0.01, "momentum__choice": 1}, sort_keys=True)
+    configs = s.search_configs(0, {"lr": 0.01, "momentum": 0.9})
+    store.append([{"trial_id": legacy_trial_id(c), "status": "ok", "min_train_loss": 1.0, "seed": c["seed"],
+                   "search_entry": 0, "search_point": old_point} for c in configs], [])
+    plan = plan_entries(s, store, False)[0]
+    assert plan["budget"] == 1 and len(plan["complete"]) == 1
+    assert ResultsStore(tmp_path).done_ids() == {trial_id(c) for c in configs}  # renamed, not rerun
+
+
 class _Replayer(Searcher):
     """A sampler that proposes the given points in order (like a reseeded RandomSampler)."""
 

@@ -15,8 +15,8 @@ import time
 from ray import tune
 from ray.tune.search import Searcher
 
-from sensitivity.progress import Progress
 from sensitivity.identity import _canonical, legacy_trial_id, value_key
+from sensitivity.progress import Progress
 from sensitivity.results import ResultsStore, join, trial_id
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
@@ -124,7 +124,7 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str) ->
     A stored row belongs to entry i when its point is a point of entry i's space and its
     trial_id is the id that entry gives that point and seed now: a changed task, an inserted
     entry or a narrowed range leaves old rows to no entry (they are stale).  Returns, per
-    entry, {point text: {"values", "params", "done": {seed: metric}}}; rows stored under the
+    entry, {point text: {"values", "params", "done": {seed: (trial_id, metric)}}}; rows stored under the
     old id rule are renamed to their current ids on the way.
     """
     out: list[dict] = [{} for _ in study.entries]

@@ -48,7 +48,8 @@ class Recorder(tune.Callback):
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
-        return {"store": None, "progress": None, "rows": [], "current": None}
+        return {"store": None, "progress": None, "rows": [], "current": None, "mirror_failures": 0,
+                "mirror_error": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get("payload")
