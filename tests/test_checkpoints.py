@@ -114,3 +114,22 @@ def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch):
     again.sync()
     assert again.uploads == 0 and json.dumps(again.report()) == "null"
     again.close()
+
+
+def test_run_reports_mirror_failures_and_stale_rows(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import sensitivity.sweep
+    from sensitivity.cli import main
+    from sensitivity.sweep.tuner import Summary
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "task": {"dataset": "digits", "model": "mlp"},
+                                    "optimizers": [{"name": "sgd", "lr": 0.1}]}))
+    summary = Summary(location="x", trials_path="x/trials.parquet", curves_path="x/curves.parquet", total=1,
+                      skipped=1, stale=3, mirror_failures=2, mirror_error="PermissionError: AccessDenied")
+    monkeypatch.setattr(sensitivity.sweep, "run_study", lambda study, **kwargs: summary)
+    assert main(["run", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "3 stale rows" in out and "include_stale=True" in out
+    assert "2 checkpoint upload(s) failed" in err and "AccessDenied" in err
