@@ -118,10 +118,10 @@ def test_each_entry_keeps_an_optuna_study_that_optunas_tools_open(tmp_path):
 
     store = ResultsStore(tmp_path)
     simulate(study(2), store)  # a table from before the journal: its points are added to it once
-    storage = optuna_storage(str(tmp_path))
+    storage, _ = optuna_storage(str(tmp_path))
     killed = simulate(study(4), store, stop_after=1, storage=storage)
     killed.suggest("in-flight")  # a point the kill cut off: left RUNNING in the journal
-    simulate(study(4), store, storage=optuna_storage(str(tmp_path)))
+    simulate(study(4), store, storage=optuna_storage(str(tmp_path))[0])
     assert len(points(store)) == 4
     name = optuna_study_name(study(4), 0, False)
     reopened = optuna.storages.JournalStorage(
@@ -148,6 +148,21 @@ def test_a_table_of_the_old_format_is_matched_and_migrated(tmp_path):
     plan = plan_entries(s, store, False)[0]
     assert plan["budget"] == 1 and len(plan["complete"]) == 1
     assert ResultsStore(tmp_path).done_ids() == {trial_id(c) for c in configs}  # renamed, not rerun
+
+
+def test_on_a_uri_the_journal_is_downloaded_and_uploaded(tmp_path):
+    import optuna
+
+    from sensitivity.sweep.search import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
+
+    store = ResultsStore(tmp_path)
+    storage, save = optuna_storage(f"file://{tmp_path}?unused=1")
+    simulate(study(2), store, storage=storage)
+    assert not (tmp_path / OPTUNA_JOURNAL).exists()  # a local copy until the run ends
+    save()
+    again, _ = optuna_storage(f"file://{tmp_path}")
+    ot_study = optuna.load_study(study_name=optuna_study_name(study(2), 0, False), storage=again)
+    assert len(ot_study.trials) == 2
 
 
 class _Replayer(Searcher):

@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 
 from sensitivity.identity import _canonical, legacy_trial_id, value_key
 from sensitivity.progress import Progress
-from sensitivity.results import ResultsStore, join, trial_id
+from sensitivity.results import ResultsStore, join, resolve, trial_id, write_atomic
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
 from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
@@ -267,14 +267,33 @@ OPTUNA_JOURNAL = "optuna.journal"  # beside the tables: one Optuna study per opt
 
 
 def optuna_storage(location: str):
-    """The Optuna journal of a local (or NFS) results directory; None for a URI (Optuna needs a file lock)."""
-    if "://" in location:
-        return None
+    """(Optuna journal storage of the results location, a function that saves it).
+
+    Locally (or on NFS) the journal is the file beside the tables.  On a URI (s3://, gs://) Optuna
+    cannot lock a file, so the driver, the only writer, works on a local copy that it downloads
+    first and uploads when the run ends (a crash loses only the journal's latest points, which
+    the next run adds again from the table).
+    """
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    os.makedirs(location, exist_ok=True)
-    return JournalStorage(JournalFileBackend(os.path.join(location, OPTUNA_JOURNAL)))
+    if "://" not in location:
+        os.makedirs(location, exist_ok=True)
+        return JournalStorage(JournalFileBackend(os.path.join(location, OPTUNA_JOURNAL))), lambda: None
+    import tempfile
+
+    fs, path = resolve(location)
+    remote = path.rstrip("/") + "/" + OPTUNA_JOURNAL
+    local = os.path.join(tempfile.mkdtemp(prefix="sensitivity-optuna-"), OPTUNA_JOURNAL)
+    if fs.get_file_info(remote).type.name == "File":
+        with fs.open_input_stream(remote) as src, open(local, "wb") as dst:
+            dst.write(src.read())
+
+    def save() -> None:
+        with open(local, "rb") as src:
+            write_atomic(fs, remote, src.read())
+
+    return JournalStorage(JournalFileBackend(local)), save
 
 
 def optuna_study_name(study: Study, index: int, smoke: bool) -> str:
@@ -350,7 +369,8 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
     limit = search.max_concurrent or max(1, math.ceil(n_points / 4), min(n_points, 10))
     plans = plan_entries(study, store, smoke)
     done = {tid: v for plan in plans for tid, v in plan["done"].items()}
-    entries = make_entries(study, plans, smoke, limit, storage=optuna_storage(store.location))
+    storage, save_storage = optuna_storage(store.location)
+    entries = make_entries(study, plans, smoke, limit, storage=storage)
     long = any(not is_short(study.entry_trials(i, smoke)[0]) for i in entries.searchers)
     already = sum(min(n_points, len(p["complete"])) * len(seeds) + sum(len(q["done"]) for q in p["partial"])
                   for p in plans)
@@ -367,6 +387,7 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
                             callback=recorder, search_alg=entries,
                             num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
         progress.show(final=True)
+    save_storage()
     missing = 0
     for plan in plan_entries(study, store, smoke):
         complete = len(plan["complete"])
