@@ -280,6 +280,7 @@ def optuna_storage(location: str):
     if "://" not in location:
         os.makedirs(location, exist_ok=True)
         return JournalStorage(JournalFileBackend(os.path.join(location, OPTUNA_JOURNAL))), lambda: None
+    import shutil
     import tempfile
 
     fs, path = resolve(location)
@@ -292,6 +293,7 @@ def optuna_storage(location: str):
     def save() -> None:
         with open(local, "rb") as src:
             write_atomic(fs, remote, src.read())
+        shutil.rmtree(os.path.dirname(local), ignore_errors=True)  # the run is over
 
     return JournalStorage(JournalFileBackend(local)), save
 
