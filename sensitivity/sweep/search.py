@@ -381,15 +381,18 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
     if current is not None:
         recorder.current = current  # search rows become current as they arrive
     errors = []
-    if entries.searchers:
-        progress.show()
-        trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric, done=done,
-                                         checkpoint_root=checkpoint_root if long else None, cpu=resources["cpu"])
-        errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
-                            callback=recorder, search_alg=entries,
-                            num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
-        progress.show(final=True)
-    save_storage()
+    try:
+        if entries.searchers:
+            progress.show()
+            trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric,
+                                             done=done, checkpoint_root=checkpoint_root if long else None,
+                                             cpu=resources["cpu"])
+            errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
+                                callback=recorder, search_alg=entries,
+                                num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
+            progress.show(final=True)
+    finally:
+        save_storage()  # also after Ctrl-C: the points that finished stay in the journal
     missing = 0
     for plan in plan_entries(study, store, smoke):
         complete = len(plan["complete"])
