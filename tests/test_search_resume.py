@@ -15,7 +15,8 @@ from ray.tune.search import Searcher
 from sensitivity.identity import Current
 from sensitivity.results import ResultsStore, trial_id
 from sensitivity.study import Study
-from sensitivity.sweep.search import _Entries, _point_values, make_entries, plan_entries
+from sensitivity.sweep.points import _point_values, current_search_ids, plan_entries
+from sensitivity.sweep.search import _Entries, make_entries
 
 TASK = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [8]}, "epochs": 1}
 
@@ -92,8 +93,6 @@ def test_a_changed_task_reruns_and_leaves_the_old_rows_stale(tmp_path):
     assert plan["budget"] == 2 and not plan["complete"] and not plan["partial"]
     simulate(longer, store)
     assert sorted(store.trials["epochs"]) == [1] * 4 + [2] * 4
-    from sensitivity.sweep.search import current_search_ids
-
     current = Current(store, "opt", current_search_ids(longer, store, False))
     assert current.stale() == 4
     assert set(current.labels) == set(store.trials.loc[store.trials.epochs == 2, "trial_id"])
@@ -114,7 +113,7 @@ def test_each_entry_keeps_an_optuna_study_that_optunas_tools_open(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from sensitivity.sweep.search import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
+    from sensitivity.sweep.journal import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
 
     store = ResultsStore(tmp_path)
     simulate(study(2), store)  # a table from before the journal: its points are added to it once
@@ -153,7 +152,7 @@ def test_a_table_of_the_old_format_is_matched_and_migrated(tmp_path):
 def test_on_a_uri_the_journal_is_downloaded_and_uploaded(tmp_path):
     import optuna
 
-    from sensitivity.sweep.search import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
+    from sensitivity.sweep.journal import OPTUNA_JOURNAL, optuna_storage, optuna_study_name
 
     store = ResultsStore(tmp_path)
     storage, save = optuna_storage(f"file://{tmp_path}?unused=1")

@@ -13,7 +13,8 @@ from sensitivity.results import STUDY, ResultsStore, join, trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
-from sensitivity.sweep.search import current_search_ids, run_search
+from sensitivity.sweep.points import current_search_ids
+from sensitivity.sweep.search import run_search
 from sensitivity.sweep.tuner import Summary, remove_dir
 
 
