@@ -7,7 +7,7 @@ Depends only on pandas, pyarrow, numpy, matplotlib, seaborn and optuna; never on
     table = analysis.sensitivity_table(trials)
     analysis.valley_figure(table)
 """
-from ._io import ResultsError, load, prepare
+from ._io import ResultsError, StaleRowsWarning, load, prepare
 from .plots import (
     combination_figure, combination_plot, curve_plot, curves_figure, decay_figure, expected_best_figure,
     expected_best_plot, gamma_figure, hd_figure, importance_figure, importance_plot, valley_figure, valley_plot,
@@ -21,7 +21,7 @@ from .stats import (
 from .tables import best_config_summary, expected_best_summary, threshold_summary, to_markdown
 
 __all__ = [
-    "ResultsError", "load", "prepare", "write_report",
+    "ResultsError", "StaleRowsWarning", "load", "prepare", "write_report",
     "higher_is_better", "sensitivity_table", "swept", "best_beta", "config_table", "best_configs", "best_trials",
     "curve_stats",
     "threshold_table", "combination_table", "t_quantile",

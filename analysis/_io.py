@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import math
 import pathlib
 import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultsError", "load", "prepare", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
+__all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
 
 STATUSES = ("ok", "diverged", "error")
 
@@ -44,6 +46,10 @@ class ResultsError(ValueError):
     """A results directory that is missing, unreadable or not shaped like the contract."""
 
 
+class StaleRowsWarning(UserWarning):
+    """`load` left out rows of an earlier version of the study."""
+
+
 def _read(path: pathlib.Path) -> pd.DataFrame:
     try:
         # One read of the bytes: a running sweep replaces the file by rename, and pyarrow may
@@ -60,8 +66,44 @@ def _require(frame: pd.DataFrame, columns, path: pathlib.Path) -> None:
         raise ResultsError(f"{path} lacks column(s) {', '.join(missing)}")
 
 
-def load(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _current(root: pathlib.Path) -> dict[str, str] | None:
+    """``current.json``: trial_id -> label of the study as it is now (None for older results)."""
+    path = root / "current.json"
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text())["trials"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from None
+
+
+def _split_stale(trials: pd.DataFrame, curves: pd.DataFrame, current: dict[str, str] | None,
+                 include_stale: bool) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Keep the current study's rows (all with include_stale), labelled as the study labels them now."""
+    if current is None:
+        return trials, curves, 0
+    is_current = trials["trial_id"].isin(list(current))
+    stale = int((~is_current).sum())
+    if not include_stale:
+        trials = trials[is_current].reset_index(drop=True)
+        curves = curves[curves["trial_id"].isin(list(current))].reset_index(drop=True)
+    trials = trials.copy()
+    relabel = trials["trial_id"].map(current)
+    if "label" in trials:
+        trials["label"] = relabel.where(relabel.notna(), trials["label"])
+    else:
+        trials["label"] = relabel
+    return trials, curves, stale
+
+
+def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(trials, curves)`` of a results directory, with the columns of ``prepare`` added.
+
+    Only the current study's trials by default: rows that ``current.json`` (written by the
+    sweep) does not list come from an earlier version of the study (another task, a removed
+    entry) and are left out, with a warning that counts them; ``include_stale=True`` keeps
+    them. Labels come from ``current.json``, so a renamed entry relabels its old rows.
+    ``trials.attrs["stale_rows"]`` holds the count either way.
 
     Raises ResultsError (one line) when the directory or ``trials.parquet`` is missing, a file
     cannot be read, required columns are missing, or a status is not one of STATUSES. A
@@ -82,10 +124,18 @@ def load(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         _require(curves, CURVE_COLUMNS, curves_path)
     else:
         curves = pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
+    trials, curves, stale = _split_stale(trials, curves, _current(root), include_stale)
+    if stale and not include_stale:
+        warnings.warn(f"{root}: left out {stale} stale rows (an earlier version of the study); "
+                      f"load(..., include_stale=True) keeps them", StaleRowsWarning, stacklevel=2)
+    if trials.empty:
+        raise ResultsError(f"{trials_path} has no trials of the current study ({stale} stale rows; "
+                           f"include_stale=True keeps them)")
     try:
         trials = prepare(trials)
     except ValueError as exc:
         raise ResultsError(f"{trials_path}: {exc}") from None
+    trials.attrs["stale_rows"] = stale
     return trials, curves
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots, robustness, stats, tables
-from ._io import load
+from ._io import StaleRowsWarning, load
 
 __all__ = ["write_report", "VALLEY_TOLERANCES"]
 
@@ -55,7 +55,12 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     Returns the written paths. Raises ``analysis.ResultsError`` (one line) when the results
     directory is missing or corrupt.
     """
-    trials, curves = load(results_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleRowsWarning)  # said below, in the report's own words
+        trials, curves = load(results_dir)
+    if trials.attrs.get("stale_rows"):
+        echo(f"left out {trials.attrs['stale_rows']} stale rows (an earlier version of the study; "
+             f"analysis.load(..., include_stale=True) keeps them)")
     out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(results_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     studies = trials["study"].dropna().unique() if "study" in trials else []

@@ -97,6 +97,12 @@ def _run(args) -> int:
               f" in {summary.elapsed_s:.1f} s; {summary.skipped} already done; bundle {summary.bundle}")
         print(f"  trials: {summary.trials_path}")
         print(f"  curves: {summary.curves_path}")
+        if summary.stale:
+            print(f"  {summary.stale} stale rows (an earlier version of the study) kept in the table; "
+                  f"analysis leaves them out (include_stale=True brings them back)")
+    if summary.mirror_failures:
+        print(f"sensitivity: {summary.mirror_failures} checkpoint upload(s) failed (trials went on; a lost worker "
+              f"restarts them from scratch); first: {summary.mirror_error}", file=sys.stderr)
     if summary.missing:
         first = f"; first Ray error: {summary.errors[0]}" if summary.errors else ""
         print(f"sensitivity: {summary.missing} of {summary.total} trials did not finish{first}; "

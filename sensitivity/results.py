@@ -13,7 +13,6 @@ mounts are local paths).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,41 +24,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sensitivity.identity import NON_IDENTITY_KEYS, _canonical, trial_id  # noqa: F401 (re-exported)
+
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 STUDY = "study.yaml"
 
-# Keys that say where or how a trial runs, not what it computes: they do not
-# change the outcome, so they do not change the trial's identity.
-NON_IDENTITY_KEYS = frozenset({"data_dir", "device", "download", "trial_id", "study", "label", "node"})
-
 LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
-
-
-def _canonical(value: Any) -> Any:
-    """JSON-ready value with one spelling per meaning (tuples are lists, 1e-3 == 0.001)."""
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalar
-        value = value.item()
-    if isinstance(value, (int, float)):
-        return value  # json writes floats by repr: 1e-3 and 0.001 are one spelling
-    return str(value)
-
-
-def trial_id(config: Mapping[str, Any]) -> str:
-    """Stable 16-hex-digit hash of a trial config, ignoring where/how it runs.
-
-    Keys set to None or {} mean "the default", exactly as when they are absent.
-    """
-    identity = {k: v for k, v in config.items()
-                if k not in NON_IDENTITY_KEYS and v is not None and not (isinstance(v, Mapping) and not v)}
-    text = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
@@ -75,9 +46,10 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    """Join path parts of a local path or a URI with '/'."""
+    """Join path parts of a local path or a URI with '/' (into a URI's path, before its ?query)."""
     if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
+        head, sep, query = base.partition("?")
+        return "/".join([head.rstrip("/"), *parts]) + sep + query
     return os.path.join(base, *parts)
 
 
@@ -192,6 +164,30 @@ class ResultsStore:
         if self.curves is not None and "trial_id" in self.curves:
             self.curves = self.curves[~self.curves["trial_id"].isin(ids)].reset_index(drop=True)
             _write_table(self.fs, self.curves_path, self.curves)
+
+    def rename(self, ids: Mapping[str, str]) -> int:
+        """Give stored trials new ids (old -> new, after a change of the id rule); returns how many.
+
+        An old id whose new id is already stored keeps its old id (it stays a row of its own).
+        Crash-safe: the curves are first written under both ids, then the trials, then the curves
+        under the new ids only; whatever the table holds, curves of finished trials survive.
+        """
+        if not ids or self.trials is None or "trial_id" not in self.trials:
+            return 0
+        present = set(self.trials["trial_id"])
+        ids = {old: new for old, new in ids.items() if old in present and new not in present}
+        if not ids:
+            return 0
+        if self.curves is not None and "trial_id" in self.curves:
+            moved = self.curves[self.curves["trial_id"].isin(list(ids))].copy()
+            moved["trial_id"] = moved["trial_id"].map(ids)
+            _write_table(self.fs, self.curves_path, _concat(self.curves, moved))
+        self.trials["trial_id"] = self.trials["trial_id"].replace(ids)
+        _write_table(self.fs, self.trials_path, self.trials)
+        if self.curves is not None and "trial_id" in self.curves:
+            self.curves["trial_id"] = self.curves["trial_id"].replace(ids)
+            _write_table(self.fs, self.curves_path, self.curves)
+        return len(ids)
 
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.fs, self.path.rstrip("/") + "/" + name, text.encode())

@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sensitivity.results import trial_id
+from sensitivity.identity import trial_id, value_key
 
 
 class StudyError(ValueError):
@@ -206,6 +206,16 @@ def _decay(path: str, value: Any) -> dict | None:
     return {"milestones": sorted(stones), "factor": float(factor)}
 
 
+def _no_repeats(path: str, values: list) -> None:
+    """A value given twice in one axis (0.01 and 1.0e-2) would run one trial twice."""
+    seen: dict[str, int] = {}
+    for j, value in enumerate(values):
+        key = value_key(value)
+        if key in seen:
+            raise StudyError(f"{path}: value {value!r} is given twice (items {seen[key]} and {j}); remove one")
+        seen[key] = j
+
+
 def _positive(path: str, value: Any, *, allow_zero: bool = False) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise StudyError(f"{path}: must be a number, got {value!r}")
@@ -335,6 +345,7 @@ class Study:
                 elif key == "beta":
                     values = [_positive(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v, allow_zero=True)
                               for j, v in enumerate(values)]
+                _no_repeats(fpath, values)
                 axes[key] = values
             searched = [k for k in space if k in allowed]
             if "lr" not in axes and "lr" not in searched and "lr" in defaults:
@@ -363,7 +374,11 @@ class Study:
                 tid = trial_id(config)
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
-                                     f"(same optimizer and values); remove one")
+                                     f"(same optimizer, aliases included, and values); remove one")
+                if tid in seen and not self.search:
+                    values = {k: config[k] for k in ("lr", "beta", "decay") if k in config}
+                    raise StudyError(f"optimizers[{i}]: two of its grid points are one trial "
+                                     f"({values | config.get('optimizer_args', {})}); remove one")
                 seen.setdefault(tid, i)
         return plans
 

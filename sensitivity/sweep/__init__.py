@@ -12,10 +12,12 @@
   its own ConcurrencyLimiter, and the entries take turns (`_Entries`).  One
   Optuna trial runs a point on every seed and reports the mean of the metric
   (+inf when a seed has no finite value, never NaN); every seed is still a row.
-- Resume is by trial_id: whatever is in ``trials.parquet`` is not run again.
+- Resume is by trial_id: whatever is in ``trials.parquet`` is not run again; rows that
+  belong to no trial of the current study are stale (``current.json`` lists the current ones).
 
 Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
-`grid` and `search` (the two modes), `worker` (one trial on a worker), `tuner`
+`grid` and `search` (the two modes; `points` matches a search's stored points to its
+entries, `journal` keeps them as Optuna studies), `worker` (one trial on a worker), `tuner`
 (one Tuner run, the recorder callback, the summary), `driver` (`run_study`).
 """
 

@@ -8,10 +8,12 @@ import time
 
 import ray
 
-from sensitivity.results import STUDY, ResultsStore, join
+from sensitivity.identity import Current, legacy_ids
+from sensitivity.results import STUDY, ResultsStore, join, trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
+from sensitivity.sweep.points import current_search_ids
 from sensitivity.sweep.search import run_search
 from sensitivity.sweep.tuner import Summary, remove_dir
 
@@ -35,6 +37,27 @@ def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
         raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
 
 
+def _current(study: Study, store: ResultsStore, smoke: bool) -> Current:
+    """The current study's stored trials; rows stored under the old id rule get their current ids first."""
+    if study.search:
+        return Current(store, study.name, current_search_ids(study, store, smoke))
+    configs = study.trials(smoke)
+    store.rename(legacy_ids(configs))
+    return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
+
+
+def results_root(out: str | os.PathLike, storage: str | None) -> str:
+    """The results root: a URI (--storage) or an absolute path; StudyError for an --out URI."""
+    if storage:
+        # Ray runs trials in per-trial working directories: a relative path must be made absolute now
+        return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    text = os.fspath(out)
+    if "://" in text:
+        raise StudyError(f"out: {text} is a URI, and --out takes a local directory; "
+                         f"use --storage {text} for remote storage")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
               quiet: bool = False, retry_errors: bool = False) -> Summary:
@@ -43,27 +66,32 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     Raises StudyError for bad input (no GPU for a GPU study, results of another kind
     in the directory); returns a Summary whose `missing` counts trials that did not finish.
     """
-    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
-    location = join(root, study.name)
+    location = join(results_root(out, storage), study.name)
     store = ResultsStore(location)
     _smoke_mismatch(store, smoke)
+    current = _current(study, store, smoke)
     if retry_errors and store.trials is not None and "status" in store.trials:
         store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
     started = connect(address)
     try:
         resources = trial_resources(study, smoke, quiet)
         store.write_text(STUDY, study.to_yaml(smoke))
+        current.write()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ray_storage = join(location, "ray")
         # long trials checkpoint each epoch next to the tables (local/NFS), or mirrored to the URI
         checkpoint_root = join(location, "checkpoints")
         if study.search:
             summary = run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
-                                  max_concurrent, quiet)
+                                  max_concurrent, quiet, current=current)
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
                                 max_concurrent, quiet)
         store.ensure_tables()
+        if study.search:
+            current = _current(study, store, smoke)  # what this run added, matched like the rest
+            current.write()
+        summary.stale = current.stale()
         if not summary.missing:
             remove_dir(ray_storage)  # Tune's own state is only needed to debug a failed run
         return summary

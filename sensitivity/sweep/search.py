@@ -1,4 +1,4 @@
-"""Optuna mode: one OptunaSearch per optimizer entry, taking turns in one Tuner.
+"""Optuna mode: one OptunaSearch per optimizer entry, taking turns in one Tuner (points: `points`; Optuna journal: `journal`).
 
 One Optuna trial runs a sampled point on every seed and reports the mean of the
 metric (+inf when a seed has no finite value, never NaN); every seed is still a row.
@@ -6,7 +6,6 @@ metric (+inf when a seed has no finite value, never NaN); every seed is still a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -15,40 +14,13 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sensitivity.progress import Progress
-from sensitivity.results import ResultsStore, join, trial_id
+from sensitivity.results import join, trial_id
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
+from sensitivity.sweep.journal import _known_points, optuna_storage, optuna_study_name
+from sensitivity.sweep.points import _optuna_space, _point_values, plan_entries
 from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
 from sensitivity.sweep.worker import mean_metric, metric_value, payload, run_one, set_threads
-
-
-def _choice_key(key: str) -> str:
-    return f"{key}__choice"
-
-
-def _point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
-    """Sampled config -> (hyperparameter values, canonical JSON of the point)."""
-    plan = study.search_plan(index, smoke)
-    values = {}
-    for key in plan["ranges"]:
-        values[key] = float(config[key])
-    for key, options in plan["choices"].items():
-        values[key] = options[int(config[_choice_key(key)])]
-    point = json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True)
-    return values, point
-
-
-def _optuna_space(study: Study, index: int, smoke: bool) -> dict:
-    import optuna
-
-    plan = study.search_plan(index, smoke)
-    space = {}
-    for key, rng in plan["ranges"].items():
-        space[key] = optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
-    for key, options in plan["choices"].items():
-        space[_choice_key(key)] = optuna.distributions.CategoricalDistribution(list(range(len(options))))
-    return space
-
 
 
 def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict,
@@ -74,21 +46,6 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
         tune.report({"objective": mean_metric(found), "trials": 0})
 
 
-def _previous_points(store: ResultsStore, index: int, seeds: int, metric: str) -> tuple[list, list, dict]:
-    """(complete points with their mean metric, partial points, done trial_id -> metric) of one entry."""
-    trials = store.trials
-    if trials is None or "search_entry" not in trials:
-        return [], [], {}
-    mine = trials[trials["search_entry"] == index]
-    done = {r["trial_id"]: metric_value(r, metric) for r in mine.to_dict("records")}
-    complete, partial = [], []
-    for point, group in mine.groupby("search_point", sort=False):
-        values = [metric_value(r, metric) for r in group.to_dict("records")]
-        config = json.loads(point)
-        (complete if len(group) >= seeds else partial).append((config, mean_metric(values)))
-    return complete, [c for c, _ in partial], done
-
-
 def _sampler(kind: str, seed: int):
     import optuna
 
@@ -100,16 +57,39 @@ class _Entries(Searcher):
 
     Each entry keeps its own OptunaSearch (its own space, behind its own ConcurrencyLimiter)
     and its own budget of points; entries take turns, so a cluster runs them side by side.
+    A proposal that repeats a finished point is answered with its known value at once and
+    costs no budget.
     """
 
-    def __init__(self, searchers: dict[int, Searcher], budgets: dict[int, int]):
+    MAX_REPEATS = 1000  # proposals in a row that repeat finished points before an entry gives up
+
+    def __init__(self, searchers: dict[int, Searcher], budgets: dict[int, int],
+                 finished: dict[int, dict[str, float]] | None = None, key_of=None):
         super().__init__(metric="objective", mode="min")
         self.searchers, self.budgets = searchers, dict(budgets)
+        self.finished = {i: dict((finished or {}).get(i, {})) for i in searchers}
+        self.key_of = key_of or (lambda index, point: json.dumps(point, sort_keys=True))
         self.owner: dict[str, int] = {}
+        self.keys: dict[str, str] = {}
         self.turn = 0
+        self.repeats = 0  # proposals answered from finished points (for tests and the curious)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # every entry's space is already set
+
+    def _propose(self, index: int, trial_id: str):
+        searcher = self.searchers[index]
+        for _ in range(self.MAX_REPEATS):
+            point = searcher.suggest(trial_id)
+            if point in (None, Searcher.FINISHED):
+                return point
+            key = self.key_of(index, point)
+            if key not in self.finished[index]:
+                return point, key
+            self.repeats += 1  # tell the sampler what it already knows; ask again
+            searcher.on_trial_complete(trial_id, result={"objective": self.finished[index][key]})
+        self.budgets[index] = 0  # its space holds no unfinished point it would propose
+        return None
 
     def suggest(self, trial_id: str):
         open_ = [i for i in self.searchers if self.budgets[i] > 0]
@@ -117,12 +97,13 @@ class _Entries(Searcher):
             return Searcher.FINISHED
         for k in range(len(open_)):
             index = open_[(self.turn + k) % len(open_)]
-            point = self.searchers[index].suggest(trial_id)
-            if point in (None, Searcher.FINISHED):
+            proposed = self._propose(index, trial_id)
+            if proposed in (None, Searcher.FINISHED):
                 continue  # this entry is at its concurrency limit
+            point, key = proposed
             self.turn += k + 1
             self.budgets[index] -= 1
-            self.owner[trial_id] = index
+            self.owner[trial_id], self.keys[trial_id] = index, key
             return {"entry": index, "point": point}
         return None
 
@@ -132,49 +113,83 @@ class _Entries(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.owner:
-            self.searchers[self.owner[trial_id]].on_trial_complete(trial_id, result=result, error=error)
+            index = self.owner[trial_id]
+            if result and not error and "objective" in result:
+                self.finished[index][self.keys[trial_id]] = result["objective"]
+            self.searchers[index].on_trial_complete(trial_id, result=result, error=error)
 
 
-def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet):
+def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int, storage=None) -> "_Entries":
+    """The searcher of a run: each entry with budget left gets an OptunaSearch that knows its finished points.
+
+    With an Optuna `storage`, each entry's points live in its own Optuna study there (with
+    every finished point of the table added once), so `optuna.load_study` and optuna-dashboard
+    can read the search; the table stays the record of which points are done.
+    """
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searchers, finished = {}, {}
+    for index, plan in enumerate(plans):
+        name = optuna_study_name(study, index, smoke) if storage is not None else None
+        known = _known_points(storage, name) if storage is not None else []
+        if plan["budget"] <= 0 and all(p["params"] in known for p in plan["complete"].values()):
+            continue
+        searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
+                                sampler=_sampler(study.search.sampler, plan["seed"]),
+                                points_to_evaluate=[p["params"] for p in plan["partial"]] or None,
+                                storage=storage, study_name=name)
+        finished[index] = {}
+        for key, point in plan["complete"].items():  # what earlier runs learnt
+            value = mean_metric([v for _, v in point["done"].values()])
+            if point["params"] not in known:
+                searcher.add_evaluated_point(point["params"], value)
+            finished[index][key] = value
+        if plan["budget"] <= 0:
+            continue  # its finished points are now in the storage; nothing to run
+        searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
+    return _Entries(searchers, {i: plans[i]["budget"] for i in searchers}, finished,
+                    key_of=lambda index, point: _point_values(study, index, point, smoke)[1])
+
+
+def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet,
+               current=None):
     start = time.monotonic()
     search = study.search
-    n_points, n_seeds = study.search_trials(smoke), len(study.seeds(smoke))
+    n_points, seeds = study.search_trials(smoke), study.seeds(smoke)
     total = sum(study.counts(smoke))
     # TPE's first 10 points are random anyway; after that, about a quarter of the points at once
     limit = search.max_concurrent or max(1, math.ceil(n_points / 4), min(n_points, 10))
-    searchers, budgets, done, long = {}, {}, {}, False
-    for index in range(len(study.entries)):
-        complete, partial, done_here = _previous_points(store, index, n_seeds, search.metric)
-        done.update(done_here)
-        complete = complete[:n_points]
-        budgets[index] = n_points - len(complete)
-        if budgets[index] <= 0:
-            continue
-        seed = int(hashlib.sha1(f"{study.name}:{index}".encode()).hexdigest()[:8], 16) % 2**31
-        searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
-                                sampler=_sampler(search.sampler, seed),
-                                points_to_evaluate=partial[:budgets[index]] or None)  # finish cut-off points
-        for config, value in complete:
-            searcher.add_evaluated_point(config, value)  # what earlier runs learnt
-        searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
-        long = long or not is_short(study.entry_trials(index, smoke)[0])
-    progress = Progress(total - len(done), name=study.name, quiet=quiet)
+    plans = plan_entries(study, store, smoke)
+    done = {tid: v for plan in plans for tid, v in plan["done"].items()}
+    storage, save_storage = optuna_storage(store.location)
+    entries = make_entries(study, plans, smoke, limit, storage=storage)
+    long = any(not is_short(study.entry_trials(i, smoke)[0]) for i in entries.searchers)
+    already = sum(min(n_points, len(p["complete"])) * len(seeds) + sum(len(q["done"]) for q in p["partial"])
+                  for p in plans)
+    progress = Progress(total - already, name=study.name, quiet=quiet)
     recorder = Recorder(store, progress)
+    if current is not None:
+        recorder.current = current  # search rows become current as they arrive
     errors = []
-    if searchers:
-        progress.show()
-        trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric, done=done,
-                                         checkpoint_root=checkpoint_root if long else None, cpu=resources["cpu"])
-        errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
-                            callback=recorder, search_alg=_Entries(searchers, budgets),
-                            num_samples=sum(budgets[i] for i in searchers), max_concurrent=max_concurrent)
-        progress.show(final=True)
-    counted = 0
-    if store.trials is not None and "search_entry" in store.trials:
-        counted = int(store.trials["search_entry"].notna().sum())
-    return summarize(store, total, len(done), recorder, start, 1, errors, max(0, total - counted))
+    try:
+        if entries.searchers:
+            progress.show()
+            trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric,
+                                             done=done, checkpoint_root=checkpoint_root if long else None,
+                                             cpu=resources["cpu"])
+            errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
+                                callback=recorder, search_alg=entries,
+                                num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
+            progress.show(final=True)
+    finally:
+        save_storage()  # also after Ctrl-C: the points that finished stay in the journal
+    missing = 0
+    for plan in plan_entries(study, store, smoke):
+        complete = len(plan["complete"])
+        if complete < n_points:
+            partial_rows = sum(len(p["done"]) for p in plan["partial"])
+            missing += (n_points - complete) * len(seeds) - partial_rows
+    return summarize(store, total, already, recorder, start, 1, errors, max(0, missing))

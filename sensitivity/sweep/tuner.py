@@ -31,6 +31,9 @@ class Summary:
     elapsed_s: float = 0.0
     bundle: int = 1
     errors: list[str] = field(default_factory=list)
+    mirror_failures: int = 0  # checkpoint uploads that failed (the trials went on)
+    mirror_error: str | None = None  # the first of them
+    stale: int = 0  # rows of an earlier version of the study, kept in the table but not counted
 
 
 class Recorder(tune.Callback):
@@ -39,21 +42,30 @@ class Recorder(tune.Callback):
     def __init__(self, store: ResultsStore, progress: Progress):
         self.store, self.progress = store, progress
         self.rows: list[dict] = []
+        self.mirror_failures, self.mirror_error = 0, None
+        self.current = None  # an identity.Current that learns the rows as they arrive (Optuna search)
 
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
-        return {"store": None, "progress": None, "rows": []}
+        return {"store": None, "progress": None, "rows": [], "current": None, "mirror_failures": 0,
+                "mirror_error": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get("payload")
         if not payload:
             return
         data = json.loads(payload)
+        if data.get("mirror"):
+            self.mirror_failures += data["mirror"]["failures"]
+            self.mirror_error = self.mirror_error or data["mirror"]["error"]
         if self.store.append(data["rows"], data["curves"]):
             self.rows.extend(data["rows"])
             self.progress.add(data["rows"])
-            if data.get("checkpoint"):
+            if self.current is not None:
+                self.current.add(data["rows"])
+            # an errored trial keeps its checkpoint: --retry-errors resumes from it
+            if data.get("checkpoint") and all(r.get("status") != "error" for r in data["rows"]):
                 remove_dir(data["checkpoint"])
 
 
@@ -96,4 +108,5 @@ def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder,
                    total=total, skipped=skipped, ran=len(rows),
                    diverged=sum(r.get("status") == "diverged" for r in rows),
                    errored=sum(r.get("status") == "error" for r in rows), missing=missing,
-                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors)
+                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors,
+                   mirror_failures=recorder.mirror_failures, mirror_error=recorder.mirror_error)

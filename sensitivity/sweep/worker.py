@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from sensitivity.results import join, resolve, trial_id
 from sensitivity.study import runnable
 
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
+MIRROR_KEY = "_mirror"  # run_one's note of failed checkpoint uploads, never a column
 LOSS_KEYS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 
 
@@ -52,39 +54,74 @@ def node_identity() -> tuple[str, str]:
 
 
 class Mirror:
-    """Keep a node-local checkpoint directory mirrored to remote storage (s3://, gs://)."""
+    """Keep a node-local checkpoint directory mirrored to remote storage (s3://, gs://).
+
+    Only files that changed since their last upload are sent.  A failed upload costs only
+    progress on a lost worker, so the trial goes on; failures are counted (`failures`, `error`
+    holds the first) and warned about once on the worker's stderr, and the sweep's summary
+    reports them.
+    """
 
     def __init__(self, remote: str):
         self.fs, self.remote = resolve(remote)
         self.local = tempfile.mkdtemp(prefix="sensitivity-ckpt-")
+        self.failures, self.error, self.uploads = 0, None, 0
+        self._sent: dict[str, tuple[int, int]] = {}  # file name -> (size, mtime) last uploaded
         info = self.fs.get_file_info(self.remote)
-        if info.type.name == "Directory":  # resume a trial a lost worker left behind
+        if info.type.name == "Directory":  # resume a trial a lost worker (or an error) left behind
             import pyarrow.fs as pafs
 
             pafs.copy_files(self.remote, self.local, source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
+            self._sent = {name: self._signature(name) for name in os.listdir(self.local)}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _push(self) -> None:
-        import pyarrow.fs as pafs
+    def _signature(self, name: str) -> tuple[int, int]:
+        stat = os.stat(os.path.join(self.local, name))
+        return stat.st_size, stat.st_mtime_ns
 
-        if os.listdir(self.local):
-            pafs.copy_files(self.local, self.remote, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+    def _push(self) -> None:
+        for name in sorted(os.listdir(self.local)):
+            if ".tmp-" in name or not os.path.isfile(os.path.join(self.local, name)):
+                continue  # a checkpoint being written: its rename comes next
+            signature = self._signature(name)
+            if self._sent.get(name) == signature:
+                continue
+            self.fs.create_dir(self.remote, recursive=True)
+            with open(os.path.join(self.local, name), "rb") as src, \
+                    self.fs.open_output_stream(self.remote.rstrip("/") + "/" + name) as dst:
+                shutil.copyfileobj(src, dst)
+            self._sent[name] = signature
+            self.uploads += 1
+
+    def sync(self) -> None:
+        """Upload what changed; count a failure instead of raising."""
+        with self._lock:
+            try:
+                self._push()
+            except Exception as exc:
+                self.failures += 1
+                if self.error is None:
+                    self.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+                    print(f"sensitivity: checkpoint upload to {self.remote} failed ({self.error}); "
+                          f"the trial goes on, but a lost worker will restart it from scratch", file=sys.stderr)
 
     def _loop(self) -> None:
         while not self._stop.wait(CHECKPOINT_SYNC_S):
-            try:
-                self._push()
-            except Exception:  # a failed upload only costs progress on a lost worker
-                pass
+            self.sync()
 
     def close(self) -> None:
+        """Stop mirroring; the last checkpoint (of a trial that raised) is uploaded first."""
         self._stop.set()
         self._thread.join()
+        self.sync()
         shutil.rmtree(self.local, ignore_errors=True)
+
+    def report(self) -> dict | None:
+        return {"failures": self.failures, "error": self.error} if self.failures else None
 
 
 def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dict]]:
@@ -110,6 +147,8 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
             mirror.close()
     node, host = node_identity()
     row.update({"trial_id": tid, "node": node, "host": host, **extra})
+    if mirror is not None and mirror.report():
+        row[MIRROR_KEY] = mirror.report()  # for the driver's summary; `payload` moves it out of the row
     row.setdefault("label", label)
     row.setdefault("study", config.get("study"))
     for point in curve:
@@ -118,7 +157,9 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
 
 
 def payload(row: dict, curve: list[dict], checkpoint: str | None) -> str:
-    return json.dumps({"rows": [row], "curves": curve, "checkpoint": checkpoint}, default=str)
+    row = dict(row)
+    mirror = row.pop(MIRROR_KEY, None)
+    return json.dumps({"rows": [row], "curves": curve, "checkpoint": checkpoint, "mirror": mirror}, default=str)
 
 
 def set_threads(cpu: float) -> None:

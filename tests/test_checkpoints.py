@@ -1,0 +1,135 @@
+"""Checkpoints of long trials: an errored trial keeps its own, the mirror says when uploads fail.
+
+Budget: a few seconds; no Ray (the Recorder callback is driven directly).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sensitivity import train
+from sensitivity.progress import Progress
+from sensitivity.results import ResultsStore, trial_id
+from sensitivity.sweep import worker
+from sensitivity.sweep.tuner import Recorder, summarize
+from sensitivity.sweep.worker import Mirror, payload, run_one
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIG = {"study": "s", "dataset": "digits", "model": "mlp", "model_args": {"hidden": [8]},
+          "dataset_args": {}, "batch_size": 256, "epochs": 3, "optimizer": "sgd", "lr": 0.1, "seed": 0}
+
+
+def _record(recorder: Recorder, row: dict, curve: list, checkpoint: str | None) -> None:
+    recorder.on_trial_result(0, [], None, {"payload": payload(row, curve, checkpoint)})
+
+
+def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_path, monkeypatch):
+    checkpoints = tmp_path / "checkpoints" / trial_id(CONFIG)
+    evaluate = train._evaluate
+    calls = {"evaluate": 0, "epochs": 0}
+
+    def flaky(*args, **kwargs):  # a transient failure (a CUDA OOM, a lost upload) in epoch 2
+        calls["evaluate"] += 1
+        if calls["evaluate"] == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_evaluate", flaky)
+    row, curve = run_one(CONFIG, str(checkpoints))
+    assert row["status"] == "error" and "out of memory" in row["error"]
+    store = ResultsStore(tmp_path / "s")
+    recorder = Recorder(store, Progress(1, quiet=True))
+    _record(recorder, row, curve, str(checkpoints))
+    assert list(checkpoints.glob("*.pt")), "the errored trial's checkpoint must survive its error row"
+
+    # --retry-errors: the driver drops the error rows, and the trial runs again
+    store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
+    monkeypatch.setattr(train, "_evaluate", evaluate)
+    train_epoch = train._train_epoch
+
+    def counted(*args, **kwargs):
+        calls["epochs"] += 1
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", counted)
+    row, curve = run_one(CONFIG, str(checkpoints))
+    assert row["status"] == "ok" and [c["epoch"] for c in curve] == [1, 2, 3]
+    assert calls["epochs"] == 2  # epochs 2 and 3: epoch 1 came from the checkpoint
+    _record(recorder, row, curve, str(checkpoints))
+    assert not checkpoints.exists()  # a finished trial's checkpoint is removed
+    assert list(store.trials["status"]) == ["ok"]
+
+
+class _ReadOnly:
+    """A filesystem that refuses every write, like a bucket without write permission."""
+
+    def create_dir(self, *args, **kwargs):
+        raise PermissionError("AccessDenied: s3://bucket/ckpt is read-only")
+
+    open_output_stream = create_dir
+
+
+def test_mirror_failures_are_counted_warned_once_and_summarised(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 3600.0)
+    mirror = Mirror(f"file://{tmp_path / 'remote'}")
+    mirror.fs = _ReadOnly()
+    (Path(mirror.local) / "t.pt").write_bytes(b"epoch 1")
+    mirror.sync()
+    mirror.sync()
+    mirror.close()
+    assert mirror.failures == 3 and "AccessDenied" in mirror.error
+    warned = [line for line in capsys.readouterr().err.splitlines() if "checkpoint upload" in line]
+    assert len(warned) == 1
+
+    store = ResultsStore(tmp_path / "s")
+    recorder = Recorder(store, Progress(1, quiet=True))
+    row = {"trial_id": "a", "status": "ok", worker.MIRROR_KEY: mirror.report()}
+    _record(recorder, row, [], None)
+    assert worker.MIRROR_KEY not in store.trials.columns  # never a column of the table
+    summary = summarize(store, 1, 0, recorder, 0.0, 1, [], 0)
+    assert summary.mirror_failures == 3 and "AccessDenied" in summary.mirror_error
+
+
+def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 3600.0)
+    remote = tmp_path / "remote"
+    mirror = Mirror(f"file://{remote}")
+    local = Path(mirror.local)
+    (local / "t.pt").write_bytes(b"epoch 1")
+    (local / "t.pt.tmp-1234").write_bytes(b"half")  # a checkpoint being written is not sent
+    mirror.sync()
+    mirror.sync()
+    assert mirror.uploads == 1 and (remote / "t.pt").read_bytes() == b"epoch 1"
+    assert not (remote / "t.pt.tmp-1234").exists()
+    (local / "t.pt").write_bytes(b"epoch 2 state")
+    mirror.sync()
+    mirror.close()
+    assert mirror.uploads == 2 and (remote / "t.pt").read_bytes() == b"epoch 2 state"
+    assert mirror.failures == 0 and mirror.report() is None
+    # a retried trial starts from the remote copy, and does not send it back unchanged
+    again = Mirror(f"file://{remote}")
+    again.sync()
+    assert again.uploads == 0 and json.dumps(again.report()) == "null"
+    again.close()
+
+
+def test_run_reports_mirror_failures_and_stale_rows(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import sensitivity.sweep
+    from sensitivity.cli import main
+    from sensitivity.sweep.tuner import Summary
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "task": {"dataset": "digits", "model": "mlp"},
+                                    "optimizers": [{"name": "sgd", "lr": 0.1}]}))
+    summary = Summary(location="x", trials_path="x/trials.parquet", curves_path="x/curves.parquet", total=1,
+                      skipped=1, stale=3, mirror_failures=2, mirror_error="PermissionError: AccessDenied")
+    monkeypatch.setattr(sensitivity.sweep, "run_study", lambda study, **kwargs: summary)
+    assert main(["run", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "3 stale rows" in out and "include_stale=True" in out
+    assert "2 checkpoint upload(s) failed" in err and "AccessDenied" in err
