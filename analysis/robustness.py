@@ -20,13 +20,24 @@ __all__ = ["valley_width", "expected_best", "expected_best_of", "importance"]
 _IDENT = ["series", "label", "variant", "decay"]
 
 
+def valley_span(y: np.ndarray, threshold: float, i: int) -> tuple[int, int]:
+    """Indices of the first and last grid point of the contiguous run around i where y ≤ threshold.
+
+    The valley's edges lie between each of them and its outer neighbour (off the grid where
+    there is none): the brackets that ``analysis.metrics`` checks and refinement narrows.
+    """
+    lo = hi = i
+    while lo - 1 >= 0 and y[lo - 1] <= threshold:
+        lo -= 1
+    while hi + 1 < len(y) and y[hi + 1] <= threshold:
+        hi += 1
+    return lo, hi
+
+
 def _interval(x: np.ndarray, y: np.ndarray, threshold: float, i: int) -> tuple[float, float, bool]:
     """The interval around x[i] where the piecewise-linear y stays ≤ threshold, and whether it hits an edge."""
     bounds, censored = [], False
-    for step in (-1, 1):
-        j = i
-        while 0 <= j + step < len(x) and y[j + step] <= threshold:
-            j += step
+    for step, j in zip((-1, 1), valley_span(y, threshold, i)):
         if not 0 <= j + step < len(x):
             bounds.append(x[j])
             censored = True
