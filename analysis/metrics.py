@@ -175,15 +175,25 @@ def metrics_table(trials: pd.DataFrame, *, metrics=LOSSES, tolerances=TOLERANCES
 
 
 def metrics_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """``metrics_table`` for reading: "value [ci_low, ci_high]" cells, unresolved values marked with ?."""
+    """``metrics_table`` for reading, wide: one row per (series, β, metric), one column per statistic.
+
+    Cells read "value [ci_low, ci_high]" (just the value without an interval); a value that is not
+    ``resolved`` ends with " ?".
+    """
     def cell(r) -> str:
-        fmt = (lambda v: f"{v:.3g}")
-        text = fmt(r.value)
+        text = f"{r.value:.3g}"
         if np.isfinite(r.ci_low):
-            text += f" [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+            text += f" [{r.ci_low:.3g}, {r.ci_high:.3g}]"
         return text if r.resolved else text + " ?"
 
-    return pd.DataFrame({"optimizer": table["series"], "β": table["beta"], "metric": table["metric"],
-                         "statistic": table["statistic"],
-                         "value [95% CI]": [cell(r) for r in table.itertuples(index=False)],
-                         "resolved": table["resolved"].map({True: "yes", False: "no"})})
+    keys = ["metric", "series", "beta"]
+    if table.empty:
+        return pd.DataFrame(columns=["metric", "optimizer", "β"])
+    cells = table.assign(cell=[cell(r) for r in table.itertuples(index=False)], beta=table["beta"].fillna(-1.0))
+    wide = cells.pivot(index=keys, columns="statistic", values="cell")
+    order = list(dict.fromkeys(table["statistic"]))
+    wide = wide[order].reset_index()
+    wide["beta"] = wide["beta"].where(wide["beta"] >= 0, np.nan)  # -1 stood in for "no β" (NaN cannot be a key)
+    wide.columns.name = None
+    wide[order] = wide[order].fillna("—")  # a statistic that series lacks (no L0: no lr_sensitivity)
+    return wide.rename(columns={"series": "optimizer", "beta": "β"})

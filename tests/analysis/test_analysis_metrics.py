@@ -137,6 +137,10 @@ def test_summary_and_public_name(results_dir):
     table = analysis.metrics_table(trials, n_boot=50)
     assert set(table["metric"]) == {"min_train_loss", "min_test_loss"}
     summary = metrics_summary(table)
-    assert len(summary) == len(table)
-    unresolved = summary[~table["resolved"].to_numpy()]
-    assert len(unresolved) and unresolved["value [95% CI]"].str.endswith("?").all()
+    assert len(summary) == table.groupby(["metric", "series", "beta"], dropna=False).ngroups
+    assert list(summary.columns[:3]) == ["metric", "optimizer", "β"]
+    for r in table.itertuples(index=False):
+        beta = summary["β"].isna() if pd.isna(r.beta) else summary["β"] == r.beta
+        (text,) = summary.loc[(summary["metric"] == r.metric) & (summary["optimizer"] == r.series) & beta,
+                              r.statistic]
+        assert text.startswith(f"{r.value:.3g} [") and text.endswith(" ?") != r.resolved
