@@ -131,30 +131,37 @@ def _unresolved_lrs(unresolved, metric: str, rows: pd.DataFrame) -> np.ndarray:
     return marks["lr"].to_numpy(float)
 
 
+def _line_names(rows: pd.DataFrame, hue: str, colors: dict) -> dict:
+    """{level: the line's legend name} (an HD series at one β is named with it)."""
+    return {level: _name(hue, level, rows[rows[hue] == level]) for level in colors}
+
+
 def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str = "series",
-                palette=None, unresolved: pd.DataFrame | None = None, ax=None):
+                palette=None, unresolved: pd.DataFrame | None = None, linestyles: dict | None = None, ax=None):
     """Mean minimal loss against lr / best lr (log x), one line per ``hue`` level.
 
     ``table`` is a ``sensitivity_table`` (or a filter of it). Diverged configurations (mean
     +inf) are drawn as ▲ and all-errored ones as ✕ near the top of the panel (line i at
     ``TOP - STAGGER·(i mod 4)``), in the line's colour; a line with no finite point is named
-    in the legend as such. Lines of (nearly) the same colour get different line styles.
+    in the legend as such. Lines of (nearly) the same colour get different line styles
+    (``linestyles``, keyed by legend name, fixes them, e.g. across the panels of a figure).
     ``unresolved`` (columns series, beta, metric, lr; e.g. the best α0 rows of ``metrics_table``
     that are not resolved) puts an open ring around those points.
     """
     ax = _axes(ax)
     rows = table[table["metric"] == metric]
     colors = palette_for(rows[hue], palette)
-    styles = line_styles(colors)
+    names = _line_names(rows, hue, colors)
+    styles = dict(line_styles({names[level]: c for level, c in colors.items()}), **(linestyles or {}))
     top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
     for i, (level, color) in enumerate(colors.items()):
         g = rows[rows[hue] == level].sort_values("lr")
-        name = _name(hue, level, g)
+        name = names[level]
         if g["best_lr"].isna().all():  # no finite mean: lr / best lr is undefined
-            ax.plot([], [], color=color, ls=styles[level], label=f"{name} (no finite loss)")
+            ax.plot([], [], color=color, ls=styles[name], label=f"{name} (no finite loss)")
             continue
         ok = np.isfinite(g["mean"])
-        ax.plot(g.loc[ok, "lr_ratio"], g.loc[ok, "mean"], marker="o", ms=3, color=color, ls=styles[level],
+        ax.plot(g.loc[ok, "lr_ratio"], g.loc[ok, "mean"], marker="o", ms=3, color=color, ls=styles[name],
                 label=name)
         ring = ok & np.isin(g["lr"].to_numpy(float), _unresolved_lrs(unresolved, metric, g))
         if ring.any():
@@ -185,20 +192,29 @@ def valley_figure(table: pd.DataFrame, *, metrics=LOSSES, hue: str = "series", p
     of the label), train above test. ``unresolved`` marks points as in ``valley_plot``.
     """
     table = best_beta(table)
+    if not isinstance(palette, dict):  # one colour per series across the panels
+        palette = palette_for(table[hue], palette)
+    # one style per legend name across the panels: an HD series whose best β differs between train
+    # and test is two names of one colour, so they must differ in style
+    colors = {}
+    for metric in metrics:
+        rows = table[table["metric"] == metric]
+        levels = palette_for(rows[hue], palette)
+        colors.update({name: levels[level] for level, name in _line_names(rows, hue, levels).items()})
+    styles = line_styles(colors)
     if table[hue].nunique() <= max_series:
         fig, axes = _grid(1, len(metrics))
         for ax, metric in zip(axes[0], metrics):
-            valley_plot(table, metric=metric, hue=hue, palette=palette, unresolved=unresolved, ax=ax)
+            valley_plot(table, metric=metric, hue=hue, palette=palette, unresolved=unresolved, linestyles=styles,
+                        ax=ax)
     else:
-        if palette is None or not isinstance(palette, dict):  # one colour per line across the panels
-            palette = palette_for(table[hue], palette)
         base = table["label"].map(base_optimizer)
         bases = sorted(set(base))
         fig, axes = _grid(len(metrics), len(bases), legend_width=2.4)
         for col, name in enumerate(bases):
             for row, metric in enumerate(metrics):
                 ax = valley_plot(table[base == name], metric=metric, hue=hue, palette=palette,
-                                 unresolved=unresolved, ax=axes[row, col])
+                                 unresolved=unresolved, linestyles=styles, ax=axes[row, col])
                 ax.set_title(name if row == 0 else "", fontsize="small")
     _figure_legend(fig, axes)
     return fig

@@ -125,6 +125,19 @@ def test_no_two_lines_of_a_panel_share_a_colour_and_a_line_style():
     assert len({line.get_linestyle() for line in data_lines(ax)}) == len(plots.LINESTYLES)
 
 
+def test_a_series_at_another_best_beta_in_the_test_panel_is_another_line_style(trials):
+    # sgd-hd's best β is 1e-5 for the training loss and 1e-3 for the test loss: two legend
+    # entries of one colour (the reported "same brown"), told apart by their style
+    hd = trials["optimizer"] == "sgd-hd"
+    trials.loc[hd & (trials["beta"] == 1e-3), "min_test_loss"] -= 1.0
+    fig = analysis.valley_figure(analysis.sensitivity_table(trials))
+    handles = dict(zip([t.get_text() for t in fig.legends[0].get_texts()], fig.legends[0].legend_handles))
+    a, b = handles["sgd-hd, β=1e-05"], handles["sgd-hd, β=0.001"]
+    assert a.get_color() == b.get_color() and a.get_linestyle() != b.get_linestyle()
+    for ax in fig.axes:
+        _styles_distinct(ax)
+
+
 def test_valley_figure_facets_by_base_optimizer_beyond_max_series():
     table = _many_series(3)
     small = analysis.valley_figure(table[table["label"].map(plots.base_optimizer) != "adam"])
