@@ -23,7 +23,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; } th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.unresolved td, td.unresolved { background: #fff4d6; }
+td.unresolved { background: #fff4d6; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-weight: bold; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; }
 .note { color: #555; }
@@ -42,8 +42,8 @@ def run_facts(trials: pd.DataFrame) -> dict[str, str]:
     if where:
         names = sorted(map(str, trials[where].dropna().unique()))
         facts["nodes"] = f"{len(names)} ({', '.join(names[:8])}{', …' if len(names) > 8 else ''})"
-    if "round" in trials and trials["round"].notna().any():
-        rounds = pd.to_numeric(trials["round"], errors="coerce")
+    rounds = pd.to_numeric(trials["round"], errors="coerce") if "round" in trials else pd.Series(dtype=float)
+    if rounds.max() > 0:
         facts["refinement rounds"] = f"{int(rounds.max())} (trials per round: " + ", ".join(
             f"{int(r)}: {n}" for r, n in rounds.value_counts().sort_index().items()) + ")"
     return facts
@@ -62,17 +62,16 @@ def _cell(value) -> tuple[str, bool]:
     return html.escape(str(value)), False
 
 
-def _table(frame: pd.DataFrame, unresolved=None) -> str:
+def _table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
-    flags = [False] * len(frame) if unresolved is None else list(unresolved)
-    for row, flag in zip(frame.itertuples(index=False), flags):
+    for row in frame.itertuples(index=False):
         cells = []
         for value in row:
             text, number = _cell(value)
             kind = "num" if number else "unresolved" if text.endswith(" ?") else ""
             cells.append(f'<td class="{kind}">{text}</td>' if kind else f"<td>{text}</td>")
-        body.append(f'<tr class="unresolved">{"".join(cells)}</tr>' if flag else f"<tr>{''.join(cells)}</tr>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -83,20 +82,20 @@ def _image(path: pathlib.Path) -> str:
 
 def write_page(path, *, title: str, facts: dict[str, str], figures: list[tuple[str, pathlib.Path]],
                tables: list[tuple[str, pd.DataFrame, object]], notes: list[str], study: str | None) -> pathlib.Path:
-    """Write the page; ``tables`` are (heading, frame, per-row unresolved flags or None)."""
+    """Write the page; ``tables`` are (heading, frame, a note under the heading or None)."""
     path = pathlib.Path(path)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>Sensitivity report: {html.escape(title)}</h1>",
              "<h2>Run</h2>", _table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))]
-    for heading, frame, flags in tables:
+    for heading, frame, note in tables:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if note:
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
         if frame.astype(str).apply(lambda c: c.str.endswith(" ?")).any().any():
             parts.append('<p class="note">Highlighted values (ending in ?) are not resolved: the statistic '
                          "depends on an edge off the α0 grid, or between grid points too far apart.</p>")
-        if flags is not None and any(flags):
-            parts.append('<p class="note">Highlighted rows are not resolved.</p>')
-        parts.append(_table(frame, flags))
+        parts.append(_table(frame))
     parts.append("<h2>Figures</h2>")
     for name, png in figures:
         parts.append(f"<figure><figcaption>{html.escape(name.replace('_', ' '))}</figcaption>{_image(png)}</figure>")

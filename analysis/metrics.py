@@ -193,6 +193,8 @@ def metrics_summary(table: pd.DataFrame) -> pd.DataFrame:
     wide = cells.pivot(index=keys, columns="statistic", values="cell")
     order = list(dict.fromkeys(table["statistic"]))
     wide = wide[order].reset_index()
+    rank = {m: i for i, m in enumerate(dict.fromkeys(table["metric"]))}  # the table's metric order, not a-z
+    wide = wide.sort_values("metric", key=lambda m: m.map(rank), kind="stable").reset_index(drop=True)
     wide["beta"] = wide["beta"].where(wide["beta"] >= 0, np.nan)  # -1 stood in for "no β" (NaN cannot be a key)
     wide.columns.name = None
     wide[order] = wide[order].fillna("—")  # a statistic that series lacks (no L0: no lr_sensitivity)

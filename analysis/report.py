@@ -23,6 +23,12 @@ __all__ = ["write_report", "VALLEY_TOLERANCES"]
 VALLEY_TOLERANCES = metrics.TOLERANCES
 
 
+METRICS_NOTE = ("Per series and β: the best α0 and its mean loss; the valley width in decades of α0 within the "
+                "tolerance of the best; the expected best after k random α0 draws; lr sensitivity (Wortsman et al. "
+                "2023): the mean over the α0 grid of min(loss, L0) minus the best, L0 the loss at initialization. "
+                "Intervals resample the seeds of every grid point (see metrics.csv).")
+
+
 class _Skip(Exception):
     """Raised by a report item whose data is absent; the message is the reason."""
 
@@ -179,7 +185,7 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     summary = metrics.metrics_summary(metric_table)
     page = html.write_page(
         out / "report.html", title=title, facts=html.run_facts(trials), figures=w.figures,
-        tables=[("Metrics (95% bootstrap intervals over seeds)", summary, None),
+        tables=[("Metrics (95% bootstrap intervals over seeds)", summary, METRICS_NOTE),
                 ("Best configurations", tables.best_config_summary(best), None)],
         notes=notes, study=study_text)
     w._wrote([page])

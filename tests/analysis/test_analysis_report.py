@@ -158,3 +158,15 @@ def test_report_page_renders_in_headless_chromium(report, tmp_path):
     pixels = matplotlib.image.imread(shot)[..., :3]
     ink = (pixels < 0.9).any(axis=-1).mean()  # share of pixels that are not (near) white
     assert 0.01 < ink < 0.9 and pixels.std() > 0.05, (ink, pixels.std())
+
+
+def test_run_facts_count_statuses_nodes_and_refinement_rounds():
+    from analysis.html import run_facts
+
+    trials = pd.DataFrame({"status": ["ok", "ok", "diverged", "error"], "wall_time_s": [1.0, 2.0, 3.0, 0.5],
+                           "host": ["a:1", "b:2", "a:1", None], "round": [0, 0, 1, 2]})
+    facts = run_facts(trials)
+    assert (facts["trials"], facts["ok"], facts["diverged"], facts["errored"]) == ("4", "2", "1", "1")
+    assert facts["wall time (sum over trials)"].startswith("6.5 s") and facts["nodes"] == "2 (a:1, b:2)"
+    assert facts["refinement rounds"] == "2 (trials per round: 0: 2, 1: 1, 2: 1)"
+    assert "refinement rounds" not in run_facts(trials.assign(round=0))
