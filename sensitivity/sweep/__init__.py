@@ -13,9 +13,11 @@
   Optuna trial runs a point on every seed and reports the mean of the metric
   (+inf when a seed has no finite value, never NaN); every seed is still a row.
 - Resume is by trial_id: whatever is in ``trials.parquet`` is not run again.
+- Refinement (``refine:``, grid mode): after the grid, rounds of log-midpoint α0 where the best
+  α0 or a valley edge is bracketed too coarsely (`refine`); rows carry ``round``.
 
 Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
-`grid` and `search` (the two modes), `worker` (one trial on a worker), `tuner`
+`grid` and `search` (the two modes), `refine` (the refinement planner and its rounds), `worker` (one trial on a worker), `tuner`
 (one Tuner run, the recorder callback, the summary), `driver` (`run_study`).
 """
 
