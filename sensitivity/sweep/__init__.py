@@ -17,8 +17,9 @@
   α0 or a valley edge is bracketed too coarsely (`refine`); rows carry ``round``.
 
 Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
-`grid` and `search` (the two modes), `refine` (the refinement planner and its rounds), `worker` (one trial on a worker), `tuner`
-(one Tuner run, the recorder callback, the summary), `driver` (`run_study`).
+`grid` and `search` (the two modes), `refine` (the refinement planner and its rounds),
+`worker` (one trial on a worker), `tuner` (one Tuner run, the recorder callback, the summary),
+`driver` (`run_study`).
 """
 
 import os

@@ -151,7 +151,8 @@ def test_report_page_renders_in_headless_chromium(report, tmp_path):
     assert console == [], console  # chromium logs every console message of the page here
 
     shot = tmp_path / "shot.png"
-    run = _chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", (out / "report.html").as_uri())
+    page_uri = (out / "report.html").as_uri()
+    run = _chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", page_uri)
     assert shot.is_file(), run.stderr[-2000:]
     import matplotlib.image
 
