@@ -77,22 +77,33 @@ def _best(y: np.ndarray) -> int | None:
     return int(np.argmin(np.where(finite, y, np.inf))) if finite.any() else None  # first: smaller lr on a tie
 
 
-def _statistics(x: np.ndarray, y: np.ndarray, *, l0: float, cap: float, tolerances, ks) -> dict[str, float]:
-    """Every statistic of one vector of per-α0 means (lower is better)."""
-    i = _best(y)
-    out: dict[str, float] = {}
-    if i is None:
-        return out
-    out["best_lr"], out["best_loss"] = 10 ** x[i], y[i]
+def _statistics(x: np.ndarray, Y: np.ndarray, *, l0: float, cap: float, tolerances, ks) -> dict[str, np.ndarray]:
+    """Every statistic of each row of per-α0 means ``Y`` (rows: the estimate or bootstrap replicates).
+
+    Lower is better. A row without a finite mean gets NaN everywhere.
+    """
+    Y = np.atleast_2d(Y)
+    finite = np.isfinite(Y)
+    has = finite.any(axis=1)
+    i = np.where(finite, Y, np.inf).argmin(axis=1)  # first minimum: the smaller lr on a tie
+    best = np.where(has, Y[np.arange(len(Y)), i], np.nan)
+    out = {"best_lr": np.where(has, 10.0 ** x[i], np.nan), "best_loss": best}
     for rtol, atol in tolerances:
-        low, high, _ = _interval(x, y, y[i] + atol + rtol * abs(y[i]), i)
-        out[_tolerance_name(rtol, atol)] = high - low
+        widths = np.full(len(Y), np.nan)
+        for r in np.flatnonzero(has):  # robustness.valley_width's own interval, replicate by replicate
+            low, high, _ = _interval(x, Y[r], best[r] + atol + rtol * abs(best[r]), int(i[r]))
+            widths[r] = high - low
+        out[_tolerance_name(rtol, atol)] = widths
     # worse than initialization is as bad as not training: min(loss, L0), as lr_sensitivity counts it
-    capped = np.minimum(y, l0) if np.isfinite(l0) else np.where(np.isfinite(y), y, cap)
+    capped = np.minimum(Y, l0) if np.isfinite(l0) else np.where(finite, Y, cap)
+    ok = has & np.isfinite(capped).all(axis=1)
     for k in ks:
-        out[f"expected_best@k={k}"] = float(expected_best_of(capped, k)[0])
+        expected = np.full(len(Y), np.nan)
+        if ok.any():
+            expected[ok] = expected_best_of(capped[ok], k)[0]
+        out[f"expected_best@k={k}"] = expected
     if np.isfinite(l0):
-        out["lr_sensitivity"] = float(np.minimum(y, l0).mean() - y[i])
+        out["lr_sensitivity"] = np.where(has, np.minimum(Y, l0).mean(axis=1) - best, np.nan)
     return out
 
 
@@ -146,20 +157,17 @@ def metrics_table(trials: pd.DataFrame, *, metrics=LOSSES, tolerances=TOLERANCES
             l0 = float(l0s.mean()) if len(l0s) else np.nan
             kwargs = dict(l0=l0, cap=worst, tolerances=tolerances, ks=ks)
             y = grid.means()
-            point = _statistics(grid.x, y, **kwargs)
+            point = {name: v[0] for name, v in _statistics(grid.x, y, **kwargs).items() if not np.isnan(v[0])}
             resolved = _resolution(grid.x, y, max_gap=max_gap, tolerances=tolerances)
             n_seeds = min(len(v) for v in grid.values)
-            boot: dict[str, list[float]] = {name: [] for name in point}
+            boot: dict[str, np.ndarray] = {}
             if n_seeds > 1 and point:
                 key = zlib.crc32(f"{series}|{beta}|{metric}".encode())
                 rng = np.random.default_rng([seed, key])
-                for sample in grid.resample(rng, n_boot):
-                    stats = _statistics(grid.x, sample, **kwargs)
-                    for name in boot:
-                        boot[name].append(stats.get(name, np.nan))
+                boot = _statistics(grid.x, grid.resample(rng, n_boot), **kwargs)
             ident = group.iloc[0]
             for name, value in point.items():
-                reps = np.asarray(boot[name], dtype=float)
+                reps = boot.get(name, np.array([]))
                 reps = reps[~np.isnan(reps)]
                 if len(reps) and len(reps) >= n_boot / 2:  # most replicates define it
                     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])

@@ -95,19 +95,20 @@ def expected_best_of(values, k, *, best: str = "min") -> np.ndarray:
 
     With v(1) ≤ … ≤ v(N), P(min of k ≥ v(i)) = ((N−i+1)/N)^k, so
     E[min] = Σ v(i)·[((N−i+1)/N)^k − ((N−i)/N)^k]; the max mirrors it (Dodge et al. 2019).
+    A 2-D ``values`` holds one set per row (e.g. bootstrap replicates); the result then has one column each.
     """
     if best not in ("min", "max"):
         raise ValueError(f"best must be 'min' or 'max'; got {best!r}")
-    v = np.sort(np.asarray(values, dtype=float))
+    v = np.sort(np.asarray(values, dtype=float), axis=-1)  # 2-D: one set of values per row
     if v.size == 0 or not np.isfinite(v).all():
         raise ValueError("values must be a non-empty array of finite numbers")
     if best == "max":
-        v = -v[::-1]
-    n = v.size
+        v = -v[..., ::-1]
+    n = v.shape[-1]
     ks = np.atleast_1d(np.asarray(k, dtype=float))[:, None]
     i = np.arange(1, n + 1)[None, :]
     weights = ((n - i + 1) / n) ** ks - ((n - i) / n) ** ks
-    expected = weights @ v
+    expected = weights @ v.T  # (len(k),) for 1-D values, (len(k), rows) for 2-D
     return -expected if best == "max" else expected
 
 
