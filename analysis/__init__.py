@@ -8,6 +8,7 @@ Depends only on pandas, pyarrow, numpy, matplotlib, seaborn and optuna; never on
     analysis.valley_figure(table)
 """
 from ._io import ResultsError, StaleRowsWarning, load, prepare
+from .metrics import metrics_summary, metrics_table
 from .plots import (
     combination_figure, combination_plot, curve_plot, curves_figure, decay_figure, expected_best_figure,
     expected_best_plot, gamma_figure, hd_figure, importance_figure, importance_plot, valley_figure, valley_plot,
@@ -25,7 +26,7 @@ __all__ = [
     "higher_is_better", "sensitivity_table", "swept", "best_beta", "config_table", "best_configs", "best_trials",
     "curve_stats",
     "threshold_table", "combination_table", "t_quantile",
-    "valley_width", "expected_best", "expected_best_of", "importance",
+    "valley_width", "expected_best", "expected_best_of", "importance", "metrics_table", "metrics_summary",
     "valley_plot", "valley_figure", "decay_figure", "hd_figure", "curve_plot", "curves_figure", "gamma_figure",
     "combination_plot", "combination_figure", "expected_best_plot", "expected_best_figure", "importance_plot",
     "importance_figure",

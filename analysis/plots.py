@@ -18,12 +18,18 @@ __all__ = [
     "valley_plot", "valley_figure", "decay_labels", "decay_figure", "hd_series", "hd_figure",
     "curve_plot", "curves_figure", "gamma_figure", "combination_plot", "combination_figure",
     "expected_best_plot", "expected_best_figure", "importance_plot", "importance_figure", "palette_for",
+    "line_styles", "base_optimizer",
 ]
 
 PANEL = (3.6, 2.8)  # inches per panel: small, so reports and tests stay fast
 TOP = 0.97  # where diverged/errored points sit, in axes coordinates ...
 STAGGER = 0.03  # ... each line a little lower than the previous one, so coinciding markers stay visible
-_MARKERS = {"diverged": ("^", "diverged (at top)"), "error": ("x", "all seeds errored (at top)")}
+_MARKERS = {"diverged": ("^", "diverged (at top)"), "error": ("x", "all seeds errored (at top)"),
+            "unresolved": ("o", "best α0 not resolved (edge of grid or wide gap)")}
+# line styles that tell apart lines whose colours are (nearly) the same
+LINESTYLES = ("-", "--", ":", "-.")
+CLOSE_RGB = 0.3  # RGB distance below which two colours read as one (tab10's and Set1's browns, reds, ...)
+MAX_SERIES = 8  # more lines than this in one valley panel: one panel per base optimizer
 
 
 def _pretty(name: str) -> str:
@@ -67,7 +73,8 @@ def _legend(ax, **kwargs) -> None:
     handles, labels = ax.get_legend_handles_labels()
     for gid, (marker, text) in _MARKERS.items():
         if any(line.get_gid() == gid for line in ax.lines):
-            handles.append(Line2D([], [], ls="none", marker=marker, color="0.3"))
+            handles.append(Line2D([], [], ls="none", marker=marker, color="0.3",
+                                  mfc="none" if gid == "unresolved" else "0.3"))
             labels.append(text)
     if handles:
         ax.legend(handles, labels, fontsize="x-small", **kwargs)
@@ -95,27 +102,71 @@ def _grid(nrows: int, ncols: int, *, legend_width: float = 2.0) -> tuple[Figure,
 
 
 # --------------------------------------------------------------------------- valleys
+def line_styles(colors: dict) -> dict:
+    """A line style per level such that no two levels share a (nearly equal) colour and a style.
+
+    Levels keep a solid line unless an earlier level has a colour within ``CLOSE_RGB`` of theirs
+    and the same style; then they take the first style no such level has.
+    """
+    from matplotlib.colors import to_rgb
+
+    used: list[tuple[np.ndarray, object]] = []
+    out = {}
+    for level, color in colors.items():
+        rgb = np.asarray(to_rgb(color))
+        taken = [ls for other, ls in used if np.linalg.norm(other - rgb) < CLOSE_RGB]
+        style = next((ls for ls in LINESTYLES if ls not in taken), LINESTYLES[len(taken) % len(LINESTYLES)])
+        used.append((rgb, style))
+        out[level] = style
+    return out
+
+
+def _unresolved_lrs(unresolved, metric: str, rows: pd.DataFrame) -> np.ndarray:
+    """The lr values of ``rows`` (one line) that ``unresolved`` lists for ``metric``."""
+    if unresolved is None or unresolved.empty or rows.empty:
+        return np.array([])
+    marks = unresolved[(unresolved["metric"] == metric) & (unresolved["series"].isin(rows["series"]))]
+    beta = rows["beta"].iloc[0]
+    marks = marks[marks["beta"].isna()] if pd.isna(beta) else marks[marks["beta"] == beta]
+    return marks["lr"].to_numpy(float)
+
+
+def _line_names(rows: pd.DataFrame, hue: str, colors: dict) -> dict:
+    """{level: the line's legend name} (an HD series at one β is named with it)."""
+    return {level: _name(hue, level, rows[rows[hue] == level]) for level in colors}
+
+
 def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str = "series",
-                palette=None, ax=None):
+                palette=None, unresolved: pd.DataFrame | None = None, linestyles: dict | None = None, ax=None):
     """Mean minimal loss against lr / best lr (log x), one line per ``hue`` level.
 
     ``table`` is a ``sensitivity_table`` (or a filter of it). Diverged configurations (mean
     +inf) are drawn as ▲ and all-errored ones as ✕ near the top of the panel (line i at
     ``TOP - STAGGER·(i mod 4)``), in the line's colour; a line with no finite point is named
-    in the legend as such.
+    in the legend as such. Lines of (nearly) the same colour get different line styles
+    (``linestyles``, keyed by legend name, fixes them, e.g. across the panels of a figure).
+    ``unresolved`` (columns series, beta, metric, lr; e.g. the best α0 rows of ``metrics_table``
+    that are not resolved) puts an open ring around those points.
     """
     ax = _axes(ax)
     rows = table[table["metric"] == metric]
     colors = palette_for(rows[hue], palette)
+    names = _line_names(rows, hue, colors)
+    styles = dict(line_styles({names[level]: c for level, c in colors.items()}), **(linestyles or {}))
     top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
     for i, (level, color) in enumerate(colors.items()):
         g = rows[rows[hue] == level].sort_values("lr")
-        name = _name(hue, level, g)
+        name = names[level]
         if g["best_lr"].isna().all():  # no finite mean: lr / best lr is undefined
-            ax.plot([], [], color=color, label=f"{name} (no finite loss)")
+            ax.plot([], [], color=color, ls=styles[name], label=f"{name} (no finite loss)")
             continue
         ok = np.isfinite(g["mean"])
-        ax.plot(g.loc[ok, "lr_ratio"], g.loc[ok, "mean"], marker="o", ms=3, color=color, label=name)
+        ax.plot(g.loc[ok, "lr_ratio"], g.loc[ok, "mean"], marker="o", ms=3, color=color, ls=styles[name],
+                label=name)
+        ring = ok & np.isin(g["lr"].to_numpy(float), _unresolved_lrs(unresolved, metric, g))
+        if ring.any():
+            ax.plot(g.loc[ring, "lr_ratio"], g.loc[ring, "mean"], ls="none", marker="o", ms=9, mfc="none",
+                    mew=1.2, color=color, gid="unresolved")
         for gid, mask in (("diverged", np.isinf(g["mean"])), ("error", g["mean"].isna())):
             if mask.any():
                 y = TOP - STAGGER * (i % 4)
@@ -128,12 +179,43 @@ def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str
     return ax
 
 
-def valley_figure(table: pd.DataFrame, *, metrics=LOSSES, hue: str = "series", palette=None) -> Figure:
-    """Train and test valleys side by side (robustness study Figures 4–5); HD lines at their best β."""
+def base_optimizer(label: str) -> str:
+    """The base optimizer of a label: ``sgd`` for sgd, sgd-hd, sgd-cam-hd; ``adam`` for adam-l4."""
+    return str(label).split("-")[0]
+
+
+def valley_figure(table: pd.DataFrame, *, metrics=LOSSES, hue: str = "series", palette=None,
+                  unresolved: pd.DataFrame | None = None, max_series: int = MAX_SERIES) -> Figure:
+    """Train and test valleys side by side (robustness study Figures 4–5); HD lines at their best β.
+
+    With more than ``max_series`` lines, one column of panels per base optimizer (``base_optimizer``
+    of the label), train above test. ``unresolved`` marks points as in ``valley_plot``.
+    """
     table = best_beta(table)
-    fig, axes = _grid(1, len(metrics))
-    for ax, metric in zip(axes[0], metrics):
-        valley_plot(table, metric=metric, hue=hue, palette=palette, ax=ax)
+    if not isinstance(palette, dict):  # one colour per series across the panels
+        palette = palette_for(table[hue], palette)
+    # one style per legend name across the panels: an HD series whose best β differs between train
+    # and test is two names of one colour, so they must differ in style
+    colors = {}
+    for metric in metrics:
+        rows = table[table["metric"] == metric]
+        levels = palette_for(rows[hue], palette)
+        colors.update({name: levels[level] for level, name in _line_names(rows, hue, levels).items()})
+    styles = line_styles(colors)
+    if table[hue].nunique() <= max_series:
+        fig, axes = _grid(1, len(metrics))
+        for ax, metric in zip(axes[0], metrics):
+            valley_plot(table, metric=metric, hue=hue, palette=palette, unresolved=unresolved, linestyles=styles,
+                        ax=ax)
+    else:
+        base = table["label"].map(base_optimizer)
+        bases = sorted(set(base))
+        fig, axes = _grid(len(metrics), len(bases), legend_width=2.4)
+        for col, name in enumerate(bases):
+            for row, metric in enumerate(metrics):
+                ax = valley_plot(table[base == name], metric=metric, hue=hue, palette=palette,
+                                 unresolved=unresolved, linestyles=styles, ax=axes[row, col])
+                ax.set_title(name if row == 0 else "", fontsize="small")
     _figure_legend(fig, axes)
     return fig
 

@@ -1,7 +1,9 @@
 """``write_report``: every figure and table a results directory supports (``sensitivity plot``).
 
 Figures go out as PNG and PDF, tables as CSV (the tidy statistic) and markdown (the readable
-summary). Anything the data cannot support is skipped with a one-line note saying why.
+summary); ``metrics.csv`` holds the sensitivity statistics with bootstrap intervals
+(``analysis.metrics``), and ``report.html`` all of it on one self-contained page (``analysis.html``).
+Anything the data cannot support is skipped with a one-line note saying why.
 """
 from __future__ import annotations
 
@@ -12,13 +14,19 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots, robustness, stats, tables
+from . import html, metrics, plots, robustness, stats, tables
 from ._io import StaleRowsWarning, load
 
 __all__ = ["write_report", "VALLEY_TOLERANCES"]
 
 # (rtol, atol) pairs reported for the valley width: within 10% of the best, within 0.05 nats
-VALLEY_TOLERANCES = ((0.1, 0.0), (0.0, 0.05))
+VALLEY_TOLERANCES = metrics.TOLERANCES
+
+
+METRICS_NOTE = ("Per series and β: the best α0 and its mean loss; the valley width in decades of α0 within the "
+                "tolerance of the best; the expected best after k random α0 draws; lr sensitivity (Wortsman et al. "
+                "2023): the mean over the α0 grid of min(loss, L0) minus the best, L0 the loss at initialization. "
+                "Intervals resample the seeds of every grid point (see metrics.csv).")
 
 
 class _Skip(Exception):
@@ -28,10 +36,12 @@ class _Skip(Exception):
 class _Writer:
     def __init__(self, out: pathlib.Path, echo: Callable[[str], object], title: str):
         self.out, self.echo, self.title, self.paths = out, echo, title, []
+        self.figures: list[tuple[str, pathlib.Path]] = []  # (name, png) for report.html
 
     def figure(self, name: str, fig) -> None:
         fig.suptitle(self.title, fontsize="small")
         paths = [self.out / f"{name}.png", self.out / f"{name}.pdf"]
+        self.figures.append((name, paths[0]))
         fig.savefig(paths[0], dpi=110)
         fig.set_layout_engine("none")  # keep the constrained layout just computed: no second pass
         fig.savefig(paths[1])
@@ -75,6 +85,11 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     best = stats.best_configs(trials)
     chosen = stats.best_trials(trials, best)
     curve = stats.curve_stats(curves, chosen, hue="method") if len(curves) and len(chosen) else None
+    study_text = _study_text(results_dir)
+    with np.errstate(all="ignore"):
+        metric_table = metrics.metrics_table(trials, max_gap=_max_gap(study_text))
+    unresolved = metric_table[(metric_table["statistic"] == "best_lr") & ~metric_table["resolved"]]
+    unresolved = unresolved[["series", "beta", "metric", "value"]].rename(columns={"value": "lr"})
 
     def sensitivity():
         w.table("sensitivity", table)
@@ -82,7 +97,12 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     def valleys():
         if valley.empty:
             raise _Skip("no optimizer was run at two or more lr values")
-        w.figure("valley", plots.valley_figure(valley, palette=palette))
+        w.figure("valley", plots.valley_figure(valley, palette=palette, unresolved=unresolved))
+
+    def sensitivity_metrics():
+        if metric_table.empty:
+            raise _Skip("no optimizer was run at two or more lr values")
+        w.table("metrics", metric_table, metrics.metrics_summary(metric_table))
 
     def decay():
         if not plots.decay_labels(valley):
@@ -157,13 +177,43 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
         w.table("importance", imp)
 
     items = [sensitivity, valleys, decay, hd, best_table, learning_curves, learned_lr, gammas, combination,
-             thresholds, valley_widths, expected, importance]
+             thresholds, valley_widths, expected, importance, sensitivity_metrics]
+    notes = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         for item in items:
             try:
                 item()
             except _Skip as skip:
-                echo(f"skipped {item.__name__.replace('_', ' ')}: {skip}")
+                notes.append(f"{item.__name__.replace('_', ' ')}: {skip}")
+                echo(f"skipped {notes[-1]}")
+    summary = metrics.metrics_summary(metric_table)
+    page = html.write_page(
+        out / "report.html", title=title, facts=html.run_facts(trials), figures=w.figures,
+        tables=[("Metrics (95% bootstrap intervals over seeds)", summary, METRICS_NOTE),
+                ("Best configurations", tables.best_config_summary(best), None)],
+        notes=notes, study=study_text)
+    w._wrote([page])
     echo(f"{len(w.paths)} files in {out}")
     return w.paths
+
+
+def _study_text(results_dir) -> str | None:
+    path = pathlib.Path(results_dir) / "study.yaml"
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _max_gap(study_text: str | None) -> float:
+    """The study's refine.resolution (decades) where it has one, else ``metrics.MAX_GAP``."""
+    if not study_text:
+        return metrics.MAX_GAP
+    import yaml  # lazily, and only for the study file written beside the tables
+
+    try:
+        refine = (yaml.safe_load(study_text) or {}).get("refine") or {}
+        return float(refine.get("resolution", metrics.MAX_GAP))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return metrics.MAX_GAP

@@ -20,13 +20,24 @@ __all__ = ["valley_width", "expected_best", "expected_best_of", "importance"]
 _IDENT = ["series", "label", "variant", "decay"]
 
 
+def valley_span(y: np.ndarray, threshold: float, i: int) -> tuple[int, int]:
+    """Indices of the first and last grid point of the contiguous run around i where y ≤ threshold.
+
+    The valley's edges lie between each of them and its outer neighbour (off the grid where
+    there is none): the brackets that ``analysis.metrics`` checks and refinement narrows.
+    """
+    lo = hi = i
+    while lo - 1 >= 0 and y[lo - 1] <= threshold:
+        lo -= 1
+    while hi + 1 < len(y) and y[hi + 1] <= threshold:
+        hi += 1
+    return lo, hi
+
+
 def _interval(x: np.ndarray, y: np.ndarray, threshold: float, i: int) -> tuple[float, float, bool]:
     """The interval around x[i] where the piecewise-linear y stays ≤ threshold, and whether it hits an edge."""
     bounds, censored = [], False
-    for step in (-1, 1):
-        j = i
-        while 0 <= j + step < len(x) and y[j + step] <= threshold:
-            j += step
+    for step, j in zip((-1, 1), valley_span(y, threshold, i)):
         if not 0 <= j + step < len(x):
             bounds.append(x[j])
             censored = True
@@ -84,19 +95,20 @@ def expected_best_of(values, k, *, best: str = "min") -> np.ndarray:
 
     With v(1) ≤ … ≤ v(N), P(min of k ≥ v(i)) = ((N−i+1)/N)^k, so
     E[min] = Σ v(i)·[((N−i+1)/N)^k − ((N−i)/N)^k]; the max mirrors it (Dodge et al. 2019).
+    A 2-D ``values`` holds one set per row (e.g. bootstrap replicates); the result then has one column each.
     """
     if best not in ("min", "max"):
         raise ValueError(f"best must be 'min' or 'max'; got {best!r}")
-    v = np.sort(np.asarray(values, dtype=float))
+    v = np.sort(np.asarray(values, dtype=float), axis=-1)  # 2-D: one set of values per row
     if v.size == 0 or not np.isfinite(v).all():
         raise ValueError("values must be a non-empty array of finite numbers")
     if best == "max":
-        v = -v[::-1]
-    n = v.size
+        v = -v[..., ::-1]
+    n = v.shape[-1]
     ks = np.atleast_1d(np.asarray(k, dtype=float))[:, None]
     i = np.arange(1, n + 1)[None, :]
     weights = ((n - i + 1) / n) ** ks - ((n - i) / n) ** ks
-    expected = weights @ v
+    expected = weights @ v.T  # (len(k),) for 1-D values, (len(k), rows) for 2-D
     return -expected if best == "max" else expected
 
 

@@ -70,6 +70,11 @@ def _validate(args) -> int:
     for name, count in zip(names, counts):
         print(f"  {name:<{width}}  {count:>6} trials")
     print(f"  {'total':<{width}}  {sum(counts):>6} trials")
+    if study.refine:
+        r = study.refine
+        extra = sum(study.refine_counts(smoke=args.smoke))
+        print(f"  refine: {r.rounds} rounds to {r.resolution:g} decades (tolerance {r.tolerance:g} on {r.metric}): "
+              f"up to {extra} more trials, at most {sum(counts) + extra} trials")
     return 0
 
 

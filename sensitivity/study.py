@@ -36,6 +36,8 @@ ENTRY_KEYS = ("optimizer", "lr", "beta", "optimizer_args", "decay", "seed", "stu
 # hyperparameters whose single value is a sequence: a flat list is one value
 SEQUENCE_HYPERPARAMETERS = {"betas", "lop_betas", "gammas", "levels"}
 METRICS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
+# new α0 per series and refinement round, at most: both sides of the best α0 and of each valley edge
+REFINE_POINTS = 4
 # smoke-test stand-in sizes: any model trains one epoch on this in seconds on CPU
 SMOKE_TRAIN, SMOKE_TEST, SMOKE_BATCH, SMOKE_OPTUNA_TRIALS = 32, 16, 16, 3
 
@@ -63,6 +65,15 @@ class Search(_Strict):
     max_concurrent: int | None = Field(default=None, gt=0)
 
 
+class Refine(_Strict):
+    """Adaptive α0 refinement of a grid study (sensitivity.sweep.refine)."""
+
+    rounds: int = Field(gt=0)
+    resolution: float = Field(gt=0)  # decades: brackets wider than this are split at their log midpoint
+    tolerance: float = Field(default=0.1, gt=0)  # the valley: mean loss <= best·(1 + tolerance)
+    metric: Literal[METRICS] = "min_train_loss"  # type: ignore[valid-type]
+
+
 class Resources(_Strict):
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
@@ -88,6 +99,7 @@ class StudyModel(_Strict):
     seeds: Union[int, list[int]] = Field(default=1, validate_default=True)
     optimizers: list[Entry] = Field(min_length=1)
     search: Search | None = None
+    refine: Refine | None = None
     resources: Resources = Field(default_factory=Resources)
     bundle: Union[Literal["auto"], int] = "auto"
 
@@ -129,7 +141,7 @@ def _pydantic_error(exc: ValidationError) -> StudyError:
         return StudyError(f"{path}: missing required field")
     if kind == "extra_forbidden":
         parent = [p for p in err["loc"][:-1] if isinstance(p, str)]
-        models = {"search": Search, "resources": Resources}
+        models = {"search": Search, "resources": Resources, "refine": Refine}
         model = Range if parent[-2:-1] == ["space"] else models.get(parent[-1] if parent else "", StudyModel)
         fields = model.model_fields
         return StudyError(f"{path}: unknown field; choose from {', '.join(fields)}")
@@ -260,6 +272,10 @@ class Study:
         return self.model.search
 
     @property
+    def refine(self) -> Refine | None:
+        return self.model.refine
+
+    @property
     def resources(self) -> Resources:
         return self.model.resources
 
@@ -305,6 +321,9 @@ class Study:
         """Validate every entry; return per-entry plans (task, fixed values, axes)."""
         optimizers = _optimizers()
         space = self.search.space if self.search else {}
+        if self.search and self.refine:
+            raise StudyError("refine: applies to grid studies only (an Optuna search places its own α0 points); "
+                             "remove refine or search")
         for key, rng in space.items():
             self._check_range(f"search.space.{key}", key, rng)
         used_space = set()
@@ -489,6 +508,20 @@ class Study:
             n = min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
             return [n * len(self.seeds(smoke)) for _ in self.entries]
         return [len(self.entry_trials(i, smoke)) for i in range(len(self.entries))]
+
+    def refine_counts(self, smoke: bool = False) -> list[int]:
+        """The most trials refinement may add per entry: rounds × REFINE_POINTS α0 × seeds per lr series."""
+        if not self.refine:
+            return [0 for _ in self.entries]
+        out = []
+        for i, plan in enumerate(self._plans):
+            axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
+            if len(axes.get("lr", [])) < 2:
+                out.append(0)  # one α0: nothing to bracket
+                continue
+            series = math.prod(len(v) for k, v in axes.items() if k != "lr")
+            out.append(self.refine.rounds * REFINE_POINTS * series * len(self.seeds(smoke)))
+        return out
 
     def seeds(self, smoke: bool = False) -> list[int]:
         return self.model.seeds[:1] if smoke else list(self.model.seeds)

@@ -15,6 +15,9 @@ Semantics, in the order they matter to a robustness study:
 - **Losses.** ``train_loss`` of an epoch is the mean cross-entropy over its examples
   (minibatch losses weighted by batch size, measured before each step, in train mode);
   ``test_loss``/``test_acc`` are over the whole test split in eval mode, no grad.
+  L0, the loss at initialization (Wortsman et al. 2023's lr sensitivity counts a diverged
+  point as L0): ``init_train_loss`` is the first minibatch loss, measured before the first
+  step; ``init_test_loss`` is the initial model's test-split loss.
 - **Running training loss** (for ``iters_to_<t>``): the bias-corrected exponential
   moving average of the minibatch losses, ``ema_k = s·ema_{k−1} + (1−s)·loss_k``,
   ``running_k = ema_k / (1 − s^k)`` with ``s = loss_smoothing`` (default 0.98, a horizon
@@ -300,12 +303,15 @@ class _Tracker:
         self.reached: dict[float, int | None] = {t: None for t in thresholds}
         self.epoch_sum, self.epoch_count = 0.0, 0
         self.diverged_at: int | None = None
+        self.first_loss: float | None = None  # L0 on the training side: the loss before any step
 
     def replay(self, losses: list[float], sizes: list[int]) -> bool:
         """Consume one chunk of minibatch losses; True (and stop) at the first divergent step."""
         s = self.smoothing
         for loss, n in zip(losses, sizes):
             self.steps += 1
+            if self.steps == 1:
+                self.first_loss = loss
             if self.steps == 1 and math.isfinite(loss) and loss > 0:
                 self.limit = self.factor * loss
             if not math.isfinite(loss) or loss > self.limit:
@@ -484,6 +490,7 @@ def run_trial(config: Mapping[str, Any], *, checkpoint_dir: str | None = None) -
     state = ckpt.load(path) if path is not None else None
     cuda = [device] if device.type == "cuda" else []
     status = "ok"
+    init_test_loss = None
     with torch.random.fork_rng(devices=cuda):  # restores the caller's RNG states afterwards
         torch.random.default_generator.manual_seed(rest_seed)
         if cuda:
@@ -501,6 +508,9 @@ def run_trial(config: Mapping[str, Any], *, checkpoint_dir: str | None = None) -
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             tracker.load_state_dict(state["tracker"])
             curve, first_epoch, elapsed = list(state["curve"]), state["epoch"] + 1, state["wall_time_s"]
+            init_test_loss = state.get("init_test_loss")
+        else:  # L0: the initial model's test loss (eval mode, no RNG drawn), before any step
+            init_test_loss = _evaluate(model, data.test_x, data.test_y)[0]
 
         started = time.perf_counter()
         for epoch in range(first_epoch, cfg["epochs"] + 1):
@@ -524,7 +534,7 @@ def run_trial(config: Mapping[str, Any], *, checkpoint_dir: str | None = None) -
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-                    "tracker": tracker.state_dict(), "curve": curve,
+                    "tracker": tracker.state_dict(), "curve": curve, "init_test_loss": init_test_loss,
                     "wall_time_s": elapsed + time.perf_counter() - started,
                 })
         if device.type == "cuda":
@@ -532,9 +542,15 @@ def run_trial(config: Mapping[str, Any], *, checkpoint_dir: str | None = None) -
         elapsed += time.perf_counter() - started
 
     row = _row(cfg, tid, status, curve, tracker, initial_lr, elapsed)
+    row["init_train_loss"], row["init_test_loss"] = _loss_or_inf(tracker.first_loss), _loss_or_inf(init_test_loss)
     if path is not None:
         ckpt.remove(path)
     return TrialResult(row, curve)
+
+
+def _loss_or_inf(value: float | None) -> float:
+    """A loss column value: never NaN (the contract), +inf where none was measured or it was not finite."""
+    return float(value) if value is not None and math.isfinite(value) else math.inf
 
 
 def _row(cfg: dict, tid: str, status: str, curve: list[dict], tracker: _Tracker,

@@ -43,12 +43,15 @@ def _no_nan(result):
 
 
 def _interrupt_at_eval(monkeypatch, n):
-    """Make the n-th test evaluation raise, as a killed worker would stop mid-run."""
+    """Make the n-th epoch's test evaluation raise, as a killed worker would stop mid-run.
+
+    Evaluation 0 is the initial model's (L0), so epoch n's is call n + 1.
+    """
     real, calls = train._evaluate, []
 
     def evaluate(*args, **kwargs):
         calls.append(1)
-        if len(calls) == n:
+        if len(calls) == n + 1:
             raise KeyboardInterrupt("interrupted")
         return real(*args, **kwargs)
 
@@ -85,6 +88,22 @@ def test_row_and_curve_follow_the_contract():
     assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]  # it learns
     assert run_trial({**BASE, "optimizer": "adam", "optimizer_args": {"betas": [0.8, 0.99]}}).row["betas"] == \
         "[0.8, 0.99]"  # sequence hyperparameters as JSON text, so tables can group by them
+
+
+def test_rows_carry_the_loss_at_initialization():
+    first = run_trial({**BASE, "epochs": 1})
+    # L0 does not depend on the optimizer or lr: same weights, same first batch, measured before any step
+    for config in ({**BASE, "optimizer": "adam", "lr": 1e-3, "epochs": 1}, {**BASE, "lr": 100.0, "epochs": 1}):
+        row = run_trial(config).row
+        assert (row["init_train_loss"], row["init_test_loss"]) == \
+               (first.row["init_train_loss"], first.row["init_test_loss"])
+    row = first.row
+    # a fresh 10-class network predicts near uniform: about ln 10, and training lowers the loss below it
+    assert abs(row["init_train_loss"] - math.log(10)) < 0.5 and abs(row["init_test_loss"] - math.log(10)) < 0.5
+    assert row["min_train_loss"] < row["init_train_loss"] and row["min_test_loss"] < row["init_test_loss"]
+    d = D.load("digits")
+    model = train.build_model(validate_config(BASE), d.input_shape, 10)
+    assert row["init_test_loss"] == pytest.approx(train._evaluate(model, d.test_x, d.test_y)[0], rel=1e-12)
 
 
 def test_hd_rows_carry_beta_and_the_learned_lr():

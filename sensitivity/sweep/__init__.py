@@ -14,11 +14,14 @@
   (+inf when a seed has no finite value, never NaN); every seed is still a row.
 - Resume is by trial_id: whatever is in ``trials.parquet`` is not run again; rows that
   belong to no trial of the current study are stale (``current.json`` lists the current ones).
+- Refinement (``refine:``, grid mode): after the grid, rounds of log-midpoint α0 where the best
+  α0 or a valley edge is bracketed too coarsely (`refine`); rows carry ``round``.
 
 Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
 `grid` and `search` (the two modes; `points` matches a search's stored points to its
-entries, `journal` keeps them as Optuna studies), `worker` (one trial on a worker), `tuner`
-(one Tuner run, the recorder callback, the summary), `driver` (`run_study`).
+entries, `journal` keeps them as Optuna studies), `refine` (the refinement planner and its
+rounds), `worker` (one trial on a worker), `tuner` (one Tuner run, the recorder callback, the
+summary), `driver` (`run_study`).
 """
 
 import os

@@ -64,9 +64,11 @@ def generate(study: str = "fixture", *, width: float = 1.0, seeds=(0, 1, 2), gam
                         target += 0.2 * (extra["gammas"][1] - 0.75) ** 2
                     row = {**config, "trial_id": trial_id, "dataset": "digits", "model": "mlp",
                            "batch_size": 64, "weight_decay": 1e-4, "node": f"node-{s % 2}",
-                           "wall_time_s": 1.5 + 0.1 * s, "error": None}
+                           "wall_time_s": 1.5 + 0.1 * s, "error": None,
+                           "init_train_loss": 2.3 + 0.01 * s, "init_test_loss": 2.32 + 0.01 * s}
                     if optimizer == "adam" and lr == 1e-5 and s == seeds[-1]:
                         row.update(status="error", error="RuntimeError: worker lost",
+                                   init_train_loss=None, init_test_loss=None,
                                    **{k: None for k in ("min_train_loss", "min_test_loss", "final_train_loss",
                                                         "final_test_loss", "best_test_acc", "final_test_acc",
                                                         "final_lr", "epochs_completed", "steps")},

@@ -83,6 +83,92 @@ def test_valley_figure_has_train_and_test_panels_with_hd_at_its_best_beta(table)
     assert "sgd-hd, β=1e-05" in labels  # the lowest loss is at β = 1e-5
 
 
+def _many_series(n_per_base=4):
+    """A sensitivity table of 3 base optimizers × n_per_base labelled series (more than MAX_SERIES lines)."""
+    rows = []
+    for base in ("sgd", "sgdn", "adam"):
+        for k in range(n_per_base):
+            label = base if k == 0 else f"{base}-v{k}"
+            for seed in (0, 1):
+                for lr in (1e-3, 1e-2, 1e-1):
+                    loss = 1.0 + abs(math.log10(lr) + 2) * (k + 1) / 4
+                    rows.append(dict(trial_id=f"{label}{lr}{seed}", optimizer=base, label=label, lr=lr, beta=None,
+                                     decay=None, seed=seed, status="ok", min_train_loss=loss,
+                                     min_test_loss=loss + 0.1, best_test_acc=0.5, final_test_acc=0.5))
+    return analysis.sensitivity_table(pd.DataFrame(rows))
+
+
+def _styles_distinct(ax):
+    from matplotlib.colors import to_rgb
+
+    lines = data_lines(ax)
+    for i, a in enumerate(lines):
+        for b in lines[:i]:
+            close = np.linalg.norm(np.subtract(to_rgb(a.get_color()), to_rgb(b.get_color()))) < plots.CLOSE_RGB
+            assert not (close and a.get_linestyle() == b.get_linestyle()), (a.get_label(), b.get_label())
+
+
+def test_no_two_lines_of_a_panel_share_a_colour_and_a_line_style():
+    table = _many_series(3)
+    assert table["series"].nunique() == 9
+    # 27 colours from three palettes: tab10's brown, red, ... come back in Set1 (the repeated-brown report)
+    palette = plots.palette_for(sorted(table["series"]))
+    for i in range(len(palette)):
+        fig = analysis.valley_figure(table, palette=dict(list(palette.items())[i:] + list(palette.items())[:i]),
+                                     max_series=100)
+        for ax in fig.axes:
+            assert len(data_lines(ax)) == 9
+            _styles_distinct(ax)
+    six = table[table["series"].isin(sorted(palette)[:len(plots.LINESTYLES)])]
+    ax = plots.valley_plot(six, palette={name: "tab:brown" for name in palette}, ax=axes()[0])
+    _styles_distinct(ax)
+    assert len({line.get_linestyle() for line in data_lines(ax)}) == len(plots.LINESTYLES)
+
+
+def test_a_series_at_another_best_beta_in_the_test_panel_is_another_line_style(trials):
+    # sgd-hd's best β is 1e-5 for the training loss and 1e-3 for the test loss: two legend
+    # entries of one colour (the reported "same brown"), told apart by their style
+    hd = trials["optimizer"] == "sgd-hd"
+    trials.loc[hd & (trials["beta"] == 1e-3), "min_test_loss"] -= 1.0
+    fig = analysis.valley_figure(analysis.sensitivity_table(trials))
+    handles = dict(zip([t.get_text() for t in fig.legends[0].get_texts()], fig.legends[0].legend_handles))
+    a, b = handles["sgd-hd, β=1e-05"], handles["sgd-hd, β=0.001"]
+    assert a.get_color() == b.get_color() and a.get_linestyle() != b.get_linestyle()
+    for ax in fig.axes:
+        _styles_distinct(ax)
+
+
+def test_valley_figure_facets_by_base_optimizer_beyond_max_series():
+    table = _many_series(3)
+    small = analysis.valley_figure(table[table["label"].map(plots.base_optimizer) != "adam"])
+    assert len(small.axes) == 2  # 6 lines: train and test side by side
+    fig = analysis.valley_figure(table)
+    assert len(fig.axes) == 6  # train and test rows × adam, sgd, sgdn columns
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["adam", "sgd", "sgdn"]
+    for ax in fig.axes:
+        assert len(data_lines(ax)) == 3
+        base = ax.get_title() or None
+        if base:
+            assert all(plots.base_optimizer(line.get_label()) == base for line in data_lines(ax))
+    colors = {}
+    for ax in fig.axes:
+        for line in data_lines(ax):
+            colors.setdefault(line.get_label(), line.get_color())
+            assert colors[line.get_label()] == line.get_color()  # one colour per series across panels
+    assert len(fig.legends[0].get_texts()) == 9
+
+
+def test_valley_figure_rings_unresolved_points(table):
+    unresolved = pd.DataFrame({"series": ["sgd", "adam"], "beta": [NAN, NAN], "metric": ["min_train_loss"] * 2,
+                               "lr": [1e-2, 1e-3]})
+    fig = analysis.valley_figure(table, unresolved=unresolved)
+    train, test = fig.axes
+    assert sorted(markers(train, "unresolved")) == [(1.0, pytest.approx(0.8)), (1.0, pytest.approx(1.005))]
+    assert markers(test, "unresolved") == []
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[-1] == plots._MARKERS["unresolved"][1]
+
+
 def test_decay_figure_has_a_panel_per_base_optimizer(table):
     assert plots.decay_labels(table) == ["sgd"]
     fig = analysis.decay_figure(table)

@@ -144,3 +144,11 @@ def test_accuracy_valleys_and_expected_best_are_maximised():
     expected = analysis.expected_best(table, metric="best_test_acc", k=[1, 2])
     assert expected["expected"].tolist() == pytest.approx(
         analysis.expected_best_of([0.5, 0.9, 0.8, 0.1], [1, 2], best="max"))
+
+
+def test_expected_best_of_takes_one_set_of_values_per_row():
+    rows = np.array([[3.0, 1.0, 2.0], [5.0, 4.0, 9.0]])
+    both = analysis.expected_best_of(rows, [1, 2])
+    assert both.shape == (2, 2)
+    for r, values in enumerate(rows):
+        np.testing.assert_allclose(both[:, r], analysis.expected_best_of(values, [1, 2]))

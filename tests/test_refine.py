@@ -1,0 +1,166 @@
+"""Adaptive α0 refinement: the planner on a synthetic loss surface, the study field, one real Ray run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import analysis
+from sensitivity.study import REFINE_POINTS, Study, StudyError
+from sensitivity.sweep.refine import plan, series_key
+
+TOLERANCE = 0.1
+RESOLUTION = 0.2
+TASK = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "batch_size": 64, "epochs": 1}
+
+
+def _surface(x: float, centre: float, curvature: float) -> float:
+    """Mean loss at log10 α0 = x: a parabola in log α0 with its minimum 1 at ``centre``; diverged past centre + 2."""
+    return math.inf if x >= centre + 2 else 1 + curvature * (x - centre) ** 2
+
+
+def _edges(centre: float, curvature: float) -> tuple[float, float]:
+    """Where the surface crosses best·(1 + TOLERANCE) = 1.1."""
+    half = math.sqrt(TOLERANCE / curvature)
+    return centre - half, centre + half
+
+
+SERIES = {"a": (-2.0, 0.25), "b": (-3.3, 1.0)}  # name: (centre, curvature)
+
+
+def _rows(series: str, lrs, round_: int) -> list[dict]:
+    centre, curvature = SERIES[series]
+    rows = []
+    for lr in lrs:
+        for seed, offset in ((0, -0.01), (1, 0.01)):  # seeds scatter around the surface; their mean is on it
+            loss = _surface(math.log10(lr), centre, curvature) + offset
+            rows.append({"series": series, "optimizer": series, "lr": lr, "beta": None, "decay": None, "seed": seed,
+                         "status": "diverged" if math.isinf(loss) else "ok", "min_train_loss": loss,
+                         "min_test_loss": loss, "round": round_})
+    # an errored seed is no evidence: its +inf loss (as the sweep writes it) must not read as diverged
+    rows.append({**rows[0], "seed": 2, "status": "error", "min_train_loss": math.inf, "min_test_loss": math.inf})
+    return rows
+
+
+def test_planner_brackets_the_valley_edges_and_the_best_within_the_resolution():
+    grid = [10.0 ** x for x in range(-6, 2)]  # one decade apart
+    rows = pd.DataFrame([r for s in SERIES for r in _rows(s, grid, 0)])
+    rounds = 0
+    for round_ in range(1, 9):
+        new = plan(rows, resolution=RESOLUTION, tolerance=TOLERANCE)
+        if not new:
+            break
+        rounds = round_
+        assert all(len(lrs) <= REFINE_POINTS for lrs in new.values())
+        assert not set(rows["lr"]) & {lr for lrs in new.values() for lr in lrs}  # only new points
+        rows = pd.concat([rows, pd.DataFrame([r for s, lrs in new.items() for r in _rows(s, lrs, round_)])])
+    assert 2 <= rounds < 8  # each round halves the brackets it splits: 1 → 0.5 → 0.25 → 0.125 decades
+    assert plan(rows, resolution=RESOLUTION, tolerance=TOLERANCE) == {}
+
+    # the same surface through analysis: its valley edges and best α0 are within the resolution of the truth
+    trials = rows.drop(columns="series")
+    table = analysis.sensitivity_table(trials)
+    widths = analysis.valley_width(table, rtol=TOLERANCE)
+    metrics = analysis.metrics_table(trials, metrics=("min_train_loss",), max_gap=RESOLUTION, n_boot=20)
+    for name, (centre, curvature) in SERIES.items():
+        low, high = _edges(centre, curvature)
+        w = widths[widths["series"] == name].iloc[0]
+        assert abs(math.log10(w["low_lr"]) - low) <= RESOLUTION and abs(math.log10(w["high_lr"]) - high) <= RESOLUTION
+        assert abs(math.log10(w["best_lr"]) - centre) <= RESOLUTION / 2 + 1e-9
+        resolved = metrics[(metrics["series"] == name)].set_index("statistic")["resolved"]
+        assert resolved["best_lr"] and resolved["valley_width@rtol=0.1"]
+        lrs = np.log10(sorted(set(rows.loc[rows["series"] == name, "lr"])))
+        for edge in (low, high):  # the grid now holds two points at most RESOLUTION apart around each edge
+            below, above = lrs[lrs <= edge].max(), lrs[lrs >= edge].min()
+            assert above - below <= RESOLUTION + 1e-9
+
+
+def test_planner_splits_each_series_on_its_own_and_only_wide_brackets():
+    fine = [10.0 ** (-3.3 + k / 10) for k in range(-10, 11)]  # b on a 0.1-decade grid already
+    coarse = [1e-4, 1e-2, 1.0]
+    rows = pd.DataFrame(_rows("a", coarse, 0) + _rows("b", fine, 0))
+    new = plan(rows, resolution=RESOLUTION, tolerance=TOLERANCE)
+    assert list(new) == ["a"]
+    # best 1e-2: both sides, which are also the valley's edge brackets; midpoints rounded to 4 digits
+    assert new["a"] == [1e-3, 0.1]
+    # one α0, or nothing finite: nothing to bracket
+    assert plan(pd.DataFrame(_rows("a", [1e-2], 0)), resolution=RESOLUTION, tolerance=TOLERANCE) == {}
+    assert plan(pd.DataFrame(_rows("a", [1.0, 10.0], 0)), resolution=RESOLUTION, tolerance=TOLERANCE) == {}
+
+
+def test_series_key_ignores_lr_and_seed_only():
+    base = {"optimizer": "sgd", "lr": 0.1, "seed": 0, "dataset": "digits", "beta": None}
+    assert series_key(base) == series_key({**base, "lr": 1.0, "seed": 3}) != series_key({**base, "optimizer": "adam"})
+
+
+def _study(**refine):
+    data = {"name": "refined", "task": TASK, "seeds": 2,
+            "optimizers": [{"name": "sgd", "lr": [1e-3, 1e-1]}, {"name": "sgd-hd", "lr": [1e-3, 1e-1],
+                                                                  "beta": [0.0, 1e-4]},
+                           {"name": "adam", "lr": 1e-3}]}
+    if refine:
+        data["refine"] = refine
+    return Study.from_dict(data)
+
+
+def test_refine_field_is_validated_and_counted():
+    study = _study(rounds=3, resolution=0.25)
+    assert (study.refine.tolerance, study.refine.metric) == (0.1, "min_train_loss")
+    # at most REFINE_POINTS α0 per series and round, every seed; a one-α0 entry is never refined
+    assert study.refine_counts() == [3 * REFINE_POINTS * 2, 3 * REFINE_POINTS * 2 * 2, 0]
+    assert _study().refine_counts() == [0, 0, 0]
+    assert yaml.safe_load(study.to_yaml())["refine"] == {"rounds": 3, "resolution": 0.25, "tolerance": 0.1,
+                                                         "metric": "min_train_loss"}
+    for bad, message in (({"rounds": 0, "resolution": 0.25}, "refine.rounds"),
+                         ({"rounds": 1}, "refine.resolution: missing"),
+                         ({"rounds": 1, "resolution": 0.2, "metric": "acc"}, "refine.metric"),
+                         ({"rounds": 1, "resolution": 0.2, "step": 1}, "refine.step: unknown field; choose from "
+                                                                       "rounds, resolution, tolerance, metric")):
+        with pytest.raises(StudyError, match=message):
+            _study(**bad)
+    with pytest.raises(StudyError, match="refine: applies to grid studies only"):
+        Study.from_dict({"name": "s", "task": TASK, "optimizers": [{"name": "sgd", "lr": 0.1}],
+                         "search": {"trials": 2, "space": {"lr": {"low": 1e-3, "high": 1.0, "log": True}}},
+                         "refine": {"rounds": 1, "resolution": 0.2}})
+
+
+@pytest.mark.slow
+def test_a_refined_grid_runs_on_ray_and_resumes(tmp_path, ray_local):
+    from sensitivity.sweep import run_study
+
+    data = {"name": "refined", "task": TASK, "seeds": 1, "optimizers": [{"name": "sgd", "lr": [1e-3, 1.0]}]}
+    grid_only = run_study(Study.from_dict(data), out=tmp_path, quiet=True)
+    assert (grid_only.ran, grid_only.missing) == (2, 0)
+    study = Study.from_dict({**data, "refine": {"rounds": 1, "resolution": 1.0}})
+    summary = run_study(study, out=tmp_path, quiet=True)  # the grid is done: only round 1 runs
+    assert (summary.ran, summary.skipped, summary.missing, summary.total) == (1, 2, 0, 3)
+    trials = pd.read_parquet(tmp_path / "refined" / "trials.parquet")
+    assert trials["trial_id"].is_unique and len(trials) == 3
+    assert sorted(zip(trials["round"], trials["lr"])) == [(0, 1e-3), (0, 1.0), (1, 0.03162)]
+    assert trials["init_train_loss"].between(1.5, 3.5).all()  # L0 in every row
+    again = run_study(study, out=tmp_path, quiet=True)  # resume: the same plan, nothing left to run
+    assert (again.ran, again.skipped, again.total) == (0, 3, 3)
+    assert len(pd.read_parquet(tmp_path / "refined" / "trials.parquet")) == 3
+
+
+def test_validate_prints_the_most_trials_refinement_may_run(tmp_path, capsys):
+    from sensitivity.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ntask: {dataset: digits, model: mlp}\nseeds: 3\noptimizers:\n"
+                    "  - {name: sgd, lr: [0.1, 0.01]}\n  - {name: adam, lr: 0.001}\n"
+                    "refine: {rounds: 2, resolution: 0.25}\n")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].split() == ["total", "9", "trials"]
+    # 2 rounds x 4 α0 x 3 seeds for the swept entry; the one-α0 entry is never refined
+    assert out[-1] == ("  refine: 2 rounds to 0.25 decades (tolerance 0.1 on min_train_loss): "
+                       "up to 24 more trials, at most 33 trials")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("resolution: 0.25", "resolution: -1"))
+    assert main(["validate", str(bad)]) == 2
+    assert "refine.resolution" in capsys.readouterr().err
