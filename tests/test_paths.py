@@ -20,15 +20,17 @@ STUDY = {"name": "s", "task": {"dataset": "digits", "model": "mlp", "epochs": 1}
 
 
 def test_out_with_a_uri_exits_2_and_says_to_use_storage(tmp_path, monkeypatch, capsys):
-    import ray
+    from sensitivity.sweep import driver
 
+    started = []
+    monkeypatch.setattr(driver, "connect", lambda *a, **k: started.append(1))  # Ray may be up for other tests
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(STUDY))
     assert main(["run", str(path), "--out", "s3://bucket/x", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--storage s3://bucket/x" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "s3:").exists() and not ray.is_initialized()
+    assert not (tmp_path / "s3:").exists() and not started
 
 
 def test_the_study_name_goes_into_the_path_never_the_query():
