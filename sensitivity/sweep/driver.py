@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 
 import ray
 
+from sensitivity.lease import Lease
 from sensitivity.results import STUDY, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
@@ -40,17 +42,25 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
               quiet: bool = False, retry_errors: bool = False) -> Summary:
     """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
 
-    Raises StudyError for bad input (no GPU for a GPU study, results of another kind
-    in the directory); returns a Summary whose `missing` counts trials that did not finish.
+    Holds the location's lease while it runs (`sensitivity.lease`). Raises StudyError for bad
+    input (no GPU for a GPU study, results of another kind in the directory, a lease held by
+    another run), ResultsWriteError when the location cannot be written; returns a Summary
+    whose `missing` counts trials that did not finish.
     """
     root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
     location = join(root, study.name)
-    store = ResultsStore(location)
-    _smoke_mismatch(store, smoke)
-    if retry_errors and store.trials is not None and "status" in store.trials:
-        store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-    started = connect(address)
+    lease = Lease(location).acquire()  # before anything runs: a second run on this location stops here
+    if lease.note:
+        print(lease.note, file=sys.stderr)
+    started = False
+    store = None
     try:
+        store = ResultsStore(location)
+        store.guard = lease.check
+        _smoke_mismatch(store, smoke)
+        if retry_errors and store.trials is not None and "status" in store.trials:
+            store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
+        started = connect(address)
         resources = trial_resources(study, smoke, quiet)
         store.write_text(STUDY, study.to_yaml(smoke))
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -63,10 +73,24 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
                                 max_concurrent, quiet)
-        store.ensure_tables()
+        store.compact()  # the run's parts become trials.parquet and curves.parquet
         if not summary.missing:
             remove_dir(ray_storage)  # Tune's own state is only needed to debug a failed run
         return summary
+    except BaseException:
+        _compact_quietly(store, lease)  # what finished stays readable as the two plain tables
+        raise
     finally:
         if started:
             ray.shutdown()
+        lease.release()
+
+
+def _compact_quietly(store: ResultsStore | None, lease: Lease) -> None:
+    """Compact after a failure, best effort: the parts alone already hold every finished trial."""
+    if store is None or lease.lost:
+        return
+    try:
+        store.compact()
+    except Exception:
+        pass
