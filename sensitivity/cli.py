@@ -91,6 +91,9 @@ def _run(args) -> int:
     from sensitivity.study import load_study
 
     study = load_study(args.study)  # bad input fails here, before Ray starts
+    from sensitivity.lease import Lease, study_location
+
+    Lease(study_location(args.out, args.storage, study.name)).probe()  # a held location fails before slow imports
     from sensitivity.sweep import run_study
 
     summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,

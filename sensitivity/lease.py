@@ -28,13 +28,20 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from sensitivity.results import resolve, write_atomic, write_error, writing
+from sensitivity.results import join, resolve, write_atomic, write_error, writing
 from sensitivity.study import StudyError
 
 LEASE = "lease.json"
 RENEW_S = 15.0  # heartbeat period of the holder
 TIMEOUT_S = 120.0  # a heartbeat older than this marks the holder as gone
 SETTLE_S = 2.0  # object stores: wait before reading the lease back
+MARKER_STALE_S = 30.0  # a takeover takes milliseconds: an older takeover marker is a dead run's
+
+
+def study_location(out: str | os.PathLike, storage: str | None, name: str) -> str:
+    """Where a run's tables and lease go: ``<storage or out>/<name>``."""
+    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
+    return join(root, name)
 
 
 class LeaseHeld(StudyError):
@@ -168,6 +175,11 @@ class Lease:
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            try:  # a winner that died between this marker and its lease must not block the lease for good
+                if time.time() - os.stat(marker).st_mtime > MARKER_STALE_S:
+                    os.unlink(marker)
+            except OSError:
+                pass
             return False
         except OSError as exc:
             raise write_error(marker, exc) from exc
@@ -185,6 +197,12 @@ class Lease:
                          f"{age:.0f} s ago); wait for it to finish or stop it, or use another --out "
                          f"(a lease whose run is gone is taken over: at once on its host, else after "
                          f"{self.timeout_s:.0f} s without heartbeat)")
+
+    def probe(self) -> None:
+        """Raise LeaseHeld when a live run holds the lease (a check before slow imports; takes nothing)."""
+        holder = self._read()
+        if holder is not None and holder.gone(self.timeout_s) is None:
+            raise self._held(holder)
 
     def acquire(self) -> "Lease":
         """Take the lease or raise LeaseHeld; start renewing it."""

@@ -9,7 +9,7 @@ import time
 
 import ray
 
-from sensitivity.lease import Lease
+from sensitivity.lease import Lease, study_location
 from sensitivity.results import STUDY, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
@@ -47,8 +47,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     another run), ResultsWriteError when the location cannot be written; returns a Summary
     whose `missing` counts trials that did not finish.
     """
-    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
-    location = join(root, study.name)
+    location = study_location(out, storage, study.name)
     lease = Lease(location).acquire()  # before anything runs: a second run on this location stops here
     if lease.note:
         print(lease.note, file=sys.stderr)
