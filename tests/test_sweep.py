@@ -1,4 +1,4 @@
-"""Sweeps on Ray Tune: end to end, errors, Optuna with divergence, kill -9 and resume, two real nodes.
+"""Sweeps on Ray Tune: end to end, errors, Optuna with divergence, a lost worker, kill -9 and resume, two nodes.
 
 Budget: about 2.5 minutes on 2 busy cores, nearly all in the tests marked slow. They share the
 session's in-process Ray (`ray_local`, tests/conftest.py); the kill test and the two-node test
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from sensitivity.progress import Progress
-from sensitivity.results import trial_id
+from sensitivity.results import ResultsStore, load, trial_id
 from sensitivity.study import Study, StudyError, load_study
 from sensitivity.sweep import bundle_size, error_row, is_short, make_bundles, mean_metric, run_one, run_study
 
@@ -206,6 +206,15 @@ def _ray_processes(marker: str) -> list[str]:
     return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
+def _trainings(log: Path) -> dict[str, list[int]]:
+    """trial_id -> pids of the processes that started training it (SENSITIVITY_TRAINING_LOG)."""
+    found: dict[str, list[int]] = {}
+    for marker in log.iterdir():
+        tid, pid, _ = marker.name.split(".")
+        found.setdefault(tid, []).append(int(pid))
+    return found
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
     empty = tmp_path / "no-data"
@@ -217,21 +226,53 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
                        {"name": "sgd", "lr": 0.1, "label": "mnist-missing",
                         "task": {"dataset": "mnist", "data_dir": str(empty)}}]})
     study = load_study(path)
-    trials_file = tmp_path / "out" / "kill" / "trials.parquet"
+    location = tmp_path / "out" / "kill"
+    log = tmp_path / "trainings"
+    log.mkdir()
     temp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # this run's own Ray, found by its temp dir
-    env = {**os.environ, "RAY_TMPDIR": temp}
+    env = {**os.environ, "RAY_TMPDIR": temp, "SENSITIVITY_TRAINING_LOG": str(log)}
     proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+
+    bundles = make_bundles(study.trials(), 4)
+    bundle_of = {trial_id(c): k for k, b in enumerate(bundles) for c in b}
+
+    def wait_for(ready, what: str):
         deadline = time.monotonic() + 150
-        done = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            if trials_file.exists():
-                done = len(pd.read_parquet(io.BytesIO(trials_file.read_bytes())))  # one read: the file is renamed over
-                if done >= 3:
-                    break
+            found = ready(ResultsStore(location).done_ids())  # a reader: it never needs the run's lease
+            if found:
+                return found
             time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        raise AssertionError(f"no {what}: {proc.poll()} {proc.stderr.read().decode()[-2000:] if proc.poll() else ''}")
+
+    def mid_bundle(done):
+        """(pid, its bundle) of a worker running a trial after finishing another of the same bundle."""
+        latest = {}
+        for marker in sorted(log.iterdir(), key=lambda m: m.stat().st_mtime_ns):
+            tid, pid, _ = marker.name.split(".")
+            latest[int(pid)] = tid
+        trainings = _trainings(log)
+        for pid, running in latest.items():
+            mates = [t for t in done if pid in trainings.get(t, []) and bundle_of[t] == bundle_of[running]]
+            if running not in done and mates:
+                return pid, bundle_of[running], done
+        return None
+
+    def retried(done):
+        """The lost bundle is past its finished trials: a new worker trains one of its others, or it is done."""
+        mine = [t for t, k in bundle_of.items() if k == bundle]
+        again = any(pid != worker for t in mine if t not in finished for pid in _trainings(log).get(t, []))
+        return (again or all(t in done for t in mine)) and done
+
+    try:
+        # first a worker dies mid-bundle (a lost worker): Ray Tune retries its bundle, which
+        # skips the trials the driver already holds and trains only the one that was running
+        worker, bundle, finished = wait_for(mid_bundle, "worker mid-bundle")
+        os.kill(worker, signal.SIGKILL)
+        done = wait_for(retried, "retried bundle")
+        # then the driver itself is killed
+        wait_for(lambda now: len(now) >= len(done) + 2, "progress after the retry")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -239,9 +280,11 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    trainings = _trainings(log)
+    assert all(len(trainings[tid]) == 1 for tid in finished), "a finished trial was trained again"
     shutil.rmtree(temp, ignore_errors=True)
-    before = pd.read_parquet(trials_file)
-    assert 3 <= len(before) < 20, "the kill must land mid-sweep"
+    before, _ = load(location)  # the killed run left parts: they load like the tables
+    assert len(before) < 20, "the kill must land mid-sweep"
 
     summary = run_study(study, out=tmp_path / "out", quiet=True)
     assert summary.skipped == len(before) and summary.ran == 20 - len(before) and summary.missing == 0

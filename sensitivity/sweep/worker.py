@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 
 import ray
 from ray import tune
@@ -23,6 +24,7 @@ from ray import tune
 from sensitivity.results import join, resolve, trial_id
 from sensitivity.study import runnable
 
+TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
 LOSS_KEYS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 
@@ -97,6 +99,8 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
     label = config.get("label") or config["optimizer"]
     start = time.time()
     mirror = None
+    if os.environ.get(TRAINING_LOG):
+        _log_training(os.environ[TRAINING_LOG], tid)
     try:
         if checkpoint and "://" in checkpoint:
             mirror = Mirror(checkpoint)
@@ -115,6 +119,11 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
     for point in curve:
         point["trial_id"] = tid
     return row, curve
+
+
+def _log_training(folder: str, tid: str) -> None:
+    with open(os.path.join(folder, f"{tid}.{os.getpid()}.{uuid.uuid4().hex[:6]}"), "w"):
+        pass
 
 
 def payload(row: dict, curve: list[dict], checkpoint: str | None) -> str:
