@@ -207,12 +207,48 @@ def clean_row(row: Mapping[str, Any]) -> dict:
     return out
 
 
-def _frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([clean_row(r) for r in rows])
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _arrow(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+def _column(key: str, values: list) -> pa.Array:
+    """One column of rows as clean_row would write it, built without a row-by-row pass where possible."""
+    if key in LOSS_COLUMNS:
+        values = [math.inf if _is_missing(v) else v for v in values]
+    try:
+        array = pa.array(values, from_pandas=True)
+        if not pa.types.is_nested(array.type):
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    values = [json.dumps(_canonical(v), sort_keys=True) if isinstance(v, (dict, list, tuple)) else v for v in values]
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers and text mixed in one column: keep them as text
+        return pa.array([None if _is_missing(v) else str(v) for v in values], pa.string())
+
+
+def _rows_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as an Arrow table, cleaned like `clean_row`; a flush's cost is linear in its rows."""
+    if not rows:
+        return _empty()
+    try:  # Arrow infers the columns of a list of dicts in one native pass
+        table = pa.Table.from_struct_array(pa.array(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = None  # a column mixes types: build it column by column
+    if table is None:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.table({k: _column(k, [r.get(k) for r in rows]) for k in keys})
+    for index, name in enumerate(table.column_names):
+        if pa.types.is_nested(table.schema.field(index).type) or pa.types.is_null(table.schema.field(index).type) \
+                and name in LOSS_COLUMNS:
+            table = table.set_column(index, name, _column(name, [r.get(name) for r in rows]))
+        elif name in LOSS_COLUMNS:
+            column = table.column(index)
+            if pa.types.is_floating(column.type):
+                column = pc.if_else(pc.is_nan(column), math.inf, column)
+            table = table.set_column(index, name, pc.fill_null(column, math.inf))
+    return table
 
 
 def _empty() -> pa.Table:
@@ -381,13 +417,13 @@ class ResultsStore:
         self._check()
         seq = self._seq + 1
         if curve_rows:  # curves first: a trial is done once its trials part exists
-            write_atomic(self.fs, self._part_path(seq, "curves"), _table_bytes(_arrow(_frame(curve_rows))))
-        frame = _frame(fresh)
-        write_atomic(self.fs, self._part_path(seq, "trials"), _table_bytes(_arrow(frame)))
+            write_atomic(self.fs, self._part_path(seq, "curves"), _table_bytes(_rows_table(curve_rows)))
+        table = _rows_table(fresh)
+        write_atomic(self.fs, self._part_path(seq, "trials"), _table_bytes(table))
         self._seq = seq
         self._done |= seen
         self._has_trials = True
-        self._trials_frames.append(frame)
+        self._trials_frames.append(table.to_pandas())
         self._curves_cache = None
         return len(fresh)
 
