@@ -168,6 +168,47 @@ def test_a_trial_that_raises_becomes_an_error_row(tmp_path):
     assert all(row[k] == math.inf for k in LOSSES) and "host" in row and "node" in row
 
 
+def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkeypatch):
+    from ray import tune
+
+    from sensitivity.sweep import worker
+
+    configs = [{"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": k} for k in range(4)]
+    reports, trained = [], []
+    monkeypatch.setattr(worker, "set_threads", lambda cpu: None)
+    monkeypatch.setattr(worker, "run_one", lambda c, ckpt=None: (trained.append(trial_id(c)) or
+                                                                 ({"trial_id": trial_id(c)}, [])))
+
+    def report(metrics, checkpoint=None):  # Tune persists the checkpoint's folder before report returns
+        reports.append(tune.Checkpoint.from_directory(shutil.copytree(checkpoint.path, tmp_path / str(len(reports)))))
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    assert trained == [trial_id(c) for c in configs] and all(reports)
+    # the worker is lost after its second report reached the driver: Tune restarts from that checkpoint
+    second = reports[1]
+    trained.clear()
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: second)
+    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    assert trained == [trial_id(c) for c in configs[2:]]
+
+
+def test_a_failed_write_stops_the_tuner_and_is_raised(tmp_path):
+    from sensitivity.results import ResultsWriteError
+    from sensitivity.sweep.tuner import Recorder, _StopOnFailure
+
+    class FullStore:
+        def append(self, rows, curves):
+            raise ResultsWriteError(28, "cannot write /x/parts: no space left on the device")
+
+    recorder = Recorder(FullStore(), Progress(1, name="s", quiet=True))
+    stopper = _StopOnFailure(recorder)
+    assert not stopper.stop_all()
+    recorder.on_trial_result(0, [], None, {"payload": '{"rows": [{"trial_id": "a"}], "curves": []}'})
+    assert isinstance(recorder.failure, ResultsWriteError) and stopper.stop_all() and stopper("t", {})
+
+
 @pytest.mark.slow
 def test_optuna_over_a_diverging_region_finishes_without_nan(tmp_path, ray_local):
     study = Study.from_dict({
@@ -298,10 +339,12 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
 
 
 @pytest.mark.slow
-def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
+def test_two_ray_nodes_then_a_lost_node_every_trial_once(tmp_path):
     path = write_study(tmp_path / "two.yaml", {
-        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4,
+        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2,
         "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
+    study = load_study(path)
+    location = tmp_path / "out" / "two-nodes"
     temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
     port = _free_port()
     # a private token: the nodes and the driver of this test authenticate to each other only
@@ -321,29 +364,43 @@ def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
             assert nodes[-1].poll() is None and time.monotonic() < deadline, Path(log).read_text()[-2000:]
             time.sleep(0.3)
 
+    def stop(node):
+        try:
+            os.killpg(node.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
     try:
         start(["--head", "--port", str(port), "--include-dashboard", "false"], tmp_path / "head.log")
         start(["--address", f"127.0.0.1:{port}"], tmp_path / "worker.log")
-        run = subprocess.run([str(BIN / "sensitivity"), "run", str(path), "--smoke", "--out", str(tmp_path / "out"),
-                              "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
-                             timeout=240)
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert "trials.parquet" in run.stdout
+        run = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"),
+                                "--address", f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline, before = time.monotonic() + 180, None
+        while time.monotonic() < deadline and run.poll() is None:
+            trials = ResultsStore(location).trials  # a reader: no lease needed
+            if trials is not None and trials["node"].nunique() == 2:
+                before = trials
+                break
+            time.sleep(0.2)
+        assert before is not None and len(before) < 12, (run.poll(), run.stderr and run.stderr.read()[-3000:])
+        stop(nodes[1])  # the second node is lost mid-run: its running bundle is retried on the head
+        out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err[-3000:]
+        assert "trials.parquet" in out
     finally:
         for node in nodes:
-            try:
-                os.killpg(node.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            stop(node)
         for node in nodes:
             try:
                 node.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
-    trials = pd.read_parquet(tmp_path / "out" / "two-nodes" / "trials.parquet")
-    assert len(trials) == 4 and trials["trial_id"].is_unique
+    trials, _ = assert_exactly_once(location, study)
     assert trials["node"].nunique() == 2, trials["node"].value_counts()
+    after = trials[~trials["trial_id"].isin(before["trial_id"])]
+    assert len(after)  # the rest ran on the head
     time.sleep(1)
     assert _ray_processes(temp) == [], "both nodes must be stopped"
     shutil.rmtree(temp, ignore_errors=True)
