@@ -339,17 +339,71 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
 
 
 @pytest.mark.slow
-def test_two_ray_nodes_then_a_lost_node_every_trial_once(tmp_path):
+def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
     path = write_study(tmp_path / "two.yaml", {
-        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2,
+        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4,
         "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
-    study = load_study(path)
-    location = tmp_path / "out" / "two-nodes"
     temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
     port = _free_port()
     # a private token: the nodes and the driver of this test authenticate to each other only
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
+              "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
+    nodes = []
+
+    def start(args, log):
+        nodes.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common,
+                                       "--metrics-export-port", str(_free_port())],
+                                      env=env, start_new_session=True, stdout=open(log, "w"),
+                                      stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in Path(log).read_text():
+            assert nodes[-1].poll() is None and time.monotonic() < deadline, Path(log).read_text()[-2000:]
+            time.sleep(0.3)
+
+    try:
+        start(["--head", "--port", str(port), "--include-dashboard", "false"], tmp_path / "head.log")
+        start(["--address", f"127.0.0.1:{port}"], tmp_path / "worker.log")
+        run = subprocess.run([str(BIN / "sensitivity"), "run", str(path), "--smoke", "--out", str(tmp_path / "out"),
+                              "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
+                             timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "trials.parquet" in run.stdout
+    finally:
+        for node in nodes:
+            try:
+                os.killpg(node.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for node in nodes:
+            try:
+                node.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    trials = pd.read_parquet(tmp_path / "out" / "two-nodes" / "trials.parquet")
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert trials["node"].nunique() == 2, trials["node"].value_counts()
+    time.sleep(1)
+    assert _ray_processes(temp) == [], "both nodes must be stopped"
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.exhaustive  # about a minute on 2 cores; the test above covers two nodes running trials
+def test_a_lost_node_loses_only_its_running_trials(tmp_path):
+    path = write_study(tmp_path / "two.yaml", {
+        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2,
+        "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
+    study = load_study(path)
+    location = tmp_path / "out" / "two-nodes"
+    log = tmp_path / "trainings"
+    log.mkdir()
+    temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
+    port = _free_port()
+    # a private token: the nodes and the driver of this test authenticate to each other only
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "SENSITIVITY_TRAINING_LOG": str(log)}
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
               "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
     nodes = []
@@ -401,6 +455,8 @@ def test_two_ray_nodes_then_a_lost_node_every_trial_once(tmp_path):
     assert trials["node"].nunique() == 2, trials["node"].value_counts()
     after = trials[~trials["trial_id"].isin(before["trial_id"])]
     assert len(after)  # the rest ran on the head
+    trainings = _trainings(log)
+    assert all(len(trainings[tid]) == 1 for tid in before["trial_id"]), "a finished trial was trained again"
     time.sleep(1)
     assert _ray_processes(temp) == [], "both nodes must be stopped"
     shutil.rmtree(temp, ignore_errors=True)
