@@ -272,7 +272,9 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
     log.mkdir()
     temp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # this run's own Ray, found by its temp dir
     env = {**os.environ, "RAY_TMPDIR": temp, "SENSITIVITY_TRAINING_LOG": str(log)}
-    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet"],
+    # one bundle at a time: the others wait while the lost one is retried, so the driver's kill lands mid-sweep
+    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet",
+                             "--max-concurrent", "1"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     bundles = make_bundles(study.trials(), 4)
@@ -311,9 +313,8 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
         # skips the trials the driver already holds and trains only the one that was running
         worker, bundle, finished = wait_for(mid_bundle, "worker mid-bundle")
         os.kill(worker, signal.SIGKILL)
-        done = wait_for(retried, "retried bundle")
+        wait_for(retried, "retried bundle")
         # then the driver itself is killed
-        wait_for(lambda now: len(now) >= len(done) + 2, "progress after the retry")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
