@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from sensitivity.results import join, resolve, write_atomic, write_error, writing
+from sensitivity.storage import join, resolve, write_atomic, write_error, writing
 from sensitivity.study import StudyError
 
 LEASE = "lease.json"

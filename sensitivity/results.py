@@ -22,8 +22,6 @@ Paths may be local or any URI pyarrow understands (``s3://``, ``gs://``; NFS mou
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import math
@@ -36,13 +34,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+
+from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
+    ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now, through_of, write_atomic,
+    write_error, writing)
 
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 STUDY = "study.yaml"
 PARTS = "parts"
-THROUGH_KEY = b"sensitivity.through"  # schema metadata of a compacted table: last part it holds
 PART_RE = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
 READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
 
@@ -51,13 +51,6 @@ READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
 NON_IDENTITY_KEYS = frozenset({"data_dir", "device", "download", "trial_id", "study", "label", "node"})
 
 LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
-
-
-class ResultsWriteError(OSError):
-    """The results location cannot be written (read-only, full, a path under a file); one line."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 def _canonical(value: Any) -> Any:
@@ -84,111 +77,6 @@ def trial_id(config: Mapping[str, Any]) -> str:
                 if k not in NON_IDENTITY_KEYS and v is not None and not (isinstance(v, Mapping) and not v)}
     text = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------
-# filesystem helpers (local paths and URIs alike)
-
-
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI; local paths become absolute."""
-    text = os.fspath(location)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts of a local path or a URI with '/'."""
-    if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
-    return os.path.join(base, *parts)
-
-
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
-        return "no space left on the device"
-    if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
-        return "read-only or not permitted"
-    if isinstance(exc, (NotADirectoryError, FileExistsError)) or (
-            isinstance(exc, OSError) and exc.errno in (errno.ENOTDIR, errno.EEXIST)):
-        return "a parent of it is a file"
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
-
-
-def write_error(path: str, exc: OSError) -> ResultsWriteError:
-    """One line naming the path that cannot be written, and why."""
-    return ResultsWriteError(exc.errno, f"cannot write {path}: {_reason(exc)}; results written before are kept")
-
-
-@contextlib.contextmanager
-def writing(path: str):
-    """Turn any failure to write `path` into a ResultsWriteError naming it."""
-    try:
-        yield
-    except ResultsWriteError:
-        raise
-    except OSError as exc:
-        raise write_error(path, exc) from exc
-
-
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write bytes to `path` through a temporary sibling and a rename."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with writing(path):
-        fs.create_dir(parent, recursive=True)
-        try:
-            with fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            fs.move(tmp, path)  # atomic rename locally; on object stores the final PUT is atomic
-        except BaseException:
-            try:  # a full disk leaves no partial temp file behind
-                fs.delete_file(tmp)
-            except Exception:
-                pass
-            raise
-
-
-def _table_bytes(table: pa.Table, through: int | None = None) -> bytes:
-    metadata = {} if through is None else {THROUGH_KEY: str(through).encode()}
-    table = table.replace_schema_metadata(metadata or None)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def _read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
-    """One read of a whole file (a writer renames over it), or None when it is not there."""
-    try:
-        with fs.open_input_file(path) as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        if not _exists(fs, path):
-            return None
-        raise
-    return pq.read_table(pa.BufferReader(data))
-
-
-def _through(table: pa.Table | None) -> int:
-    meta = (table.schema.metadata or {}) if table is not None else {}
-    return int(meta.get(THROUGH_KEY, b"-1"))
-
-
-def _through_now(fs: pafs.FileSystem, path: str) -> int:
-    try:
-        with fs.open_input_file(path) as handle:
-            meta = pq.read_metadata(handle).metadata or {}
-    except (FileNotFoundError, OSError):
-        return -1
-    return int(meta.get(THROUGH_KEY, b"-1"))
 
 
 # ---------------------------------------------------------------------------
@@ -353,20 +241,20 @@ class ResultsStore:
         """(compacted table and newer parts of one kind, its `through`, the highest seq seen)."""
         base_path = self.trials_path if kind == "trials" else self.curves_path
         for _ in range(READ_ATTEMPTS):
-            base = _read_parquet(self.fs, base_path)
-            through = _through(base)
+            base = read_parquet(self.fs, base_path)
+            through = through_of(base)
             parts = self._parts()
             sources = [] if base is None else [base]
             complete = True
             for seq, _writer, part_kind, path in parts:
                 if part_kind != kind or seq <= through:
                     continue
-                table = _read_parquet(self.fs, path)
+                table = read_parquet(self.fs, path)
                 if table is None:  # deleted by a compaction since the listing
                     complete = False
                     break
                 sources.append(table)
-            if complete and _through_now(self.fs, base_path) == through:
+            if complete and through_now(self.fs, base_path) == through:
                 top = max([through] + [p[0] for p in parts])
                 return sources, through, top
         raise OSError(f"{base_path}: the tables kept changing while being read; read again")
@@ -417,9 +305,9 @@ class ResultsStore:
         self._check()
         seq = self._seq + 1
         if curve_rows:  # curves first: a trial is done once its trials part exists
-            write_atomic(self.fs, self._part_path(seq, "curves"), _table_bytes(_rows_table(curve_rows)))
+            write_atomic(self.fs, self._part_path(seq, "curves"), table_bytes(_rows_table(curve_rows)))
         table = _rows_table(fresh)
-        write_atomic(self.fs, self._part_path(seq, "trials"), _table_bytes(table))
+        write_atomic(self.fs, self._part_path(seq, "trials"), table_bytes(table))
         self._seq = seq
         self._done |= seen
         self._has_trials = True
@@ -442,8 +330,8 @@ class ResultsStore:
         if exclude:
             trials = trials.filter(pc.invert(pc.is_in(_ids(trials), value_set=pa.array(sorted(exclude), pa.string()))))
         curves = merge_curves(curve_sources, _ids(trials))
-        write_atomic(self.fs, self.curves_path, _table_bytes(curves, through=top))
-        write_atomic(self.fs, self.trials_path, _table_bytes(trials, through=top))
+        write_atomic(self.fs, self.curves_path, table_bytes(curves, through=top))
+        write_atomic(self.fs, self.trials_path, table_bytes(trials, through=top))
         for seq, _writer, _kind, path in self._parts():
             if seq <= top:
                 self._delete(path)
@@ -484,7 +372,7 @@ class ResultsStore:
 
     def ensure_tables(self) -> None:
         """Make both tables exist so a study with nothing to run still has them (a compaction)."""
-        if not (_exists(self.fs, self.trials_path) and _exists(self.fs, self.curves_path)) or self._parts():
+        if not (exists(self.fs, self.trials_path) and exists(self.fs, self.curves_path)) or self._parts():
             self.compact()
 
 
