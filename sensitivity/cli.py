@@ -144,9 +144,8 @@ def _plot(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from sensitivity.storage import ResultsWriteError
     from sensitivity.study import StudyError
-
-    from sensitivity.results import ResultsWriteError
 
     handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot,
                "compact": _compact}[args.command]
