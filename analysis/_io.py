@@ -9,7 +9,6 @@ are the swept axes and stay columns of their own.
 from __future__ import annotations
 
 import ast
-import io
 import json
 import math
 import pathlib
@@ -19,6 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 __all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
 
@@ -50,14 +51,79 @@ class StaleRowsWarning(UserWarning):
     """`load` left out rows of an earlier version of the study."""
 
 
-def _read(path: pathlib.Path) -> pd.DataFrame:
+PART = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
+THROUGH_KEY = b"sensitivity.through"  # a compacted table's last part; older parts are leftovers
+READ_ATTEMPTS = 5
+
+
+def _read(path: pathlib.Path) -> tuple[pd.DataFrame, int] | None:
+    """(frame, last part it holds) of one file; None when it vanished (a compaction deleted it)."""
     try:
-        # One read of the bytes: a running sweep replaces the file by rename, and pyarrow may
+        # One read of the bytes: a running sweep replaces files by rename, and pyarrow may
         # open a path more than once, which could mix two versions of it.
-        return pd.read_parquet(io.BytesIO(path.read_bytes()))
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ResultsError(f"cannot read {path}: {reason}") from None
+    through = int((table.schema.metadata or {}).get(THROUGH_KEY, b"-1"))
+    return table.replace_schema_metadata(None).to_pandas(), through
+
+
+def _through_now(path: pathlib.Path) -> int:
+    try:
+        return int((pq.read_metadata(path).metadata or {}).get(THROUGH_KEY, b"-1"))
+    except (FileNotFoundError, OSError):
+        return -1
+
+
+def _sources(root: pathlib.Path, kind: str) -> list[pd.DataFrame]:
+    """The compacted table of one kind and the parts written after it, oldest first.
+
+    A run writes ``parts/<seq>-<writer>.<kind>.parquet`` as trials finish; ``<kind>.parquet``
+    holds every part up to the sequence number in its metadata.
+    """
+    base_path = root / f"{kind}.parquet"
+    for _ in range(READ_ATTEMPTS):
+        base = _read(base_path) if base_path.is_file() else None
+        through = base[1] if base else -1
+        parts = []
+        for path in (root / "parts").glob(f"*.{kind}.parquet"):
+            match = PART.match(path.name)
+            if match and int(match.group(1)) > through:
+                parts.append((int(match.group(1)), match.group(2), path))
+        frames = [base[0]] if base else []
+        for _, _, path in sorted(parts):
+            part = _read(path)
+            if part is None:
+                break
+            frames.append(part[0])
+        else:
+            if _through_now(base_path) == through:
+                return frames
+    raise ResultsError(f"{root}: the tables kept changing while being read; load again")
+
+
+def _merge_trials(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per trial_id, the newest (sources are oldest first)."""
+    trials = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+    if "trial_id" in trials and not trials["trial_id"].is_unique:
+        trials = trials.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+    return trials
+
+
+def _merge_curves(frames: list[pd.DataFrame], done: pd.Series) -> pd.DataFrame:
+    """Curves of finished trials, each trial's from the newest source that has it."""
+    frames = [f.assign(_source=i) for i, f in enumerate(frames) if "trial_id" in f]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
+    curves = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+    newest = curves.groupby("trial_id")["_source"].transform("max")
+    keep = (curves["_source"] == newest) & curves["trial_id"].isin(done)  # orphans of a cut-off flush
+    return curves[keep].drop(columns="_source").reset_index(drop=True)
 
 
 def _require(frame: pd.DataFrame, columns, path: pathlib.Path) -> None:
@@ -108,22 +174,23 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
     Raises ResultsError (one line) when the directory or ``trials.parquet`` is missing, a file
     cannot be read, required columns are missing, or a status is not one of STATUSES. A
     missing ``curves.parquet`` gives an empty curves table (the curve figures are then skipped).
+    Parts of a run still going, or cut short, are read too: each trial appears once, its newest row.
     """
     root = pathlib.Path(results_dir)
     if not root.is_dir():
         raise ResultsError(f"results directory not found: {root}")
     trials_path, curves_path = root / "trials.parquet", root / "curves.parquet"
-    if not trials_path.is_file():
+    trial_frames = _sources(root, "trials")
+    if not trial_frames:
         raise ResultsError(f"no trials.parquet in {root} (expected <out>/<study>/trials.parquet)")
-    trials = _read(trials_path)
+    trials = _merge_trials(trial_frames)
     _require(trials, TRIAL_COLUMNS, trials_path)
     if trials.empty:
         raise ResultsError(f"{trials_path} has no trials")
-    if curves_path.is_file():
-        curves = _read(curves_path)
+    curve_frames = _sources(root, "curves")
+    curves = _merge_curves(curve_frames, trials["trial_id"])
+    if curve_frames:
         _require(curves, CURVE_COLUMNS, curves_path)
-    else:
-        curves = pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
     trials, curves, stale = _split_stale(trials, curves, _current(root), include_stale)
     if stale and not include_stale:
         warnings.warn(f"{root}: left out {stale} stale rows (an earlier version of the study); "

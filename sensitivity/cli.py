@@ -1,4 +1,4 @@
-"""The `sensitivity` command: run, validate, optimizers, plot.
+"""The `sensitivity` command: run, validate, optimizers, plot, compact.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure.
 """
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("optimizers", help="list optimizer names, hyperparameters and defaults")
 
+    compact = sub.add_parser("compact", help="fold a study's part files into trials.parquet and curves.parquet")
+    compact.add_argument("results", help="a study's results directory or URI (OUT/<study name>)")
+
     plot = sub.add_parser("plot", help="figures and tables of a results directory")
     plot.add_argument("results", help="a study's results directory (OUT/<study name>)")
     plot.add_argument("--out", help="where figures go (default: RESULTS/figures)")
@@ -93,6 +96,9 @@ def _run(args) -> int:
     from sensitivity.study import load_study
 
     study = load_study(args.study)  # bad input fails here, before Ray starts
+    from sensitivity.lease import Lease, study_location
+
+    Lease(study_location(args.out, args.storage, study.name)).probe()  # a held location fails before slow imports
     from sensitivity.sweep import run_study
 
     summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
@@ -116,6 +122,23 @@ def _run(args) -> int:
     return 0
 
 
+def _compact(args) -> int:
+    from sensitivity.lease import Lease
+    from sensitivity.results import ResultsStore
+
+    store = ResultsStore(args.results)
+    if store.trials is None:
+        return _bad(f"results: no trials.parquet and no parts in {args.results}")
+    with Lease(args.results) as lease:  # a writer like a run: never beside one
+        if lease.note:
+            print(lease.note, file=sys.stderr)
+        store = ResultsStore(args.results)
+        store.guard = lease.check
+        store.compact()
+    print(f"{len(store.done_ids())} trials in {store.trials_path} and {store.curves_path}")
+    return 0
+
+
 def _plot(args) -> int:
     from pathlib import Path
 
@@ -132,16 +155,21 @@ def _plot(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from sensitivity.storage import ResultsWriteError
     from sensitivity.study import StudyError
 
-    handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot}[args.command]
+    handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot,
+               "compact": _compact}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
         print("sensitivity: interrupted; run the same command again to resume", file=sys.stderr)
         return 1
-    except StudyError as exc:  # bad input: one line naming the field
+    except StudyError as exc:  # bad input: one line naming the field (or a study's lease held by another run)
         return _bad(exc)
+    except ResultsWriteError as exc:  # a read-only or full destination: one line naming the path
+        print(f"sensitivity: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a failure, not the user's input
         print(f"sensitivity: failed: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

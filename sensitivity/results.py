@@ -1,14 +1,23 @@
-"""The results tables: ``trials.parquet`` and ``curves.parquet`` under ``<out>/<study>/``.
+"""The results tables of one study under ``<out>/<study>/``: parts while a run writes, compacted after.
 
-One writer (the sweep driver) owns a study's directory.  Every flush rewrites a
-whole table to a temporary name and renames it over the old one, so a reader (or
-a resumed run after SIGKILL) sees either the previous table or the new one, never
-half a file.  Curves are flushed before trials: a trial counts as done only once
-its row is in ``trials.parquet``, and curves of trials that are not done are
-dropped on load, so every trial appears exactly once after any interruption.
+Layout (the files are the contract; ``analysis`` reads them without importing this module):
 
-Paths may be local or any URI pyarrow understands (``s3://``, ``gs://``, NFS
-mounts are local paths).
+- ``parts/<seq>-<writer>.curves.parquet`` and ``parts/<seq>-<writer>.trials.parquet``: one pair per
+  flush (a finished trial or bundle).  A flush writes new files only, so its cost does not grow
+  with the study.  Curves are written before trials: a trial counts as done once its trials part
+  exists, and curves of trials that are not done are dropped on read.
+- ``trials.parquet`` and ``curves.parquet``: the compacted tables, rewritten when a run ends and by
+  ``sensitivity compact``.  Each records in its schema metadata (key ``sensitivity.through``) the
+  last part sequence number it holds; parts at or below it are leftovers of an interrupted
+  compaction and are ignored (and deleted by the next one).
+
+Read = compacted table + parts above its ``through``, in sequence order; a trial_id that appears
+more than once keeps its newest row, and its curve comes from the newest source that has one.
+Every file is written to a temporary name and renamed, so a kill -9 at any point leaves tables
+that load, with every finished trial at most once and nothing half-written visible.
+
+One writer (the run holding the study's lease, `sensitivity.lease`) writes a study's files.
+Paths may be local or any URI pyarrow understands (``s3://``, ``gs://``; NFS mounts are local paths).
 """
 
 from __future__ import annotations
@@ -16,68 +25,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+
+from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
+    ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now, through_of, write_atomic,
+    write_error, writing)
 
 from sensitivity.identity import NON_IDENTITY_KEYS, _canonical, trial_id  # noqa: F401 (re-exported)
 
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 STUDY = "study.yaml"
+PARTS = "parts"
+PART_RE = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
+READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
 
 LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
-
-
-# ---------------------------------------------------------------------------
-# filesystem helpers (local paths and URIs alike)
-
-
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI; local paths become absolute."""
-    text = os.fspath(location)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts of a local path or a URI with '/' (into a URI's path, before its ?query)."""
-    if "://" in base:
-        head, sep, query = base.partition("?")
-        return "/".join([head.rstrip("/"), *parts]) + sep + query
-    return os.path.join(base, *parts)
-
-
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write bytes to `path` through a temporary sibling and a rename."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as stream:
-        stream.write(data)
-    fs.move(tmp, path)  # atomic rename locally; on object stores the final PUT is atomic
-
-
-def _write_table(fs: pafs.FileSystem, path: str, frame: pd.DataFrame) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    write_atomic(fs, path, sink.getvalue().to_pybytes())
-
-
-def _read_table(fs: pafs.FileSystem, path: str) -> pd.DataFrame | None:
-    if not _exists(fs, path):
-        return None
-    with fs.open_input_file(path) as handle:
-        return pq.read_table(handle).to_pandas()
 
 
 # ---------------------------------------------------------------------------
@@ -96,111 +66,314 @@ def clean_row(row: Mapping[str, Any]) -> dict:
     return out
 
 
-def _frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([clean_row(r) for r in rows])
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _concat(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
-    if old is None or old.empty:
-        return new.reset_index(drop=True)
-    if new.empty:
-        return old
-    # object-typed union keeps all-null columns from forcing dtype warnings
-    return pd.concat([old, new], ignore_index=True, sort=False)
+def _column(key: str, values: list) -> pa.Array:
+    """One column of rows as clean_row would write it, built without a row-by-row pass where possible."""
+    if key in LOSS_COLUMNS:
+        values = [math.inf if _is_missing(v) else v for v in values]
+    try:
+        array = pa.array(values, from_pandas=True)
+        if not pa.types.is_nested(array.type):
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    values = [json.dumps(_canonical(v), sort_keys=True) if isinstance(v, (dict, list, tuple)) else v for v in values]
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers and text mixed in one column: keep them as text
+        return pa.array([None if _is_missing(v) else str(v) for v in values], pa.string())
+
+
+def _rows_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as an Arrow table, cleaned like `clean_row`; a flush's cost is linear in its rows."""
+    if not rows:
+        return _empty()
+    try:  # Arrow infers the columns of a list of dicts in one native pass
+        table = pa.Table.from_struct_array(pa.array(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = None  # a column mixes types: build it column by column
+    if table is None:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.table({k: _column(k, [r.get(k) for r in rows]) for k in keys})
+    for index, name in enumerate(table.column_names):
+        if pa.types.is_nested(table.schema.field(index).type) or pa.types.is_null(table.schema.field(index).type) \
+                and name in LOSS_COLUMNS:
+            table = table.set_column(index, name, _column(name, [r.get(name) for r in rows]))
+        elif name in LOSS_COLUMNS:
+            column = table.column(index)
+            if pa.types.is_floating(column.type):
+                column = pc.if_else(pc.is_nan(column), math.inf, column)
+            table = table.set_column(index, name, pc.fill_null(column, math.inf))
+    return table
+
+
+def _empty() -> pa.Table:
+    return pa.table({"trial_id": pa.array([], pa.string())})
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t.replace_schema_metadata(None) for t in tables]
+    if not tables:
+        return _empty()
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # a column whose type differs between parts: let pandas find the common type
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
+        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+
+
+def _ids(table: pa.Table) -> pa.Array:
+    return table.column("trial_id").combine_chunks() if "trial_id" in table.column_names \
+        else pa.array([], pa.string())
+
+
+def merge_trials(sources: list[pa.Table]) -> pa.Table:
+    """Trials of all sources (oldest first), each trial_id once with its newest row."""
+    table = _concat(sources)
+    ids = _ids(table)
+    if len(ids) == len(pc.unique(ids)):
+        return table
+    keep = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
+    return table.filter(pa.array(~keep))
+
+
+def merge_curves(sources: list[pa.Table], done: pa.Array) -> pa.Table:
+    """Curves of finished trials only, each trial's from the newest source that has it."""
+    winner: dict[str, int] = {}
+    counts = 0
+    uniques = []
+    for index, table in enumerate(sources):
+        unique = pc.unique(_ids(table)).to_pylist()
+        uniques.append(unique)
+        counts += len(unique)
+        for tid in unique:
+            winner[tid] = index
+    done_set = pa.array(done, pa.string()) if not isinstance(done, pa.Array) else done
+    kept = []
+    for index, (table, unique) in enumerate(zip(sources, uniques)):
+        if not len(table):
+            continue
+        if counts != len(winner) and any(winner[t] != index for t in unique):
+            mine = pa.array([t for t in unique if winner[t] == index], pa.string())
+            table = table.filter(pc.is_in(_ids(table), value_set=mine))
+        kept.append(table)
+    table = _concat(kept)
+    ids = _ids(table)
+    if len(ids) and not pc.all(pc.is_in(pc.unique(ids), value_set=done_set)).as_py():
+        table = table.filter(pc.is_in(ids, value_set=done_set))  # orphans of a crash mid-flush
+    return table
 
 
 class ResultsStore:
-    """Append-only trials/curves tables of one study, each flush atomic.
+    """Append-only trials/curves tables of one study; each flush writes two new part files.
 
-    `location` is ``<out>/<study>`` as a local path or URI.  Load once, then
-    `append` the rows of each finished trial (or bundle of trials).
+    `location` is ``<out>/<study>`` as a local path or URI.  `trials` and `curves` are the
+    merged tables as DataFrames (None before anything was written); `append` adds the rows of
+    finished trials at a cost that does not grow with the study; `compact` folds the parts
+    into ``trials.parquet`` and ``curves.parquet``.
     """
 
     def __init__(self, location: str | os.PathLike):
         self.location = os.fspath(location)
         self.fs, self.path = resolve(self.location)
-        self.trials_path = self.path.rstrip("/") + "/" + TRIALS
-        self.curves_path = self.path.rstrip("/") + "/" + CURVES
-        self.trials = _read_table(self.fs, self.trials_path)
-        curves = _read_table(self.fs, self.curves_path)
-        done = self.done_ids()
-        if curves is not None and "trial_id" in curves:
-            curves = curves[curves["trial_id"].isin(done)].reset_index(drop=True)  # orphans of a crash
-        self.curves = curves
+        root = self.path.rstrip("/")
+        self.trials_path = root + "/" + TRIALS
+        self.curves_path = root + "/" + CURVES
+        self.parts_path = root + "/" + PARTS
+        self.writer = uuid.uuid4().hex[:8]
+        self.guard = None  # called before every write: the run's lease check (raises when lost)
+        self._curves_cache: pd.DataFrame | None = None
+        sources, self._trials_through, self._seq = self._sources("trials")
+        self._has_trials = bool(sources)
+        table = merge_trials(sources) if sources else None
+        self._done: set[str] = set(_ids(table).to_pylist()) if table is not None else set()
+        self._trials_frames: list[pd.DataFrame] = [table.to_pandas()] if table is not None else []
+
+    # -- reading ------------------------------------------------------------
+
+    def _parts(self) -> list[tuple[int, str, str, str]]:
+        """(seq, writer, kind, path) of every part file, oldest first."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.parts_path, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for info in infos:
+            match = PART_RE.match(info.base_name)
+            if match and info.type == pafs.FileType.File:
+                found.append((int(match.group(1)), match.group(2), match.group(3), info.path))
+        return sorted(found)
+
+    def _sources(self, kind: str) -> tuple[list[pa.Table], int, int]:
+        """(compacted table and newer parts of one kind, its `through`, the highest seq seen)."""
+        base_path = self.trials_path if kind == "trials" else self.curves_path
+        for _ in range(READ_ATTEMPTS):
+            base = read_parquet(self.fs, base_path)
+            through = through_of(base)
+            parts = self._parts()
+            sources = [] if base is None else [base]
+            complete = True
+            for seq, _writer, part_kind, path in parts:
+                if part_kind != kind or seq <= through:
+                    continue
+                table = read_parquet(self.fs, path)
+                if table is None:  # deleted by a compaction since the listing
+                    complete = False
+                    break
+                sources.append(table)
+            if complete and through_now(self.fs, base_path) == through:
+                top = max([through] + [p[0] for p in parts])
+                return sources, through, top
+        raise OSError(f"{base_path}: the tables kept changing while being read; read again")
+
+    @property
+    def trials(self) -> pd.DataFrame | None:
+        if not self._trials_frames:
+            return None
+        if len(self._trials_frames) > 1:
+            merged = pd.concat(self._trials_frames, ignore_index=True, sort=False)
+            self._trials_frames = [merged]
+        return self._trials_frames[0]
+
+    @property
+    def curves(self) -> pd.DataFrame | None:
+        """Curves of finished trials, read from the files on demand (a writer never holds them)."""
+        if self._curves_cache is None:
+            sources, _, _ = self._sources("curves")
+            if not sources and not self._has_trials:
+                return None
+            done = pa.array(sorted(self._done), pa.string())
+            self._curves_cache = merge_curves(sources, done).to_pandas()
+        return self._curves_cache
 
     def done_ids(self) -> set[str]:
-        if self.trials is None or "trial_id" not in self.trials:
-            return set()
-        return set(self.trials["trial_id"])
+        return set(self._done)
+
+    # -- writing ------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.guard is not None:
+            self.guard()
+
+    def _part_path(self, seq: int, kind: str) -> str:
+        return f"{self.parts_path}/{seq:08d}-{self.writer}.{kind}.parquet"
 
     def append(self, rows: list[Mapping[str, Any]], curves: list[Mapping[str, Any]]) -> int:
-        """Add finished trials (skipping ids already stored); returns how many were new."""
-        done = self.done_ids()
+        """Add finished trials (skipping ids already stored) as one new pair of parts; returns how many were new."""
         fresh, seen = [], set()
         for row in rows:
             tid = row["trial_id"]
-            if tid not in done and tid not in seen:
+            if tid not in self._done and tid not in seen:
                 fresh.append(row)
                 seen.add(tid)
         if not fresh:
             return 0
         curve_rows = [c for c in curves if c.get("trial_id") in seen]
-        self.fs.create_dir(self.path, recursive=True)
-        if curve_rows or self.curves is None:
-            new_curves = _frame(curve_rows) if curve_rows else pd.DataFrame({"trial_id": pd.Series(dtype=str)})
-            self.curves = _concat(self.curves, new_curves)
-            _write_table(self.fs, self.curves_path, self.curves)
-        self.trials = _concat(self.trials, _frame(fresh))
-        _write_table(self.fs, self.trials_path, self.trials)
+        self._check()
+        seq = self._seq + 1
+        if curve_rows:  # curves first: a trial is done once its trials part exists
+            write_atomic(self.fs, self._part_path(seq, "curves"), table_bytes(_rows_table(curve_rows)))
+        table = _rows_table(fresh)
+        write_atomic(self.fs, self._part_path(seq, "trials"), table_bytes(table))
+        self._seq = seq
+        self._done |= seen
+        self._has_trials = True
+        self._trials_frames.append(table.to_pandas())
+        self._curves_cache = None
         return len(fresh)
 
+    def compact(self, exclude: Iterable[str] = ()) -> None:
+        """Fold every part into ``trials.parquet`` and ``curves.parquet``, then delete the parts.
+
+        Order keeps every state between the steps readable: curves, then trials, each renamed
+        into place with the last part it holds; parts are deleted only after both.
+        """
+        exclude = set(exclude)
+        self._check()
+        trial_sources, _, top = self._sources("trials")
+        curve_sources, _, curve_top = self._sources("curves")
+        top = max(top, curve_top, self._seq)
+        trials = merge_trials(trial_sources)
+        if exclude:
+            trials = trials.filter(pc.invert(pc.is_in(_ids(trials), value_set=pa.array(sorted(exclude), pa.string()))))
+        curves = merge_curves(curve_sources, _ids(trials))
+        write_atomic(self.fs, self.curves_path, table_bytes(curves, through=top))
+        write_atomic(self.fs, self.trials_path, table_bytes(trials, through=top))
+        for seq, _writer, _kind, path in self._parts():
+            if seq <= top:
+                self._delete(path)
+        self._delete_temporaries()
+        self._seq = top
+        self._has_trials = True
+        frame = trials.to_pandas()
+        self._done = set(frame["trial_id"]) if "trial_id" in frame else set()
+        self._trials_frames = [frame]
+        self._curves_cache = None
+
+    def _delete(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def _delete_temporaries(self) -> None:
+        """Temporary files of writes a kill -9 cut short (this run holds the lease: none is live)."""
+        for folder in (self.path, self.parts_path):
+            try:
+                infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            except OSError:
+                continue
+            for info in infos:
+                if ".parquet.tmp-" in info.base_name and info.type == pafs.FileType.File:
+                    self._delete(info.path)
+
     def drop(self, ids) -> None:
-        """Forget trials (e.g. errored ones, to run them again): rewrite both tables without them."""
+        """Forget trials (e.g. errored ones, to run them again): compact without them."""
         ids = set(ids)
-        if not ids or self.trials is None:
-            return
-        self.trials = self.trials[~self.trials["trial_id"].isin(ids)].reset_index(drop=True)
-        _write_table(self.fs, self.trials_path, self.trials)  # trials first: their curves become orphans
-        if self.curves is not None and "trial_id" in self.curves:
-            self.curves = self.curves[~self.curves["trial_id"].isin(ids)].reset_index(drop=True)
-            _write_table(self.fs, self.curves_path, self.curves)
+        if ids and ids & self._done:
+            self.compact(exclude=ids)
 
     def rename(self, ids: Mapping[str, str]) -> int:
         """Give stored trials new ids (old -> new, after a change of the id rule); returns how many.
 
-        An old id whose new id is already stored keeps its old id (it stays a row of its own).
-        Crash-safe: the curves are first written under both ids, then the trials, then the curves
-        under the new ids only; whatever the table holds, curves of finished trials survive.
+        An old id whose new id is already stored keeps its old id (it stays a row of its own, set
+        aside as stale), and of several old ids with one new id only the first moves.  Crash-safe:
+        the rows and curves under their new ids are appended as parts first, then a compaction
+        drops the old ids; a kill in between leaves the old rows as stale rows, nothing lost.
         """
-        if not ids or self.trials is None or "trial_id" not in self.trials:
+        trials = self.trials
+        if not ids or trials is None or "trial_id" not in trials:
             return 0
-        present = set(self.trials["trial_id"])
-        ids = {old: new for old, new in ids.items() if old in present and new not in present}
-        if not ids:
+        present, moving = set(trials["trial_id"]), {}
+        for old, new in ids.items():
+            if old in present and new not in present and new not in moving.values():
+                moving[old] = new
+        if not moving:
             return 0
-        if self.curves is not None and "trial_id" in self.curves:
-            moved = self.curves[self.curves["trial_id"].isin(list(ids))].copy()
-            moved["trial_id"] = moved["trial_id"].map(ids)
-            _write_table(self.fs, self.curves_path, _concat(self.curves, moved))
-        self.trials["trial_id"] = self.trials["trial_id"].replace(ids)
-        _write_table(self.fs, self.trials_path, self.trials)
-        if self.curves is not None and "trial_id" in self.curves:
-            self.curves["trial_id"] = self.curves["trial_id"].replace(ids)
-            _write_table(self.fs, self.curves_path, self.curves)
-        return len(ids)
+        rows = trials[trials["trial_id"].isin(list(moving))].copy()
+        rows["trial_id"] = rows["trial_id"].map(moving)
+        curves = self.curves
+        moved = pd.DataFrame()
+        if curves is not None and "trial_id" in curves:
+            moved = curves[curves["trial_id"].isin(list(moving))].copy()
+            moved["trial_id"] = moved["trial_id"].map(moving)
+        records = [{k: v for k, v in r.items() if not _is_missing(v)} for r in rows.to_dict("records")]
+        self.append(records, moved.to_dict("records"))
+        self.compact(exclude=moving)
+        return len(moving)
 
     def write_text(self, name: str, text: str) -> None:
+        self._check()
         write_atomic(self.fs, self.path.rstrip("/") + "/" + name, text.encode())
 
     def ensure_tables(self) -> None:
-        """Make both tables exist (empty) so a study with nothing to run still has them."""
-        self.fs.create_dir(self.path, recursive=True)
-        if self.curves is None:
-            self.curves = pd.DataFrame({"trial_id": pd.Series(dtype=str)})
-            _write_table(self.fs, self.curves_path, self.curves)
-        if self.trials is None:
-            self.trials = pd.DataFrame({"trial_id": pd.Series(dtype=str)})
-            _write_table(self.fs, self.trials_path, self.trials)
+        """Make both tables exist so a study with nothing to run still has them (a compaction)."""
+        if not (exists(self.fs, self.trials_path) and exists(self.fs, self.curves_path)) or self._parts():
+            self.compact()
 
 
 def load(location: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:

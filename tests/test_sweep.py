@@ -1,4 +1,4 @@
-"""Sweeps on Ray Tune: end to end, errors, Optuna with divergence, kill -9 and resume, two real nodes.
+"""Sweeps on Ray Tune: end to end, errors, Optuna with divergence, a lost worker, kill -9 and resume, two nodes.
 
 Budget: about 2.5 minutes on 2 busy cores, nearly all in the tests marked slow. They share the
 session's in-process Ray (`ray_local`, tests/conftest.py); the kill test and the two-node test
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from sensitivity.progress import Progress
-from sensitivity.results import trial_id
+from sensitivity.results import ResultsStore, load, trial_id
 from sensitivity.study import Study, StudyError, load_study
 from sensitivity.sweep import bundle_size, error_row, is_short, make_bundles, mean_metric, run_one, run_study
 
@@ -168,6 +168,47 @@ def test_a_trial_that_raises_becomes_an_error_row(tmp_path):
     assert all(row[k] == math.inf for k in LOSSES) and "host" in row and "node" in row
 
 
+def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkeypatch):
+    from ray import tune
+
+    from sensitivity.sweep import worker
+
+    configs = [{"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": k} for k in range(4)]
+    reports, trained = [], []
+    monkeypatch.setattr(worker, "set_threads", lambda cpu: None)
+    monkeypatch.setattr(worker, "run_one", lambda c, ckpt=None: (trained.append(trial_id(c)) or
+                                                                 ({"trial_id": trial_id(c)}, [])))
+
+    def report(metrics, checkpoint=None):  # Tune persists the checkpoint's folder before report returns
+        reports.append(tune.Checkpoint.from_directory(shutil.copytree(checkpoint.path, tmp_path / str(len(reports)))))
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    assert trained == [trial_id(c) for c in configs] and all(reports)
+    # the worker is lost after its second report reached the driver: Tune restarts from that checkpoint
+    second = reports[1]
+    trained.clear()
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: second)
+    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    assert trained == [trial_id(c) for c in configs[2:]]
+
+
+def test_a_failed_write_stops_the_tuner_and_is_raised(tmp_path):
+    from sensitivity.results import ResultsWriteError
+    from sensitivity.sweep.tuner import Recorder, _StopOnFailure
+
+    class FullStore:
+        def append(self, rows, curves):
+            raise ResultsWriteError(28, "cannot write /x/parts: no space left on the device")
+
+    recorder = Recorder(FullStore(), Progress(1, name="s", quiet=True))
+    stopper = _StopOnFailure(recorder)
+    assert not stopper.stop_all()
+    recorder.on_trial_result(0, [], None, {"payload": '{"rows": [{"trial_id": "a"}], "curves": []}'})
+    assert isinstance(recorder.failure, ResultsWriteError) and stopper.stop_all() and stopper("t", {})
+
+
 @pytest.mark.slow
 def test_optuna_over_a_diverging_region_finishes_without_nan(tmp_path, ray_local):
     study = Study.from_dict({
@@ -206,6 +247,15 @@ def _ray_processes(marker: str) -> list[str]:
     return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
+def _trainings(log: Path) -> dict[str, list[int]]:
+    """trial_id -> pids of the processes that started training it (SENSITIVITY_TRAINING_LOG)."""
+    found: dict[str, list[int]] = {}
+    for marker in log.iterdir():
+        tid, pid, _ = marker.name.split(".")
+        found.setdefault(tid, []).append(int(pid))
+    return found
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
     empty = tmp_path / "no-data"
@@ -217,21 +267,54 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
                        {"name": "sgd", "lr": 0.1, "label": "mnist-missing",
                         "task": {"dataset": "mnist", "data_dir": str(empty)}}]})
     study = load_study(path)
-    trials_file = tmp_path / "out" / "kill" / "trials.parquet"
+    location = tmp_path / "out" / "kill"
+    log = tmp_path / "trainings"
+    log.mkdir()
     temp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # this run's own Ray, found by its temp dir
-    env = {**os.environ, "RAY_TMPDIR": temp}
-    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet"],
+    env = {**os.environ, "RAY_TMPDIR": temp, "SENSITIVITY_TRAINING_LOG": str(log)}
+    # one bundle at a time: the others wait while the lost one is retried, so the driver's kill lands mid-sweep
+    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet",
+                             "--max-concurrent", "1"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+
+    bundles = make_bundles(study.trials(), 4)
+    bundle_of = {trial_id(c): k for k, b in enumerate(bundles) for c in b}
+
+    def wait_for(ready, what: str):
         deadline = time.monotonic() + 150
-        done = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            if trials_file.exists():
-                done = len(pd.read_parquet(io.BytesIO(trials_file.read_bytes())))  # one read: the file is renamed over
-                if done >= 3:
-                    break
+            found = ready(ResultsStore(location).done_ids())  # a reader: it never needs the run's lease
+            if found:
+                return found
             time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        raise AssertionError(f"no {what}: {proc.poll()} {proc.stderr.read().decode()[-2000:] if proc.poll() else ''}")
+
+    def mid_bundle(done):
+        """(pid, its bundle) of a worker running a trial after finishing another of the same bundle."""
+        latest = {}
+        for marker in sorted(log.iterdir(), key=lambda m: m.stat().st_mtime_ns):
+            tid, pid, _ = marker.name.split(".")
+            latest[int(pid)] = tid
+        trainings = _trainings(log)
+        for pid, running in latest.items():
+            mates = [t for t in done if pid in trainings.get(t, []) and bundle_of[t] == bundle_of[running]]
+            if running not in done and mates:
+                return pid, bundle_of[running], done
+        return None
+
+    def retried(done):
+        """The lost bundle is past its finished trials: a new worker trains one of its others, or it is done."""
+        mine = [t for t, k in bundle_of.items() if k == bundle]
+        again = any(pid != worker for t in mine if t not in finished for pid in _trainings(log).get(t, []))
+        return (again or all(t in done for t in mine)) and done
+
+    try:
+        # first a worker dies mid-bundle (a lost worker): Ray Tune retries its bundle, which
+        # skips the trials the driver already holds and trains only the one that was running
+        worker, bundle, finished = wait_for(mid_bundle, "worker mid-bundle")
+        os.kill(worker, signal.SIGKILL)
+        wait_for(retried, "retried bundle")
+        # then the driver itself is killed
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -239,9 +322,11 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    trainings = _trainings(log)
+    assert all(len(trainings[tid]) == 1 for tid in finished), "a finished trial was trained again"
     shutil.rmtree(temp, ignore_errors=True)
-    before = pd.read_parquet(trials_file)
-    assert 3 <= len(before) < 20, "the kill must land mid-sweep"
+    before, _ = load(location)  # the killed run left parts: they load like the tables
+    assert len(before) < 20, "the kill must land mid-sweep"
 
     summary = run_study(study, out=tmp_path / "out", quiet=True)
     assert summary.skipped == len(before) and summary.ran == 20 - len(before) and summary.missing == 0
@@ -301,6 +386,78 @@ def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
     trials = pd.read_parquet(tmp_path / "out" / "two-nodes" / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert trials["node"].nunique() == 2, trials["node"].value_counts()
+    time.sleep(1)
+    assert _ray_processes(temp) == [], "both nodes must be stopped"
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.exhaustive  # about a minute on 2 cores; the test above covers two nodes running trials
+def test_a_lost_node_loses_only_its_running_trials(tmp_path):
+    path = write_study(tmp_path / "two.yaml", {
+        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2,
+        "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
+    study = load_study(path)
+    location = tmp_path / "out" / "two-nodes"
+    log = tmp_path / "trainings"
+    log.mkdir()
+    temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
+    port = _free_port()
+    # a private token: the nodes and the driver of this test authenticate to each other only
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "SENSITIVITY_TRAINING_LOG": str(log)}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
+              "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
+    nodes = []
+
+    def start(args, log):
+        nodes.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common,
+                                       "--metrics-export-port", str(_free_port())],
+                                      env=env, start_new_session=True, stdout=open(log, "w"),
+                                      stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in Path(log).read_text():
+            assert nodes[-1].poll() is None and time.monotonic() < deadline, Path(log).read_text()[-2000:]
+            time.sleep(0.3)
+
+    def stop(node):
+        try:
+            os.killpg(node.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    try:
+        start(["--head", "--port", str(port), "--include-dashboard", "false"], tmp_path / "head.log")
+        start(["--address", f"127.0.0.1:{port}"], tmp_path / "worker.log")
+        run = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"),
+                                "--address", f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline, before = time.monotonic() + 180, None
+        while time.monotonic() < deadline and run.poll() is None:
+            trials = ResultsStore(location).trials  # a reader: no lease needed
+            if trials is not None and trials["node"].nunique() == 2:
+                before = trials
+                break
+            time.sleep(0.2)
+        assert before is not None and len(before) < 12, (run.poll(), run.stderr and run.stderr.read()[-3000:])
+        stop(nodes[1])  # the second node is lost mid-run: its running bundle is retried on the head
+        out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err[-3000:]
+        assert "trials.parquet" in out
+    finally:
+        for node in nodes:
+            stop(node)
+        for node in nodes:
+            try:
+                node.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    trials, _ = assert_exactly_once(location, study)
+    assert trials["node"].nunique() == 2, trials["node"].value_counts()
+    after = trials[~trials["trial_id"].isin(before["trial_id"])]
+    assert len(after)  # the rest ran on the head
+    trainings = _trainings(log)
+    assert all(len(trainings[tid]) == 1 for tid in before["trial_id"]), "a finished trial was trained again"
     time.sleep(1)
     assert _ray_processes(temp) == [], "both nodes must be stopped"
     shutil.rmtree(temp, ignore_errors=True)

@@ -6,14 +6,15 @@
 - Grid mode: the trials still missing from ``trials.parquet`` are cut into bundles;
   one Ray Tune trial runs one bundle, trial after trial, and reports each finished
   trial's row and curve.  A Tune callback in this (driver) process appends them
-  to the tables, so this process is the only writer and a crash loses only the
-  trials in flight.
+  to the tables as new part files, so this process is the only writer (it holds
+  the study's lease) and a crash loses only the trials in flight.  A lost
+  worker's retried bundle skips the trials the driver holds (`worker.Reported`).
 - Optuna mode: one Tuner; each optimizer entry has its own OptunaSearch behind
   its own ConcurrencyLimiter, and the entries take turns (`_Entries`).  One
   Optuna trial runs a point on every seed and reports the mean of the metric
   (+inf when a seed has no finite value, never NaN); every seed is still a row.
-- Resume is by trial_id: whatever is in ``trials.parquet`` is not run again; rows that
-  belong to no trial of the current study are stale (``current.json`` lists the current ones).
+- Resume is by trial_id: whatever is in the tables (compacted or parts) is not run again; rows
+  that belong to no trial of the current study are stale (``current.json`` lists the current ones).
 - Refinement (``refine:``, grid mode): after the grid, rounds of log-midpoint α0 where the best
   α0 or a valley edge is bracketed too coarsely (`refine`); rows carry ``round``.
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 
 import ray
 
 from sensitivity.identity import Current, legacy_ids
+from sensitivity.lease import Lease, results_root, study_location  # noqa: F401 (results_root: importable here)
 from sensitivity.results import STUDY, ResultsStore, join, trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
@@ -46,34 +48,30 @@ def _current(study: Study, store: ResultsStore, smoke: bool) -> Current:
     return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
 
 
-def results_root(out: str | os.PathLike, storage: str | None) -> str:
-    """The results root: a URI (--storage) or an absolute path; StudyError for an --out URI."""
-    if storage:
-        # Ray runs trials in per-trial working directories: a relative path must be made absolute now
-        return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
-    text = os.fspath(out)
-    if "://" in text:
-        raise StudyError(f"out: {text} is a URI, and --out takes a local directory; "
-                         f"use --storage {text} for remote storage")
-    return os.path.abspath(os.path.expanduser(text))
-
-
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
               quiet: bool = False, retry_errors: bool = False) -> Summary:
     """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
 
-    Raises StudyError for bad input (no GPU for a GPU study, results of another kind
-    in the directory); returns a Summary whose `missing` counts trials that did not finish.
+    Holds the location's lease while it runs (`sensitivity.lease`). Raises StudyError for bad
+    input (no GPU for a GPU study, results of another kind in the directory, a lease held by
+    another run), ResultsWriteError when the location cannot be written; returns a Summary
+    whose `missing` counts trials that did not finish.
     """
-    location = join(results_root(out, storage), study.name)
-    store = ResultsStore(location)
-    _smoke_mismatch(store, smoke)
-    current = _current(study, store, smoke)
-    if retry_errors and store.trials is not None and "status" in store.trials:
-        store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-    started = connect(address)
+    location = study_location(out, storage, study.name)
+    lease = Lease(location).acquire()  # before anything runs: a second run on this location stops here
+    if lease.note:
+        print(lease.note, file=sys.stderr)
+    started = False
+    store = None
     try:
+        store = ResultsStore(location)
+        store.guard = lease.check
+        _smoke_mismatch(store, smoke)
+        current = _current(study, store, smoke)
+        if retry_errors and store.trials is not None and "status" in store.trials:
+            store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
+        started = connect(address)
         resources = trial_resources(study, smoke, quiet)
         store.write_text(STUDY, study.to_yaml(smoke))
         current.write()
@@ -87,14 +85,28 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
                                 max_concurrent, quiet)
-        store.ensure_tables()
         if study.search:
             current = _current(study, store, smoke)  # what this run added, matched like the rest
             current.write()
         summary.stale = current.stale()
+        store.compact()  # the run's parts become trials.parquet and curves.parquet
         if not summary.missing:
             remove_dir(ray_storage)  # Tune's own state is only needed to debug a failed run
         return summary
+    except BaseException:
+        _compact_quietly(store, lease)  # what finished stays readable as the two plain tables
+        raise
     finally:
         if started:
             ray.shutdown()
+        lease.release()
+
+
+def _compact_quietly(store: ResultsStore | None, lease: Lease) -> None:
+    """Compact after a failure, best effort: the parts alone already hold every finished trial."""
+    if store is None or lease.lost:
+        return
+    try:
+        store.compact()
+    except Exception:
+        pass

@@ -20,7 +20,7 @@ from sensitivity.sweep.bundles import is_short
 from sensitivity.sweep.journal import _known_points, optuna_storage, optuna_study_name
 from sensitivity.sweep.points import _optuna_space, _point_values, plan_entries
 from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
-from sensitivity.sweep.worker import mean_metric, metric_value, payload, run_one, set_threads
+from sensitivity.sweep.worker import Reported, mean_metric, metric_value, payload, run_one, set_threads
 
 
 def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict,
@@ -31,18 +31,23 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
     values, point = _point_values(study, index, config["point"], smoke)
     found = []
     configs = study.search_configs(index, values, smoke)
+    reported = Reported(len(configs))  # a retried Ray trial skips the seeds the driver holds
     for trial in configs:
         tid = trial_id(trial)
         if tid in done:  # this seed finished in an earlier, interrupted run
             found.append(done[tid])
+            continue
+        if tid in reported:
+            found.append(reported.values[tid])
             continue
         trial["_extra"] = {"search_entry": index, "search_point": point}
         ckpt = join(checkpoint_root, tid) if checkpoint_root else None
         row, curve = run_one(trial, ckpt)
         found.append(metric_value(row, metric))
         # every result carries the running mean: OptunaSearch reads the metric of each one
-        tune.report({"objective": mean_metric(found), "payload": payload(row, curve, ckpt), "trials": 1})
-    if not any(trial_id(c) not in done for c in configs):
+        reported.report({"objective": mean_metric(found), "payload": payload(row, curve, ckpt), "trials": 1},
+                        [row], [found[-1]])
+    if not any(trial_id(c) not in done and trial_id(c) not in reported for c in configs):
         tune.report({"objective": mean_metric(found), "trials": 0})
 
 

@@ -37,29 +37,39 @@ class Summary:
 
 
 class Recorder(tune.Callback):
-    """Append every reported trial to the tables (this process is their only writer)."""
+    """Append every reported trial to the tables (this process is their only writer).
+
+    A write that fails (a full or read-only destination, a lease taken over) is kept in
+    `failure`: `tuner_run` then stops the whole run and raises it; earlier flushes stay.
+    """
 
     def __init__(self, store: ResultsStore, progress: Progress):
         self.store, self.progress = store, progress
         self.rows: list[dict] = []
         self.mirror_failures, self.mirror_error = 0, None
         self.current = None  # an identity.Current that learns the rows as they arrive (Optuna search)
+        self.failure: BaseException | None = None
 
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
         return {"store": None, "progress": None, "rows": [], "current": None, "mirror_failures": 0,
-                "mirror_error": None}
+                "mirror_error": None, "failure": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get("payload")
-        if not payload:
+        if not payload or self.failure is not None:
             return
         data = json.loads(payload)
         if data.get("mirror"):
             self.mirror_failures += data["mirror"]["failures"]
             self.mirror_error = self.mirror_error or data["mirror"]["error"]
-        if self.store.append(data["rows"], data["curves"]):
+        try:
+            fresh = self.store.append(data["rows"], data["curves"])
+        except Exception as exc:  # raised by tuner_run once Tune has stopped
+            self.failure = exc
+            return
+        if fresh:
             self.rows.extend(data["rows"])
             self.progress.add(data["rows"])
             if self.current is not None:
@@ -67,6 +77,19 @@ class Recorder(tune.Callback):
             # an errored trial keeps its checkpoint: --retry-errors resumes from it
             if data.get("checkpoint") and all(r.get("status") != "error" for r in data["rows"]):
                 remove_dir(data["checkpoint"])
+
+
+class _StopOnFailure(tune.Stopper):
+    """Stops every Ray trial once the recorder could not write (nothing more could be kept)."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+
+    def __call__(self, trial_id, result) -> bool:
+        return self.recorder.failure is not None
+
+    def stop_all(self) -> bool:
+        return self.recorder.failure is not None
 
 
 def remove_dir(location: str) -> None:
@@ -88,11 +111,15 @@ def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: 
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, reuse_actors=REUSE_ACTORS),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[callback],
+            name=name, storage_path=storage, verbose=0, callbacks=[callback], stop=_StopOnFailure(callback),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            # a bundle's checkpoint is the list of its trials the driver holds: only the last counts
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     grid = tuner.fit()
+    if callback.failure is not None:
+        raise callback.failure
     errors = []
     for result in grid:
         if result.error is not None:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 
 import ray
 from ray import tune
@@ -24,6 +25,7 @@ from ray import tune
 from sensitivity.results import join, resolve, trial_id
 from sensitivity.study import runnable
 
+TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
 MIRROR_KEY = "_mirror"  # run_one's note of failed checkpoint uploads, never a column
 LOSS_KEYS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
@@ -134,6 +136,8 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
     label = config.get("label") or config["optimizer"]
     start = time.time()
     mirror = None
+    if os.environ.get(TRAINING_LOG):
+        _log_training(os.environ[TRAINING_LOG], tid)
     try:
         if checkpoint and "://" in checkpoint:
             mirror = Mirror(checkpoint)
@@ -156,6 +160,11 @@ def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dic
     return row, curve
 
 
+def _log_training(folder: str, tid: str) -> None:
+    with open(os.path.join(folder, f"{tid}.{os.getpid()}.{uuid.uuid4().hex[:6]}"), "w"):
+        pass
+
+
 def payload(row: dict, curve: list[dict], checkpoint: str | None) -> str:
     row = dict(row)
     mirror = row.pop(MIRROR_KEY, None)
@@ -168,13 +177,58 @@ def set_threads(cpu: float) -> None:
     torch.set_num_threads(max(1, int(cpu)))
 
 
+class Reported:
+    """The trials a Ray trial (a bundle, a point's seeds, an array) has reported, kept in Tune's checkpoint.
+
+    Tune registers a checkpoint together with the result that carries it, when the driver
+    processes that result; a retried Ray trial (its worker or node was lost) restarts from the
+    latest one.  So `ids` on a retry are exactly the trials the driver already holds, and
+    only the trial that was running is trained again (from its epoch checkpoint, if any).
+    A Ray trial of one trial keeps no such checkpoint: there is nothing to skip.
+    """
+
+    FILE = "reported.json"
+
+    def __init__(self, size: int):
+        self.keep = size > 1
+        self.values: dict[str, float] = {}  # trial_id -> the value the trial reported
+        checkpoint = tune.get_checkpoint() if self.keep else None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                with open(os.path.join(folder, self.FILE)) as handle:
+                    self.values = {k: float(v) for k, v in json.load(handle).items()}
+
+    def __contains__(self, tid: str) -> bool:
+        return tid in self.values
+
+    def report(self, metrics: dict, rows: list[dict], values: list[float] | None = None) -> None:
+        """tune.report `metrics`, with the reported trial ids (and a value each) as the checkpoint."""
+        for k, row in enumerate(rows):
+            self.values[row["trial_id"]] = values[k] if values else math.nan
+        if not self.keep:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="sensitivity-reported-") as folder:
+            with open(os.path.join(folder, self.FILE), "w") as handle:
+                json.dump(self.values, handle)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
 def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float) -> None:
-    """Ray Tune trainable: run one bundle of trials, reporting each as it finishes."""
+    """Ray Tune trainable: run one bundle of trials, reporting each as it finishes.
+
+    A retried bundle skips the trials the driver already holds (`Reported`).
+    """
     set_threads(cpu)
-    for trial in bundles[config["bundle"]]:
-        ckpt = join(checkpoint_root, trial_id(trial)) if checkpoint_root else None
+    bundle = bundles[config["bundle"]]
+    reported = Reported(len(bundle))
+    for trial in bundle:
+        tid = trial_id(trial)
+        if tid in reported:
+            continue
+        ckpt = join(checkpoint_root, tid) if checkpoint_root else None
         row, curve = run_one(trial, ckpt)
-        tune.report({"payload": payload(row, curve, ckpt), "trials": 1})
+        reported.report({"payload": payload(row, curve, ckpt), "trials": 1}, [row])
 
 
 def metric_value(row: dict, metric: str) -> float:

@@ -1,0 +1,123 @@
+"""Where results live: local paths or URIs (``s3://``, ``gs://``), atomic writes, and one-line write errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+THROUGH_KEY = b"sensitivity.through"  # schema metadata of a compacted table: last part it holds
+
+
+class ResultsWriteError(OSError):
+    """The results location cannot be written (read-only, full, a path under a file); one line."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI; local paths become absolute."""
+    text = os.fspath(location)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts of a local path or a URI with '/' (into a URI's path, before its ?query)."""
+    if "://" in base:
+        head, sep, query = base.partition("?")
+        return "/".join([head.rstrip("/"), *parts]) + sep + query
+    return os.path.join(base, *parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
+        return "no space left on the device"
+    if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
+        return "read-only or not permitted"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOTDIR, errno.EEXIST)):
+        return "a parent of it is a file"
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def write_error(path: str, exc: OSError) -> ResultsWriteError:
+    """One line naming the path that cannot be written, and why."""
+    return ResultsWriteError(exc.errno, f"cannot write {path}: {_reason(exc)}; results written before are kept")
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turn any failure to write `path` into a ResultsWriteError naming it."""
+    try:
+        yield
+    except ResultsWriteError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write bytes to `path` through a temporary sibling and a rename."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with writing(path):
+        fs.create_dir(parent, recursive=True)
+        try:
+            with fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            fs.move(tmp, path)  # atomic rename locally; on object stores the final PUT is atomic
+        except BaseException:
+            try:  # a full disk leaves no partial temp file behind
+                fs.delete_file(tmp)
+            except Exception:
+                pass
+            raise
+
+
+def table_bytes(table: pa.Table, through: int | None = None) -> bytes:
+    metadata = {} if through is None else {THROUGH_KEY: str(through).encode()}
+    table = table.replace_schema_metadata(metadata or None)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    """One read of a whole file (a writer renames over it), or None when it is not there."""
+    try:
+        with fs.open_input_file(path) as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if not exists(fs, path):
+            return None
+        raise
+    return pq.read_table(pa.BufferReader(data))
+
+
+def through_of(table: pa.Table | None) -> int:
+    meta = (table.schema.metadata or {}) if table is not None else {}
+    return int(meta.get(THROUGH_KEY, b"-1"))
+
+
+def through_now(fs: pafs.FileSystem, path: str) -> int:
+    try:
+        with fs.open_input_file(path) as handle:
+            meta = pq.read_metadata(handle).metadata or {}
+    except (FileNotFoundError, OSError):
+        return -1
+    return int(meta.get(THROUGH_KEY, b"-1"))
