@@ -33,7 +33,7 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
 
     def flaky(*args, **kwargs):  # a transient failure (a CUDA OOM, a lost upload) in epoch 2
         calls["evaluate"] += 1
-        if calls["evaluate"] == 2:
+        if calls["evaluate"] == 3:  # the 1st scores the initial model (L0), the 2nd epoch 1
             raise RuntimeError("CUDA out of memory (simulated)")
         return evaluate(*args, **kwargs)
 

@@ -124,7 +124,7 @@ def test_rename_keeps_a_row_whose_new_id_is_already_stored(tmp_path):
     store = ResultsStore(tmp_path)
     store.append([{"trial_id": "old", "status": "ok"}, {"trial_id": "new", "status": "ok"}], [])
     assert store.rename({"old": "new"}) == 0
-    assert sorted(pd.read_parquet(tmp_path / "trials.parquet")["trial_id"]) == ["new", "old"]
+    assert sorted(ResultsStore(tmp_path).trials["trial_id"]) == ["new", "old"]
 
 
 def test_which_stored_grid_rows_are_current_after_the_study_changes(tmp_path):

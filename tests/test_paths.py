@@ -43,6 +43,7 @@ def test_a_uri_with_a_query_stores_under_its_path(tmp_path):
     location = join(results_root("results", f"file://{tmp_path}/p?unused=1"), "study")
     store = ResultsStore(location)
     store.append([{"trial_id": "a", "status": "ok"}], [{"trial_id": "a", "epoch": 1}])
+    store.compact()
     assert (tmp_path / "p" / "study" / "trials.parquet").is_file()
     assert ResultsStore(location).done_ids() == {"a"}
 
