@@ -14,6 +14,15 @@ from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
 from sensitivity.sweep.worker import grid_task
 
 
+def fused_arrays(study, todo: list[dict], slots: int) -> tuple[list[list[dict]], list[dict]]:
+    """(arrays, solo trials) under the study's `fuse` setting."""
+    if study.fuse == "off":
+        return [], todo
+    from sensitivity.fused.plan import cut
+
+    return cut(todo, study.fuse, slots)
+
+
 def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet):
     start = time.monotonic()
     configs = study.trials(smoke=smoke)
@@ -24,9 +33,12 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     recorder = Recorder(store, progress)
     errors = []
     if todo:
-        bundles = make_bundles(todo, size)
+        arrays, solo = fused_arrays(study, todo, slots(resources))  # fused arrays first, then solo bundles
+        size = bundle_size(study.bundle, solo, slots(resources)) if arrays else size
+        bundles = arrays + (make_bundles(solo, size) if solo else [])
         ckpt = None if all(is_short(c) for c in todo) else checkpoint_root
-        trainable = tune.with_parameters(grid_task, bundles=bundles, checkpoint_root=ckpt, cpu=resources["cpu"])
+        trainable = tune.with_parameters(grid_task, bundles=bundles, checkpoint_root=ckpt, cpu=resources["cpu"],
+                                         arrays=len(arrays))
         progress.show()
         errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"grid-{stamp}",
                             callback=recorder, param_space={"bundle": tune.grid_search(list(range(len(bundles))))},

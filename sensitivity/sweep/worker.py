@@ -127,9 +127,18 @@ def set_threads(cpu: float) -> None:
     torch.set_num_threads(max(1, int(cpu)))
 
 
-def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float) -> None:
-    """Ray Tune trainable: run one bundle of trials, reporting each as it finishes."""
+def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float, arrays: int = 0) -> None:
+    """Ray Tune trainable: run one bundle of trials, reporting each as it finishes.
+
+    The first `arrays` bundles are fused arrays (sensitivity.fused): trained as one, reported trial by trial.
+    """
     set_threads(cpu)
+    if config["bundle"] < arrays:
+        from sensitivity.fused.sweep import run_array
+
+        for row, curve, ckpt in run_array(bundles[config["bundle"]], checkpoint_root):
+            tune.report({"payload": payload(row, curve, ckpt), "trials": 1})
+        return
     for trial in bundles[config["bundle"]]:
         ckpt = join(checkpoint_root, trial_id(trial)) if checkpoint_root else None
         row, curve = run_one(trial, ckpt)
