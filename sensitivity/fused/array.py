@@ -100,12 +100,20 @@ def _check_shared(cfgs: list[dict]) -> None:
                                  "members of one array must share it")
 
 
-def _attach(model, members: list[_Member]) -> None:
-    """Point each member's parameter views at its current slice of the fused tensors."""
+def _attach(model, members: list[_Member]) -> list[torch.Tensor]:
+    """Point each member's parameter and gradient views at its slices of the fused tensors.
+
+    The fused gradients are allocated once and zeroed before each backward, which accumulates
+    into them in place, so the members' gradient views stay valid from step to step.
+    """
     fused = [p for _, p in model.named_parameters()]
+    for p in fused:
+        p.grad = torch.zeros_like(p)
     for j, m in enumerate(members):
         for view, p in zip(m.params, fused):
             view.data = p.data[j]
+            view.grad = p.grad[j]
+    return fused
 
 
 @torch.no_grad()
@@ -224,6 +232,12 @@ class _Runner:
     def __init__(self, model, data, cfg: dict, device: torch.device):
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.every = train._sync_every(device)
+        self.fused: list[torch.Tensor] | None = None  # the fused parameters, once gradients are attached
+        # HD optimizers keep the previous step's gradient tensor (solo runs get new ones each
+        # step): give them new gradients too rather than zeroing the fused ones in place
+        from sensitivity.optim import available
+
+        self.fresh_grads = available()[cfg["optimizer"]].is_hd
         self.clock = time.perf_counter()
 
     def _share_time(self, active: list[_Member]) -> None:
@@ -240,7 +254,7 @@ class _Runner:
         if keep:
             self.model.keep(keep)
             kept = [active[j] for j in keep]
-            _attach(self.model, kept)
+            self.fused = _attach(self.model, kept)
             return kept
         return []
 
@@ -252,7 +266,10 @@ class _Runner:
         self.clock = time.perf_counter()
         perms = torch.stack([torch.randperm(n, generator=m.gen, device=device) for m in active])
         correct = torch.zeros(len(active), dtype=torch.long, device=device)
-        fused = [p for _, p in model.named_parameters()]
+        if self.fused is None:
+            self.fused = _attach(model, active)
+        fused = self.fused
+        grads = [p.grad for p in fused]
         pending: list[torch.Tensor] = []
         sizes: list[int] = []
         halted: set[int] = set()  # members whose optimizer raised on an already diverged run
@@ -262,22 +279,27 @@ class _Runner:
             xb, yb = x[idx], y[idx]
             if cfg["augment"]:
                 xb = torch.stack([datamod.augment(xb[j], m.gen, data.pad_value) for j, m in enumerate(active)])
-            for p in fused:
-                p.grad = None
+            if self.fresh_grads:
+                for p in fused:
+                    p.grad = None
+            else:
+                torch._foreach_zero_(grads)
             with torch.enable_grad():
                 out = model(xb)
                 losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
                                          reduction="none").view(len(active), -1).mean(1)
                 losses.sum().backward()
             losses = losses.detach()
+            if self.fresh_grads:
+                for j, m in enumerate(active):
+                    for view, p in zip(m.params, fused):
+                        view.grad = p.grad[j]
             correct += (out.detach().argmax(-1) == yb).sum(1)
             pending.append(losses)
             sizes.append(idx.shape[1])
             for j, m in enumerate(active):
                 if j in halted:
                     continue
-                for view, p in zip(m.params, fused):
-                    view.grad = p.grad[j]
                 try:
                     m.opt.step(lambda loss=losses[j]: loss)
                 except Exception:
@@ -305,7 +327,8 @@ class _Runner:
                     if not active:
                         return []
                     perms, correct = perms[keep], correct[keep]
-                    fused = [p for _, p in model.named_parameters()]
+                    fused = self.fused
+                    grads = [p.grad for p in fused]
         accs = (correct.double() / n).tolist()
         evals = _evaluate(model, data.test_x, data.test_y)
         for m, acc, (test_loss, test_acc) in zip(active, accs, evals):
