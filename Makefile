@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/optim_step.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/sweep_throughput.py
+	$(PY) benchmarks/fused_throughput.py
 
 clean:
 	rm -rf $(VENV) results

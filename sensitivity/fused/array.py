@@ -42,6 +42,7 @@ from sensitivity import train
 from sensitivity.train import TrialResult
 
 from .models import fuse
+from .optim import MemberOptimizers
 
 __all__ = ["SHARED_KEYS", "fusion_key", "run_fused", "array_id"]
 
@@ -86,7 +87,8 @@ class _Member:
         self.curve: list[dict] = []
         self.status: str | None = None  # None while training
         self.wall = 0.0
-        self.opt = None
+        self.opt = None  # its own optimizer, or
+        self.group = None  # its param group of the shared one (see optim.py)
         self.params: list[torch.Tensor] = []
         self.initial_lr = math.nan
 
@@ -146,8 +148,6 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
     With `checkpoint_dir`, the array's state is saved there once per epoch as one file
     (``<checkpoint_dir>/<array_id>.pt``) and a later call with the same configs resumes from it.
     """
-    from sensitivity import optim
-
     if not configs:
         return []
     cfgs = [train.validate_config(c) for c in configs]
@@ -179,25 +179,23 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
         model.load_state_dict(state["model"])
         first_epoch = state["epoch"] + 1
     active = [m for m in members if m.status is None]
-    for j, m in enumerate(active):
-        named = model.member_parameters(j)
-        m.params = [v for _, v in named]
-        m.opt = optim.create(m.cfg["optimizer"], named, **train._optimizer_hyperparameters(m.cfg))
+    opts = MemberOptimizers(first["optimizer"], active, model)
+    for m in active:
         m.gen = torch.Generator(device=device)
         m.gen.manual_seed(m.order_seed)
         if state is None:
-            m.initial_lr = train._lr_metrics(m.opt)["lr"]
+            m.initial_lr = opts.lr_metrics(m)["lr"]
         else:
-            ms = state["members"][members.index(m)]
-            m.opt.load_state_dict(ms["optimizer"])
-            m.gen.set_state(ms["data_rng"])
+            m.gen.set_state(state["members"][members.index(m)]["data_rng"])
+    if state is not None:
+        opts.load_state_dict(state["optimizers"], active)
 
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # nothing in training draws from it; seeded as solo
         torch.random.default_generator.manual_seed(members[0].rest_seed)
         if state is not None:
             torch.set_rng_state(state["torch_rng"])
-        runner = _Runner(model, data, first, device)
+        runner = _Runner(model, data, first, device, opts)
         for epoch in range(first_epoch, first["epochs"] + 1):
             if not active:
                 break
@@ -209,9 +207,8 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
                     "members": [{
                         "status": m.status, "curve": m.curve, "wall": m.wall, "initial_lr": m.initial_lr,
                         "tracker": m.tracker.state_dict(),
-                        "optimizer": m.opt.state_dict() if m.status is None else None,
                         "data_rng": m.gen.get_state() if m.status is None else None,
-                    } for m in members],
+                    } for m in members], "optimizers": opts.state_dict(active),
                 })
         for m in active:
             m.status = "ok"
@@ -229,9 +226,10 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
 class _Runner:
     """The array's epoch loop: fused forward/backward, per-member optimizer steps and bookkeeping."""
 
-    def __init__(self, model, data, cfg: dict, device: torch.device):
-        self.model, self.data, self.cfg, self.device = model, data, cfg, device
+    def __init__(self, model, data, cfg: dict, device: torch.device, opts: MemberOptimizers):
+        self.model, self.data, self.cfg, self.device, self.opts = model, data, cfg, device, opts
         self.every = train._sync_every(device)
+        self.opts = opts
         self.fused: list[torch.Tensor] | None = None  # the fused parameters, once gradients are attached
         # HD optimizers keep the previous step's gradient tensor (solo runs get new ones each
         # step): give them new gradients too rather than zeroing the fused ones in place
@@ -251,6 +249,7 @@ class _Runner:
 
     def _drop(self, active: list[_Member], gone: set[int]) -> list[_Member]:
         keep = [j for j in range(len(active)) if j not in gone]
+        self.opts.drop([active[j] for j in gone])
         if keep:
             self.model.keep(keep)
             kept = [active[j] for j in keep]
@@ -297,17 +296,12 @@ class _Runner:
             correct += (out.detach().argmax(-1) == yb).sum(1)
             pending.append(losses)
             sizes.append(idx.shape[1])
-            for j, m in enumerate(active):
-                if j in halted:
-                    continue
-                try:
-                    m.opt.step(lambda loss=losses[j]: loss)
-                except Exception:
-                    # as solo: an optimizer may raise on the non-finite values of a diverged run
-                    if m.tracker.replay(torch.stack(pending)[:, j].tolist(), sizes):
-                        halted.add(j)
-                        continue
-                    raise
+
+            def on_error(j: int) -> bool:
+                # as solo: an optimizer may raise on the non-finite values of an already diverged run
+                return active[j].tracker.replay(torch.stack(pending)[:, j].tolist(), sizes)
+
+            halted |= self.opts.step(active, losses, on_error, skip=halted)
             last = start + bs >= n
             if len(pending) >= self.every or last:
                 values = torch.stack(pending).T.tolist()  # (members, steps)
@@ -336,10 +330,9 @@ class _Runner:
                 "trial_id": m.tid, "epoch": epoch, "step": m.tracker.steps,
                 "train_loss": m.tracker.end_epoch(), "train_acc": acc,
                 "test_loss": test_loss if not math.isnan(test_loss) else math.inf,
-                "test_acc": test_acc, **train._lr_metrics(m.opt),
+                "test_acc": test_acc, **self.opts.lr_metrics(m),
             })
             if train._decays_after(m.cfg["decay"], epoch):
-                for group in m.opt.param_groups:
-                    group["lr"] *= m.cfg["decay"]["factor"]
+                self.opts.decay(m, m.cfg["decay"]["factor"])
         self._share_time(active)
         return active

@@ -170,9 +170,10 @@ def test_augmentation_draws_match_solo(float64, step_losses):
     _check(cfgs, step_losses)
 
 
-def test_diverging_member_is_isolated(float64, step_losses):
-    """lr 1e4 beside lr 0.1: diverged at its solo step, dropped, and the others unchanged."""
-    base = _configs("sgd", "mlp", SMALL, model_args={"hidden": [16]})
+@pytest.mark.parametrize("name", ["sgd", "sgdn-hd", "adam-cam-hd"])  # grouped and separate optimizers
+def test_diverging_member_is_isolated(name, float64, step_losses):
+    """lr 1e4 beside small ones: diverged at its solo step, dropped, and the others unchanged."""
+    base = _configs(name, "mlp", SMALL, model_args={"hidden": [16]})
     base[1]["lr"] = 1e4
     fused = run_fused(base)
     assert fused[1].row["status"] == "diverged"
