@@ -9,13 +9,14 @@ How the array keeps each member's run identical to ``run_trial`` of its config:
   gathers member k's batch s as its solo run does.
 - **Forward/backward.** One pass of the fused model; the loss is the sum of the members' mean
   cross-entropies, so each member's gradient is that of its own loss (no operator mixes members).
-- **Update.** Each member keeps its *own* optimizer, built by ``sensitivity.optim.create`` over
-  views of its slices of the fused tensors, with its own gradients attached as views of the fused
-  gradients: the solo update code runs unchanged, with its own α, hypergradient, lr-optimizer
-  state and γ. So there is one copy of every formula, every optimizer of ``optim.available()`` is
-  supported, members may differ in every hyperparameter, and no member reads another's numbers.
-  (The price is one optimizer call per member per step: the fusion saves the model's per-step
-  overhead, not the optimizer's.)
+- **Update.** Each member's parameters are views of its slices of the fused tensors, with its own
+  gradients attached as views of the fused gradients, and the solo optimizer code updates them
+  unchanged (``optim.py``: one param group per member of one optimizer where the optimizer keeps
+  groups independent, else one optimizer per member), with the member's own α, hypergradient,
+  lr-optimizer state and γ. So there is one copy of every formula, every optimizer of
+  ``optim.available()`` is supported, members may differ in every hyperparameter, and no member
+  reads another's numbers. (The price: the optimizer's per-tensor work is not fused, only the
+  model's.)
 - **Bookkeeping.** Each member has its own ``_Tracker`` (divergence, running loss, thresholds),
   decay schedule, curve and row, computed by the same code as solo (``sensitivity.train``).
 - **Isolation.** A member that diverges is recorded at the step where its own run would stop

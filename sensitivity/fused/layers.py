@@ -8,6 +8,12 @@ Activation layouts (K members, N examples per member):
   each member's channels over that member's own examples only, exactly per-member batch norm,
   running statistics included; ReLU and pooling act per channel and need no change.
 
+Why these operators rather than torch.func (``stack_module_state`` + ``vmap`` of
+``functional_call``): each fused layer here is one ordinary torch operator with ordinary autograd,
+on every device, and batch norm in training mode needs nothing special (under ``vmap`` its
+in-place running-statistics update is not allowed, and torch.func's workaround drops the running
+statistics, which eval-mode test losses need). The fused forms are also what HFTA measured.
+
 Every parameter and buffer is stored with the member axis first, ``(K, *solo_shape)``, so member
 k's slice ``p[k]`` is a contiguous tensor of the solo shape (the array trains through such
 views), and the array size is read from the tensors at every call: dropping members (see
