@@ -5,10 +5,12 @@ Two arrangements, both running the solo update code unchanged (one copy of every
 - **grouped**: one optimizer whose param group j holds member j's parameter views and
   hyperparameters. Used where the optimizer treats its param groups independently (each group
   has its own lr, hyperparameters and per-parameter state, and nothing in a step combines
-  groups): torch's SGD, Nesterov SGD, Adam, RAdam, pytorch-optimizer's AdaBound, and the
-  HD family (one α and one hypergradient per group). One ``step`` serves every member.
+  groups): torch's SGD, Nesterov SGD, Adam and RAdam, and the HD family (one α and one
+  hypergradient per group). One ``step`` serves every member.
 - **separate**: one optimizer per member. Used for CAM-HD (its global level combines all the
-  groups of one optimizer) and L4 (its step size uses the loss and state shared by the groups).
+  groups of one optimizer), L4 (its step size uses the loss and state shared by the groups) and
+  AdaBound (pytorch-optimizer keeps each group's base lr in a list by group position, which
+  dropping a diverged member would shift).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sensitivity import train
 
 __all__ = ["GROUPED_BASELINES", "groups_independent", "MemberOptimizers"]
 
-GROUPED_BASELINES = ("sgd", "sgdn", "adam", "radam", "adabound")
+GROUPED_BASELINES = ("sgd", "sgdn", "adam", "radam")
 
 
 def groups_independent(name: str) -> bool:

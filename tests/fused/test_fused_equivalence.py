@@ -170,7 +170,7 @@ def test_augmentation_draws_match_solo(float64, step_losses):
     _check(cfgs, step_losses)
 
 
-@pytest.mark.parametrize("name", ["sgd", "sgdn-hd", "adam-cam-hd"])  # grouped and separate optimizers
+@pytest.mark.parametrize("name", ["sgd", "radam", "sgdn-hd", "adam-cam-hd", "adabound", "sgdn-l4"])
 def test_diverging_member_is_isolated(name, float64, step_losses):
     """lr 1e4 beside small ones: diverged at its solo step, dropped, and the others unchanged."""
     base = _configs(name, "mlp", SMALL, model_args={"hidden": [16]})
