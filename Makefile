@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/sweep_throughput.py
 	$(PY) benchmarks/results_store.py
+	$(PY) benchmarks/fused_throughput.py
 
 clean:
 	rm -rf $(VENV) results

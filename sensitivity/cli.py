@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=_positive_int, help="at most N trials at once")
     run.add_argument("--retry-errors", action="store_true", help="run trials that ended with status error again")
     run.add_argument("--quiet", action="store_true", help="no progress line or summary")
+    run.add_argument("--fuse", help="fused trial arrays: auto, off or N members at most (overrides the study's fuse)")
 
     validate = sub.add_parser("validate", help="check a study file and print its trial counts")
     validate.add_argument("study")
@@ -96,6 +97,8 @@ def _run(args) -> int:
     from sensitivity.study import load_study
 
     study = load_study(args.study)  # bad input fails here, before Ray starts
+    if args.fuse is not None:
+        study.set_fuse(args.fuse)
     from sensitivity.lease import Lease, study_location
 
     Lease(study_location(args.out, args.storage, study.name)).probe()  # a held location fails before slow imports

@@ -102,6 +102,7 @@ class StudyModel(_Strict):
     refine: Refine | None = None
     resources: Resources = Field(default_factory=Resources)
     bundle: Union[Literal["auto"], int] = "auto"
+    fuse: Union[Literal["auto", "off"], int] = "off"  # fused trial arrays (sensitivity.fused.plan)
 
     @field_validator("seeds")
     @classmethod
@@ -121,13 +122,20 @@ class StudyModel(_Strict):
             raise ValueError(f"must be 'auto' or an int >= 1, got {value}")
         return value
 
+    @field_validator("fuse")
+    @classmethod
+    def _fuse(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be 'auto', 'off' or an int >= 1, got {value}")
+        return value
+
 
 def _path(loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("int", "list[int]", "literal['auto']", "Range", "str", "float"):
+        elif part in ("int", "list[int]", "literal['auto']", "literal['auto','off']", "Range", "str", "float"):
             continue  # union-branch names pydantic adds to the location
         else:
             out += f".{part}" if out else str(part)
@@ -282,6 +290,18 @@ class Study:
     @property
     def bundle(self):
         return self.model.bundle
+
+    @property
+    def fuse(self):
+        return self.model.fuse
+
+    def set_fuse(self, value: str) -> None:
+        """Override `fuse` (``sensitivity run --fuse``): 'auto', 'off' or an int >= 1."""
+        text = str(value).strip()
+        parsed = int(text) if text.isdigit() else text
+        if not (parsed in ("auto", "off") or (isinstance(parsed, int) and parsed >= 1)):
+            raise StudyError(f"--fuse: must be auto, off or an int >= 1, got {value!r}")
+        self.model.fuse = parsed
 
     @property
     def entries(self) -> list[Entry]:

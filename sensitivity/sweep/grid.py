@@ -18,6 +18,15 @@ from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
 from sensitivity.sweep.worker import grid_task
 
 
+def fused_arrays(study, todo: list[dict], slots: int) -> tuple[list[list[dict]], list[dict]]:
+    """(arrays, solo trials) under the study's `fuse` setting."""
+    if study.fuse == "off":
+        return [], todo
+    from sensitivity.fused.plan import cut
+
+    return cut(todo, study.fuse, slots)
+
+
 def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet):
     start = time.monotonic()
     configs = study.trials(smoke=smoke)
@@ -28,17 +37,20 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     def run(batch: list[dict], round_: int) -> None:
         """Run the trials of ``batch`` not in the tables yet; their rows carry ``round``."""
         done = store.done_ids()
-        todo = [c for c in batch if trial_id(c) not in done]
+        todo = [{**c, "_extra": {"round": round_}} for c in batch if trial_id(c) not in done]
         skipped.append(len(batch) - len(todo))
-        size = bundle_size(study.bundle, todo, slots(resources))
-        sizes.append(size)
         if not todo:
+            sizes.append(1)
             return
+        arrays, solo = fused_arrays(study, todo, slots(resources))  # fused arrays first, then solo bundles
+        size = bundle_size(study.bundle, solo, slots(resources))
+        sizes.append(size)
+        bundles = arrays + (make_bundles(solo, size) if solo else [])
         recorder.progress = Progress(len(todo), name=study.name if not round_ else f"{study.name} round {round_}",
                                      quiet=quiet)
-        bundles = make_bundles([{**c, "_extra": {"round": round_}} for c in todo], size)
         ckpt = None if all(is_short(c) for c in todo) else checkpoint_root
-        trainable = tune.with_parameters(grid_task, bundles=bundles, checkpoint_root=ckpt, cpu=resources["cpu"])
+        trainable = tune.with_parameters(grid_task, bundles=bundles, checkpoint_root=ckpt, cpu=resources["cpu"],
+                                         arrays=len(arrays))
         recorder.progress.show()
         name = f"grid-{stamp}" if not round_ else f"grid-{stamp}-round{round_}"
         errors.extend(tuner_run(trainable, resources=resources, storage=ray_storage, name=name, callback=recorder,

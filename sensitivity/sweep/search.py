@@ -29,26 +29,34 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
     set_threads(cpu)
     index = config["entry"]
     values, point = _point_values(study, index, config["point"], smoke)
-    found = []
     configs = study.search_configs(index, values, smoke)
     reported = Reported(len(configs))  # a retried Ray trial skips the seeds the driver holds
-    for trial in configs:
-        tid = trial_id(trial)
-        if tid in done:  # this seed finished in an earlier, interrupted run
-            found.append(done[tid])
-            continue
-        if tid in reported:
-            found.append(reported.values[tid])
-            continue
-        trial["_extra"] = {"search_entry": index, "search_point": point}
-        ckpt = join(checkpoint_root, tid) if checkpoint_root else None
-        row, curve = run_one(trial, ckpt)
+    found = [done[trial_id(c)] if trial_id(c) in done else reported.values[trial_id(c)]
+             for c in configs if trial_id(c) in done or trial_id(c) in reported]  # seeds run before
+    todo = [{**c, "_extra": {"search_entry": index, "search_point": point}} for c in configs
+            if trial_id(c) not in done and trial_id(c) not in reported]
+    for row, curve, ckpt in _seed_results(study, todo, checkpoint_root):
         found.append(metric_value(row, metric))
         # every result carries the running mean: OptunaSearch reads the metric of each one
         reported.report({"objective": mean_metric(found), "payload": payload(row, curve, ckpt), "trials": 1},
                         [row], [found[-1]])
     if not any(trial_id(c) not in done and trial_id(c) not in reported for c in configs):
         tune.report({"objective": mean_metric(found), "trials": 0})
+
+
+def _seed_results(study: Study, configs: list[dict], checkpoint_root: str | None):
+    """(row, curve, checkpoint) of each seed: one fused array when the study fuses them, else in turn."""
+    if study.fuse != "off" and len(configs) > 1:
+        from sensitivity.fused.plan import cut
+        from sensitivity.fused.sweep import run_array
+
+        arrays, solo = cut(configs, study.fuse)
+        for array in arrays:
+            yield from run_array(array, checkpoint_root)
+        configs = solo
+    for trial in configs:
+        ckpt = join(checkpoint_root, trial_id(trial)) if checkpoint_root else None
+        yield (*run_one(trial, ckpt), ckpt)
 
 
 def _sampler(kind: str, seed: int):

@@ -214,14 +214,22 @@ class Reported:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float) -> None:
+def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float, arrays: int = 0) -> None:
     """Ray Tune trainable: run one bundle of trials, reporting each as it finishes.
 
-    A retried bundle skips the trials the driver already holds (`Reported`).
+    The first `arrays` bundles are fused arrays (sensitivity.fused): trained as one, reported
+    trial by trial.  A retried bundle or array skips the trials the driver already holds (`Reported`).
     """
     set_threads(cpu)
     bundle = bundles[config["bundle"]]
     reported = Reported(len(bundle))
+    if config["bundle"] < arrays:
+        from sensitivity.fused.sweep import run_array
+
+        members = [c for c in bundle if trial_id(c) not in reported]
+        for row, curve, ckpt in run_array(members, checkpoint_root) if members else []:
+            reported.report({"payload": payload(row, curve, ckpt), "trials": 1}, [row])
+        return
     for trial in bundle:
         tid = trial_id(trial)
         if tid in reported:

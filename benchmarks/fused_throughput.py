@@ -1,0 +1,93 @@
+"""Trials per second of a fused array (sensitivity.fused.run_fused) against the same trials solo.
+
+Each case trains the same K configs (a grid of lr x seed) twice per round: once as one fused
+array, once as K run_trial calls, in the same process, interleaved (fused, solo, fused, solo,
+...), after a warm-up. Printed per case: the median over rounds of the speed-up (solo time /
+fused time), from wall-clock and from process CPU time (which hardly moves with other
+processes' load), and what ``fuse: auto`` does with that model on this device (see
+sensitivity/fused/plan.py: where auto runs solo, its speed-up is 1 by construction).
+
+Targets on a 2-core CPU, one thread: digits MLP-64 >= 8x at K >= 32; under auto >= 0.95x
+everywhere. LeNet-5, MLP 2x1000 and ResNet-18 figures are reported.
+
+    python benchmarks/fused_throughput.py               # every case on the CPU
+    python benchmarks/fused_throughput.py --case mlp64 --rounds 5
+    python benchmarks/fused_throughput.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sensitivity.fused import plan, run_fused
+from sensitivity.train import run_trial
+
+CASES = {
+    # name: (task, optimizer, lrs, seeds)
+    "mlp64": ({"dataset": "digits", "model": "mlp", "model_args": {"hidden": [64]}, "batch_size": 64,
+               "epochs": 3}, "sgd", [1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0], 6),
+    "mlp64-adam-hd": ({"dataset": "digits", "model": "mlp", "model_args": {"hidden": [64]}, "batch_size": 64,
+                       "epochs": 3}, "adam-hd", [1e-4, 1e-3, 1e-2, 0.1], 8),
+    "mlp2x1000": ({"dataset": "synthetic", "dataset_args": {"shape": [1, 28, 28], "train_size": 1024,
+                                                            "test_size": 256},
+                   "model": "mlp", "model_args": {"hidden": [1000, 1000]}, "batch_size": 128, "epochs": 1},
+                  "sgd", [0.01, 0.1], 4),
+    "lenet5": ({"dataset": "synthetic", "dataset_args": {"shape": [1, 28, 28], "train_size": 512, "test_size": 128},
+                "model": "lenet5", "batch_size": 32, "epochs": 1}, "sgd", [0.01, 0.1], 4),
+    "resnet18": ({"dataset": "synthetic", "dataset_args": {"shape": [3, 16, 16], "train_size": 64, "test_size": 32},
+                  "model": "resnet18", "batch_size": 32, "epochs": 1}, "sgdn", [0.01, 0.1], 2),
+}
+
+
+def _configs(case: str, device: str) -> list[dict]:
+    task, name, lrs, seeds = CASES[case]
+    return [{**task, "optimizer": name, "lr": lr, "seed": s, "device": device} for lr in lrs for s in range(seeds)]
+
+
+def _timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(case: str, device: str, rounds: int) -> dict:
+    configs = _configs(case, device)
+    run_fused(configs[:2])  # warm-up: data loaded and cached, kernels chosen
+    run_trial(configs[0])
+    walls, cpus = [], []
+    for _ in range(rounds):
+        fw, fc = _timed(lambda: run_fused(configs))
+        sw, sc = _timed(lambda: [run_trial(c) for c in configs])
+        walls.append(sw / fw)
+        cpus.append(sc / fc)
+    fuses = plan.pays(configs[0])
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {"case": case, "K": len(configs), "wall": wall, "cpu": cpu, "auto": "fuses" if fuses else "solo",
+            "auto_cpu": cpu if fuses else 1.0, "solo_trials_per_s": len(configs) / sw, "fused_trials_per_s":
+            len(configs) / fw}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=list(CASES), action="append", help="a case (repeatable; default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"fused vs solo on {args.device}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
+    print(f"{'case':<15}{'K':>4}{'solo tr/s':>11}{'fused tr/s':>12}{'wall x':>9}{'cpu x':>8}  auto")
+    for case in args.case or list(CASES):
+        r = measure(case, args.device, args.rounds)
+        print(f"{r['case']:<15}{r['K']:>4}{r['solo_trials_per_s']:>11.2f}{r['fused_trials_per_s']:>12.2f}"
+              f"{r['wall']:>9.2f}{r['cpu']:>8.2f}  {r['auto']} ({r['auto_cpu']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

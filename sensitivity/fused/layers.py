@@ -1,0 +1,97 @@
+"""Fused layers: K members' copies of one layer as one operator (HFTA's horizontal fusion).
+
+Activation layouts (K members, N examples per member):
+
+- *feature layout* ``(K, N, F)``: linear layers, one batched matmul (``baddbmm``) for all members;
+- *channel layout* ``(N, K·C, H, W)``, member-major channels: convolutions become one convolution
+  with ``groups = K·groups``, batch norm one ``batch_norm`` over K·C channels, which normalises
+  each member's channels over that member's own examples only, exactly per-member batch norm,
+  running statistics included; ReLU and pooling act per channel and need no change.
+
+Why these operators rather than torch.func (``stack_module_state`` + ``vmap`` of
+``functional_call``): each fused layer here is one ordinary torch operator with ordinary autograd,
+on every device, and batch norm in training mode needs nothing special (under ``vmap`` its
+in-place running-statistics update is not allowed, and torch.func's workaround drops the running
+statistics, which eval-mode test losses need). The fused forms are also what HFTA measured.
+
+Every parameter and buffer is stored with the member axis first, ``(K, *solo_shape)``, so member
+k's slice ``p[k]`` is a contiguous tensor of the solo shape (the array trains through such
+views), and the array size is read from the tensors at every call: dropping members (see
+:meth:`FusedModule.keep`) is only a matter of slicing them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FusedLinear", "FusedConv2d", "FusedBatchNorm2d", "FusedFlatten", "stack"]
+
+
+def stack(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([t.detach() for t in tensors]).contiguous()
+
+
+class FusedLinear(nn.Module):
+    """K ``nn.Linear`` layers: (K, N, F) or channel-layout (N, K·F) in, (K, N, O) out."""
+
+    def __init__(self, solos: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(stack([m.weight for m in solos]))  # (K, O, F)
+        self.bias = nn.Parameter(stack([m.bias for m in solos])) if solos[0].bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.weight.shape[0]
+        if x.dim() == 2:  # (N, K·F) from a flattened channel layout: member-major features
+            x = x.view(x.shape[0], k, -1).transpose(0, 1)
+        w = self.weight.transpose(1, 2)
+        if self.bias is None:
+            return torch.bmm(x, w)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, w)
+
+
+class FusedConv2d(nn.Module):
+    """K ``nn.Conv2d`` layers as one grouped convolution over channel layout (N, K·C, H, W)."""
+
+    def __init__(self, solos: list[nn.Conv2d]):
+        super().__init__()
+        m = solos[0]
+        if m.padding_mode != "zeros":
+            raise ValueError(f"FusedConv2d: padding_mode {m.padding_mode!r} is not supported")
+        self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
+        self.weight = nn.Parameter(stack([s.weight for s in solos]))  # (K, O, C/g, kh, kw)
+        self.bias = nn.Parameter(stack([s.bias for s in solos])) if m.bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.weight.shape[0]
+        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        b = None if self.bias is None else self.bias.reshape(-1)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * k)
+
+
+class FusedBatchNorm2d(nn.Module):
+    """K ``nn.BatchNorm2d`` layers as one batch norm over K·C channels (per-member statistics)."""
+
+    def __init__(self, solos: list[nn.BatchNorm2d]):
+        super().__init__()
+        m = solos[0]
+        if not (m.affine and m.track_running_stats) or m.momentum is None:
+            raise ValueError("FusedBatchNorm2d: needs affine, tracked running statistics and a momentum")
+        self.eps, self.momentum = m.eps, m.momentum
+        self.weight = nn.Parameter(stack([s.weight for s in solos]))
+        self.bias = nn.Parameter(stack([s.bias for s in solos]))
+        self.register_buffer("running_mean", stack([s.running_mean for s in solos]))
+        self.register_buffer("running_var", stack([s.running_var for s in solos]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # views of the (K, C) buffers: batch_norm updates them in place
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
+                            self.bias.view(-1), self.training, self.momentum, self.eps)
+
+
+class FusedFlatten(nn.Module):
+    """``nn.Flatten`` in feature layout: (K, N, *shape) -> (K, N, F)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(2)

@@ -1,0 +1,92 @@
+"""Fused arrays in sweeps: cutting by fusion key, grid and Optuna runs, study `fuse:` and --fuse."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sensitivity.fused import plan
+from sensitivity.results import trial_id
+from sensitivity.study import Study, StudyError
+from sensitivity.sweep import run_study
+
+TASK = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "batch_size": 64, "epochs": 2,
+        "device": "cpu"}
+
+
+def _study(fuse, **extra) -> Study:
+    return Study.from_dict({"name": "fused", "task": TASK, "seeds": 2, "fuse": fuse, **extra, "optimizers": [
+        {"name": "sgd", "lr": [0.01, 0.1, 1.0e4]},
+        {"name": "sgd", "lr": [0.1], "decay": {"every_epochs": 1, "factor": 0.5}},
+        {"name": "adam-hd", "lr": [1.0e-3, 1.0e-2], "beta": [1.0e-7, 1.0e-5]},
+    ]})
+
+
+def test_cut_groups_by_fusion_key_and_caps():
+    configs = _study("auto").trials()
+    arrays, solo = plan.cut(configs, "auto", slots=1)
+    assert not solo and len(arrays) == 2  # sgd with and without decay share one array; adam-hd another
+    assert sorted(len(a) for a in arrays) == [8, 8]
+    assert {c["optimizer"] for c in arrays[0]} in ({"sgd"}, {"adam-hd"})
+    capped, solo = plan.cut(configs, 3, slots=1)
+    assert all(2 <= len(a) <= 3 for a in capped) and not solo
+    assert sorted(trial_id(c) for a in capped for c in a) == sorted(trial_id(c) for c in configs)
+    assert plan.cut(configs, "off") == ([], configs)
+    wide = [{**c, "model_args": {"hidden": [1000, 1000]}} for c in configs]
+    assert plan.cut(wide, "auto")[0] == []  # auto: a compute-bound model does not fuse on a CPU
+    lenet = [{**c, "dataset": "synthetic", "dataset_args": {"shape": [1, 12, 12]}, "model": "lenet5",
+              "model_args": {}} for c in configs]
+    assert plan.cut(lenet, "auto")[0] == [] and len(plan.cut(lenet, 4)[0]) == 4
+
+
+def test_fuse_setting_is_checked():
+    with pytest.raises(StudyError, match="fuse"):
+        _study(0)
+    with pytest.raises(StudyError, match="fuse"):
+        _study("always")
+    study = _study("off")
+    with pytest.raises(StudyError, match="--fuse"):
+        study.set_fuse("sometimes")
+    study.set_fuse("4")
+    assert study.fuse == 4
+
+
+@pytest.mark.slow
+def test_grid_study_runs_arrays_exactly_once_then_resumes(tmp_path, ray_local):
+    study = _study("auto")
+    summary = run_study(study, out=tmp_path, quiet=True)
+    trials = pd.read_parquet(tmp_path / "fused" / "trials.parquet")
+    curves = pd.read_parquet(tmp_path / "fused" / "curves.parquet")
+    assert summary.missing == 0 and summary.ran == 16 and len(trials) == 16 and trials["trial_id"].is_unique
+    assert set(trials["trial_id"]) == {trial_id(c) for c in study.trials()}
+    assert (trials["array_size"] == 8).all() and trials["array_id"].nunique() == 2
+    assert set(trials.loc[trials["lr"] == 1.0e4, "status"]) == {"diverged"}
+    per_trial = curves.groupby("trial_id").size()
+    completed = trials.set_index("trial_id")["epochs_completed"]
+    assert (per_trial.reindex(completed.index, fill_value=0) == completed).all()
+    again = run_study(study, out=tmp_path, quiet=True)
+    assert again.ran == 0
+
+
+@pytest.mark.slow
+def test_optuna_point_runs_its_seeds_as_one_array(tmp_path, ray_local):
+    study = Study.from_dict({
+        "name": "optuna-fused", "task": {**TASK, "epochs": 1}, "seeds": 3, "fuse": "auto",
+        "optimizers": [{"name": "sgd"}],
+        "search": {"trials": 2, "sampler": "random", "space": {"lr": {"low": 0.01, "high": 1.0, "log": True}}}})
+    summary = run_study(study, out=tmp_path, quiet=True)
+    trials = pd.read_parquet(tmp_path / "optuna-fused" / "trials.parquet")
+    assert summary.missing == 0 and len(trials) == 6 and trials["trial_id"].is_unique
+    assert (trials["array_size"] == 3).all()
+    assert (trials.groupby("search_point")["array_id"].nunique() == 1).all()
+
+
+def test_cli_rejects_a_bad_fuse_before_ray(tmp_path, capsys):
+    import yaml
+
+    from sensitivity.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "task": TASK, "optimizers": [{"name": "sgd"}]}))
+    assert main(["run", str(path), "--fuse", "0", "--out", str(tmp_path)]) == 2
+    assert "--fuse" in capsys.readouterr().err
