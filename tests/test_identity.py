@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 
 from sensitivity import identity, train

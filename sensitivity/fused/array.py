@@ -92,6 +92,7 @@ class _Member:
         self.group = None  # its param group of the shared one (see optim.py)
         self.params: list[torch.Tensor] = []
         self.initial_lr = math.nan
+        self.init_test_loss: float | None = None  # L0 on the test split, as run_trial scores it
 
 
 def _check_shared(cfgs: list[dict]) -> None:
@@ -174,6 +175,7 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
         for m, ms in zip(members, state["members"]):
             m.status, m.curve, m.wall = ms["status"], list(ms["curve"]), ms["wall"]
             m.initial_lr = ms["initial_lr"]
+            m.init_test_loss = ms.get("init_test_loss")
             m.tracker.load_state_dict(ms["tracker"])
         active = [m for m in members if m.status is None]
         model.keep([members.index(m) for m in active])
@@ -196,6 +198,9 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
         torch.random.default_generator.manual_seed(members[0].rest_seed)
         if state is not None:
             torch.set_rng_state(state["torch_rng"])
+        else:  # L0: each initial model's test loss (eval mode, no RNG drawn), before any step
+            for m, (loss, _) in zip(members, _evaluate(model, data.test_x, data.test_y)):
+                m.init_test_loss = loss
         runner = _Runner(model, data, first, device, opts)
         for epoch in range(first_epoch, first["epochs"] + 1):
             if not active:
@@ -207,6 +212,7 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
                     "model": model.state_dict(), "torch_rng": torch.get_rng_state(),
                     "members": [{
                         "status": m.status, "curve": m.curve, "wall": m.wall, "initial_lr": m.initial_lr,
+                        "init_test_loss": m.init_test_loss,
                         "tracker": m.tracker.state_dict(),
                         "data_rng": m.gen.get_state() if m.status is None else None,
                     } for m in members], "optimizers": opts.state_dict(active),
@@ -217,6 +223,8 @@ def run_fused(configs: list[Mapping[str, Any]], *, checkpoint_dir: str | None = 
     results = []
     for m in members:
         row = train._row(m.cfg, m.tid, m.status, m.curve, m.tracker, m.initial_lr, m.wall)
+        row["init_train_loss"] = train._loss_or_inf(m.tracker.first_loss)
+        row["init_test_loss"] = train._loss_or_inf(m.init_test_loss)
         row.update({"array_size": len(members), "array_id": aid})
         results.append(TrialResult(row, m.curve))
     if path is not None:
