@@ -8,7 +8,8 @@ import time
 
 import ray
 
-from sensitivity.results import STUDY, ResultsStore, join
+from sensitivity.preflight import location as results_location, missing_data, pending
+from sensitivity.results import STUDY, CURVES, TRIALS, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
@@ -43,10 +44,18 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     Raises StudyError for bad input (no GPU for a GPU study, results of another kind
     in the directory); returns a Summary whose `missing` counts trials that did not finish.
     """
-    root = storage if storage else os.path.abspath(os.path.expanduser(os.fspath(out)))
-    location = join(root, study.name)
+    location = results_location(study, out, storage)
     store = ResultsStore(location)
     _smoke_mismatch(store, smoke)
+    todo = pending(study, store, smoke, retry_errors)
+    if not todo.left:  # nothing to run: Ray stays down
+        return Summary(location=location, trials_path=join(location, TRIALS), curves_path=join(location, CURVES),
+                       total=todo.total, skipped=todo.total)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local run: this machine's files are the workers'
+        missing = missing_data(study, smoke)
+        if missing:
+            raise StudyError("; ".join(missing))
+    study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
     if retry_errors and store.trials is not None and "status" in store.trials:
         store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
     started = connect(address)
