@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultsError", "load", "prepare", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
+__all__ = ["ResultsError", "load", "prepare", "results_root", "smoke_run", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
 
 STATUSES = ("ok", "diverged", "error")
 
@@ -27,6 +27,8 @@ TRIAL_COLUMNS = (
     "trial_id", "optimizer", "lr", "beta", "decay", "seed", "status",
     "min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc",
 )
+# Outcomes an errored worker does not write: a table whose trials all lacked one gets it as missing values.
+OUTCOME_COLUMNS = ("min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc")
 CURVE_COLUMNS = ("trial_id", "epoch", "step", "train_loss", "test_loss", "train_acc", "test_acc", "lr")
 
 # Hyperparameters that may vary inside one label (design.md's keywords plus the task keys a
@@ -63,20 +65,32 @@ def _require(frame: pd.DataFrame, columns, path: pathlib.Path) -> None:
 def load(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(trials, curves)`` of a results directory, with the columns of ``prepare`` added.
 
-    Raises ResultsError (one line) when the directory or ``trials.parquet`` is missing, a file
-    cannot be read, required columns are missing, or a status is not one of STATUSES. A
-    missing ``curves.parquet`` gives an empty curves table (the curve figures are then skipped).
+    ``results_dir`` may also be the path of its trials.parquet or curves.parquet. Raises
+    ResultsError (one line) when the directory or ``trials.parquet`` is missing, a file cannot be
+    read, the table holds no trials or only errored ones, identity columns are missing, or a status
+    is not one of STATUSES. Outcome columns no trial wrote are added as missing values. A missing
+    ``curves.parquet`` gives an empty curves table (the curve figures are then skipped). ``smoke``
+    (bool) comes from the table, else from the ``smoke:`` header of the study.yaml beside it.
     """
-    root = pathlib.Path(results_dir)
+    root = results_root(results_dir)
     if not root.is_dir():
         raise ResultsError(f"results directory not found: {root}")
     trials_path, curves_path = root / "trials.parquet", root / "curves.parquet"
     if not trials_path.is_file():
         raise ResultsError(f"no trials.parquet in {root} (expected <out>/<study>/trials.parquet)")
     trials = _read(trials_path)
-    _require(trials, TRIAL_COLUMNS, trials_path)
     if trials.empty:
-        raise ResultsError(f"{trials_path} has no trials")
+        raise ResultsError(f"{trials_path} has no finished trials yet")
+    if "status" in trials and (trials["status"] == "error").all():
+        errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
+        first = " ".join(str(errors.iloc[0]).split()) if len(errors) else "no message recorded"
+        raise ResultsError(f"all {len(trials)} trials errored: {first}")
+    _require(trials, [c for c in TRIAL_COLUMNS if c not in OUTCOME_COLUMNS], trials_path)
+    for column in OUTCOME_COLUMNS:
+        if column not in trials:
+            trials[column] = np.nan
+    if "smoke" not in trials:
+        trials["smoke"] = smoke_run(root)
     if curves_path.is_file():
         curves = _read(curves_path)
         _require(curves, CURVE_COLUMNS, curves_path)
@@ -87,6 +101,21 @@ def load(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     except ValueError as exc:
         raise ResultsError(f"{trials_path}: {exc}") from None
     return trials, curves
+
+
+def results_root(path) -> pathlib.Path:
+    """A study's results directory, given it or one of its parquet tables."""
+    path = pathlib.Path(path)
+    return path.parent if path.suffix == ".parquet" and path.is_file() else path
+
+
+def smoke_run(root) -> bool:
+    """Whether the study.yaml beside the tables says the run was ``--smoke`` (False without one)."""
+    try:
+        head = (pathlib.Path(root) / "study.yaml").read_text(errors="replace")[:300]
+    except OSError:
+        return False
+    return re.search(r"smoke: true\b", head) is not None
 
 
 # ---------------------------------------------------------------------------- display keys
