@@ -217,7 +217,10 @@ def curve_plot(stats: pd.DataFrame, *, y: str | None = None, hue: str = "series"
         ax.set_yscale("log")
         if floor > 0:
             ax.set_ylim(bottom=floor)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
+    if rows["epoch"].nunique() == 1:  # one epoch: room for an integer tick around it
+        epoch = float(rows["epoch"].iloc[0])
+        ax.set_xlim(epoch - 0.5, epoch + 0.5)
     ax.set_xlabel("epoch")
     if y is not None:
         ax.set_ylabel(_pretty(y))

@@ -74,3 +74,20 @@ def test_default_out_dir_and_bad_directories(tmp_path, results_dir):
     small = write(tmp_path / "small", one, pd.read_parquet(results_dir / "curves.parquet").iloc[:0])
     paths = write_report(small, echo=lambda line: None)
     assert paths and {p.parent for p in paths} == {small / "figures"}
+
+
+def test_a_smoke_run_says_smoke_in_every_title(tmp_path, results_dir, monkeypatch):
+    from matplotlib.figure import Figure
+
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    sgd = trials[trials["label"] == "sgd"]
+    curves = pd.read_parquet(results_dir / "curves.parquet")
+    small = write(tmp_path / "small", sgd, curves[curves["trial_id"].isin(sgd["trial_id"])])
+    (small / "study.yaml").write_text("# resolved by sensitivity: smoke: true, trials: 9\nname: small\n")
+    titles = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig._suptitle.get_text()),
+                                                                  save(fig, *a, **k)))
+    paths = write_report(small, tmp_path / "out", echo=lambda line: None)
+    assert titles and all("smoke" in title for title in titles)
+    assert all("smoke" in p.read_text().splitlines()[0] for p in paths if p.suffix == ".md")
