@@ -1,6 +1,6 @@
 """Read a study's parquet tables and add the display columns every statistic groups by.
 
-The parquet schema in ``shared/design.md`` is the whole contract: nothing here imports
+The parquet schema (README.md, "The results tables") is the whole contract: nothing here imports
 ``sensitivity``. A *series* is one line of a valley figure: a display label, plus the hyperparameters that vary
 within that label (``variant``), plus the lr schedule (``decay``). A *method* is the label and
 schedule alone: its variants compete for its best configuration. α0 (``lr``) and β (``beta``)

@@ -148,13 +148,14 @@ def test_plot_of_a_table_path_an_empty_table_and_an_all_errored_table(tmp_path, 
     assert capsys.readouterr().err.strip() == "sensitivity: all 2 trials errored: FileNotFoundError: mnist: /x not found"
 
 
-def test_validate_optimizers_and_an_idle_run_import_neither_torch_nor_ray(study_file, tmp_path):
+def test_validate_optimizers_an_idle_run_and_plot_import_neither_torch_nor_ray(study_file, tmp_path):
     out = tmp_path / "out"
     _fill(study_file, out, ["ok"] * 4)
     script = (f"import sys\nfrom sensitivity.cli import main\n"
               f"assert main(['validate', {str(study_file)!r}]) == 0\n"
               f"assert main(['optimizers']) == 0\n"
               f"assert main(['run', {str(study_file)!r}, '--out', {str(out)!r}]) == 0\n"
+              f"import analysis.report\n"  # what `plot` draws with
               f"heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules)\n"
               f"assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
