@@ -134,13 +134,17 @@ def _run(args) -> int:
 
 
 def _left(study, args) -> int | None:
-    """Errored rows kept from earlier runs; None (after saying so) when nothing is left to run."""
-    from sensitivity.preflight import location, pending
+    """Errored rows kept from earlier runs; None (after saying so) when nothing is left to run.
+
+    Missing dataset files of a local run raise StudyError here, before Ray is imported.
+    """
+    from sensitivity.preflight import check_local_data, location, pending
     from sensitivity.results import ResultsStore
 
     store = ResultsStore(location(study, args.out, args.storage))
     todo = pending(study, store, args.smoke, args.retry_errors)
     if todo.left:
+        check_local_data(study, args.smoke, args.address)  # before Ray is even imported
         return todo.errored
     if not args.quiet:
         print(f"{study.name}: nothing to run; all {todo.total} trials are in {store.location}")

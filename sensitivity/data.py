@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .spec import DATASETS, FILES as _FILES, SYNTHETIC_DEFAULTS, check_dataset_args, data_root, dataset_info
+from .spec import DATASETS, FILES as _FILES, check_dataset_args, data_root, dataset_info
 
 __all__ = [
     "DATASETS", "Data", "dataset_info", "check_dataset_args", "data_root", "load",

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from sensitivity.results import ResultsStore, join, trial_id
 from sensitivity.spec import missing_files
-from sensitivity.study import Study
+from sensitivity.study import Study, StudyError
 
-__all__ = ["Pending", "location", "pending", "missing_data", "errored_rows"]
+__all__ = ["Pending", "location", "pending", "missing_data", "check_local_data", "errored_rows"]
 
 
 @dataclass
@@ -79,3 +79,15 @@ def missing_data(study: Study, smoke: bool = False) -> list[str]:
         if message:
             out.append(message)
     return out
+
+
+def check_local_data(study: Study, smoke: bool, address: str | None) -> None:
+    """StudyError naming missing dataset files, for a local run (no --address, no RAY_ADDRESS).
+
+    A cluster's workers may hold files this machine lacks: there, nothing is checked.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    missing = missing_data(study, smoke)
+    if missing:
+        raise StudyError("; ".join(missing))

@@ -8,7 +8,7 @@ import time
 
 import ray
 
-from sensitivity.preflight import location as results_location, missing_data, pending
+from sensitivity.preflight import check_local_data, location as results_location, pending
 from sensitivity.results import STUDY, CURVES, TRIALS, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
@@ -51,10 +51,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     if not todo.left:  # nothing to run: Ray stays down
         return Summary(location=location, trials_path=join(location, TRIALS), curves_path=join(location, CURVES),
                        total=todo.total, skipped=todo.total)
-    if not (address or os.environ.get("RAY_ADDRESS")):  # a local run: this machine's files are the workers'
-        missing = missing_data(study, smoke)
-        if missing:
-            raise StudyError("; ".join(missing))
+    check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
     study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
     if retry_errors and store.trials is not None and "status" in store.trials:
         store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
