@@ -40,7 +40,11 @@ def errored_rows(store: ResultsStore):
 
 
 def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False) -> Pending:
-    """How many of the study's trials a run would start, given the stored rows."""
+    """How many of the study's trials a run would start, given the stored rows.
+
+    In search mode, every seed of a point short of its seeds counts (an upper bound: a rerun
+    finishes only the missing seeds); zero means zero in both modes.
+    """
     total = sum(study.counts(smoke))
     errors = errored_rows(store)
     n_errors = 0 if errors is None else len(errors)

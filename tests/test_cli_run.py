@@ -173,3 +173,23 @@ def test_an_optimizers_own_range_check_stops_run_before_ray(tmp_path, capsys, no
     err = capsys.readouterr().err.strip()
     assert err == "sensitivity: optimizers[0]: Invalid beta parameter at index 0: 1.5"
     assert not (tmp_path / "out").exists()
+
+
+def test_pending_counts_search_points_still_short_of_seeds(tmp_path):
+    from sensitivity.preflight import pending
+
+    path = tmp_path / "o.yaml"
+    path.write_text("name: o\ntask: {dataset: digits, model: logreg}\nseeds: 2\n"
+                    "optimizers:\n  - {name: sgd-hd}\n  - {name: adam-hd}\n"
+                    "search: {trials: 2, space: {lr: {low: 1.0e-4, high: 1.0, log: true}}}\n")
+    study = load_study(path)
+    store = ResultsStore(tmp_path / "out" / "o")
+    assert pending(study, store).left == 8
+    row = lambda tid, entry, point, status="ok": {"trial_id": tid, "status": status, "search_entry": entry,
+                                                  "search_point": point}
+    # entry 0: point a on both seeds, point b on one; entry 1: both points, one seed errored
+    store.append([row("1", 0, "a"), row("2", 0, "a"), row("3", 0, "b"),
+                  row("4", 1, "c"), row("5", 1, "c"), row("6", 1, "d"), row("7", 1, "d", "error")], [])
+    todo = pending(study, store)
+    assert (todo.total, todo.left, todo.errored) == (8, 2, 1)
+    assert pending(study, store, retry_errors=True).left == 4  # point d needs both seeds again
