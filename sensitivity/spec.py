@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from sensitivity import catalog
 
 __all__ = ["CONFIG_KEYS", "REQUIRED_KEYS", "DEFAULTS", "DATASETS", "MODELS", "FILES", "check_config",
@@ -130,8 +132,8 @@ def missing_files(config: Mapping[str, Any]) -> str | None:
     None as well for datasets that need no files and for ``download: true`` (torchvision fetches them).
     """
     name = config.get("dataset")
-    if name not in FILES or config.get("download"):
-        return None
+    if name not in FILES or config.get("download") or "://" in str(config.get("data_dir") or ""):
+        return None  # nothing to read, torchvision fetches them, or not a local folder
     root = data_root(config.get("data_dir"))
     sub, files = FILES[name]
     absent = [f for f in files if not (root / sub / f).is_file()]
@@ -210,7 +212,7 @@ def _integer(key: str, value: Any, *, low: int) -> int:
 
 
 def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, (bool, _np_bool())):
+    if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{key} must be true or false, got {value!r}")
     return bool(value)
 
@@ -240,12 +242,6 @@ def _check_decay(decay: Any) -> dict | None:
             raise ValueError(f"decay.milestones must be strictly increasing, got {ms!r}")
         out["milestones"] = ms
     return out
-
-
-def _np_bool():
-    import numpy as np  # a numpy bool from a YAML-free caller (e.g. a DataFrame row); numpy is light
-
-    return np.bool_
 
 
 def check_config(config: Mapping[str, Any]) -> dict:
