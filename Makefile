@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= results
 
-.PHONY: demo test test-all install bench clean
+.PHONY: demo test test-all install notebook bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -20,6 +20,12 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/sensitivity plot $(OUT)/quickstart --out $(OUT)/quickstart/figures
 	@echo "tables:  $(OUT)/quickstart/trials.parquet, $(OUT)/quickstart/curves.parquet"
 	@echo "figures: $(OUT)/quickstart/figures/"
+
+# JupyterLab on analysis/notebooks; study.ipynb and compare.ipynb open results/quickstart (`make demo` writes it)
+notebook: $(VENV)/.installed
+	@test -d results/quickstart || echo "note: no results/quickstart yet; run 'make demo' first (the notebooks read it)"
+	@test -x $(VENV)/bin/jupyter-lab || $(PY) -m pip install --quiet -e '.[notebooks]'
+	$(VENV)/bin/jupyter-lab analysis/notebooks
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not exhaustive"

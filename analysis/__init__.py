@@ -1,7 +1,7 @@
 """Analysis of sensitivity studies: parquet tables in, statistics, figures and tables out.
 
 Depends only on pandas, pyarrow, numpy, matplotlib, seaborn and optuna; never on torch, ray or
-``sensitivity`` — the parquet schema in ``shared/design.md`` is the whole contract.
+``sensitivity`` — the parquet schema (README.md, "The results tables") is the whole contract.
 
     trials, curves = analysis.load("results/quickstart")
     table = analysis.sensitivity_table(trials)

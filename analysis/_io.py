@@ -1,6 +1,6 @@
 """Read a study's parquet tables and add the display columns every statistic groups by.
 
-The parquet schema in ``shared/design.md`` is the whole contract: nothing here imports
+The parquet schema (README.md, "The results tables") is the whole contract: nothing here imports
 ``sensitivity``. A *series* is one line of a valley figure: a display label, plus the hyperparameters that vary
 within that label (``variant``), plus the lr schedule (``decay``). A *method* is the label and
 schedule alone: its variants compete for its best configuration. α0 (``lr``) and β (``beta``)
@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "STATUSES", "TRIAL_COLUMNS", "CURVE_COLUMNS"]
+__all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "results_root", "smoke_run", "STATUSES",
+           "TRIAL_COLUMNS", "CURVE_COLUMNS"]
 
 STATUSES = ("ok", "diverged", "error")
 
@@ -30,6 +31,8 @@ TRIAL_COLUMNS = (
     "trial_id", "optimizer", "lr", "beta", "decay", "seed", "status",
     "min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc",
 )
+# Outcomes an errored worker does not write: a table whose trials all lacked one gets it as missing values.
+OUTCOME_COLUMNS = ("min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc")
 CURVE_COLUMNS = ("trial_id", "epoch", "step", "train_loss", "test_loss", "train_acc", "test_acc", "lr")
 
 # Hyperparameters that may vary inside one label (design.md's keywords plus the task keys a
@@ -175,8 +178,13 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
     cannot be read, required columns are missing, or a status is not one of STATUSES. A
     missing ``curves.parquet`` gives an empty curves table (the curve figures are then skipped).
     Parts of a run still going, or cut short, are read too: each trial appears once, its newest row.
+
+    ``results_dir`` may also be the path of its trials.parquet or curves.parquet. An empty table,
+    or one whose trials all errored, raises ResultsError saying so; outcome columns no trial wrote
+    are added as missing values. ``smoke`` (bool) comes from the table, else from the ``smoke:``
+    header of the study.yaml beside it.
     """
-    root = pathlib.Path(results_dir)
+    root = results_root(results_dir)
     if not root.is_dir():
         raise ResultsError(f"results directory not found: {root}")
     trials_path, curves_path = root / "trials.parquet", root / "curves.parquet"
@@ -184,9 +192,18 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
     if not trial_frames:
         raise ResultsError(f"no trials.parquet in {root} (expected <out>/<study>/trials.parquet)")
     trials = _merge_trials(trial_frames)
-    _require(trials, TRIAL_COLUMNS, trials_path)
     if trials.empty:
-        raise ResultsError(f"{trials_path} has no trials")
+        raise ResultsError(f"{trials_path} has no finished trials yet")
+    if "status" in trials and (trials["status"] == "error").all():
+        errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
+        first = " ".join(str(errors.iloc[0]).split()) if len(errors) else "no message recorded"
+        raise ResultsError(f"all {len(trials)} trials errored: {first}")
+    _require(trials, [c for c in TRIAL_COLUMNS if c not in OUTCOME_COLUMNS], trials_path)
+    for column in OUTCOME_COLUMNS:
+        if column not in trials:
+            trials[column] = np.nan
+    if "smoke" not in trials:
+        trials["smoke"] = smoke_run(root)
     curve_frames = _sources(root, "curves")
     curves = _merge_curves(curve_frames, trials["trial_id"])
     if curve_frames:
@@ -204,6 +221,21 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
         raise ResultsError(f"{trials_path}: {exc}") from None
     trials.attrs["stale_rows"] = stale
     return trials, curves
+
+
+def results_root(path) -> pathlib.Path:
+    """A study's results directory, given it or one of its parquet tables."""
+    path = pathlib.Path(path)
+    return path.parent if path.suffix == ".parquet" and path.is_file() else path
+
+
+def smoke_run(root) -> bool:
+    """Whether the study.yaml beside the tables says the run was ``--smoke`` (False without one)."""
+    try:
+        head = (pathlib.Path(root) / "study.yaml").read_text(errors="replace")[:300]
+    except OSError:
+        return False
+    return re.search(r"smoke: true\b", head) is not None
 
 
 # ---------------------------------------------------------------------------- display keys

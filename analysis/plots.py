@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from .stats import LOSSES, best_beta
 
@@ -271,20 +272,37 @@ def curve_plot(stats: pd.DataFrame, *, y: str | None = None, hue: str = "series"
     """
     ax = _axes(ax)
     rows = stats if y is None else stats[stats["variable"] == y]
-    for level, color in palette_for(rows[hue], palette).items():
-        g = rows[rows[hue] == level].sort_values("epoch")
-        ax.plot(g["epoch"], g["mean"], color=color, label=str(level))
-        band = g["low"].notna()
-        if band.any():
-            ax.fill_between(g.loc[band, "epoch"], g.loc[band, "low"], g.loc[band, "high"], color=color,
-                            alpha=0.2, lw=0)
     if logy is None:
         logy = (y is not None and (y.endswith("loss") or y == "lr" or y.startswith("lr_"))
                 and len(rows) > 0 and bool((rows["mean"] > 0).all()))
+    # bands stay where the variable can be: accuracies in [0, 1]; on a log axis above zero, where a
+    # band reaching zero would stretch the axis over decades below every line
+    accuracy = y is not None and y.endswith("acc")
+    floor = float(rows["mean"].min()) / 2 if logy and len(rows) else float("nan")
+    low_limit = 0.0 if accuracy else (floor if floor > 0 else None)
+    high_limit = 1.0 if accuracy else None
+    for level, color in palette_for(rows[hue], palette).items():
+        g = rows[rows[hue] == level].sort_values("epoch")
+        single = g["epoch"].nunique() == 1  # one epoch (a smoke run): a line of one point needs a marker
+        ax.plot(g["epoch"], g["mean"], color=color, label=str(level), marker="o" if single else None, ms=4)
+        band = g["low"].notna()
+        if band.any():
+            low = g.loc[band, "low"].clip(lower=low_limit, upper=high_limit)
+            high = g.loc[band, "high"].clip(lower=low_limit, upper=high_limit)
+            if single:
+                ax.errorbar(g.loc[band, "epoch"], g.loc[band, "mean"],
+                            yerr=[g.loc[band, "mean"] - low, high - g.loc[band, "mean"]], color=color, capsize=3,
+                            ls="none")
+            else:
+                ax.fill_between(g.loc[band, "epoch"], low, high, color=color, alpha=0.2, lw=0)
     if logy:
         ax.set_yscale("log")
-        # a band reaching zero would stretch a log axis over decades below every line
-        ax.set_ylim(bottom=float(rows["mean"].min()) / 2)
+        if floor > 0:
+            ax.set_ylim(bottom=floor)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
+    if rows["epoch"].nunique() == 1:  # one epoch: room for an integer tick around it
+        epoch = float(rows["epoch"].iloc[0])
+        ax.set_xlim(epoch - 0.5, epoch + 0.5)
     ax.set_xlabel("epoch")
     if y is not None:
         ax.set_ylabel(_pretty(y))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import html, metrics, plots, robustness, stats, tables
-from ._io import StaleRowsWarning, load
+from ._io import StaleRowsWarning, load, results_root
 
 __all__ = ["write_report", "VALLEY_TOLERANCES"]
 
@@ -71,10 +71,12 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     if trials.attrs.get("stale_rows"):
         echo(f"left out {trials.attrs['stale_rows']} stale rows (an earlier version of the study; "
              f"analysis.load(..., include_stale=True) keeps them)")
-    out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(results_dir) / "figures"
+    out = pathlib.Path(out_dir) if out_dir is not None else results_root(results_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     studies = trials["study"].dropna().unique() if "study" in trials else []
-    title = ", ".join(map(str, studies)) or pathlib.Path(results_dir).name
+    title = ", ".join(map(str, studies)) or results_root(results_dir).name
+    if trials["smoke"].any():  # a --smoke run: 1 epoch on tiny stand-in data, no finding
+        title += " (smoke run: 1 epoch, tiny data)"
     w = _Writer(out, echo, title)
     # one colour per name in every figure: methods first, so the main lines get the clearest colours
     methods = sorted(set(trials["method"]))

@@ -1,6 +1,15 @@
 """The `sensitivity` command: run, validate, optimizers, plot, compact.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure.
+Exit codes:
+
+- 0: success. `run`: every trial of this run finished (ok or diverged), or nothing was left to run.
+- 1: failure. `run`: a trial of this run errored (each distinct error is printed with its count),
+  trials did not finish (run the same command again to resume), the Ray cluster at --address
+  did not answer, or the run was interrupted.
+- 2: bad input, one line on stderr: the study file, an option, dataset files missing on a local
+  run, a results directory that `plot` cannot read.
+
+`validate` and `optimizers` import neither torch nor ray.
 """
 
 from __future__ import annotations
@@ -10,7 +19,11 @@ import sys
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with one line (its default prints usage first)."""
+    """argparse that exits 2 with one line (its default prints usage first) and takes no abbreviations."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --smok is an error, not --smoke
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -31,8 +44,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from sensitivity import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sensitivity", description="Hyperparameter sensitivity studies on Ray Tune.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a study (only its trials not yet in the results)")
@@ -46,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress line or summary")
     run.add_argument("--fuse", help="fused trial arrays: auto, off or N members at most (overrides the study's fuse)")
 
-    validate = sub.add_parser("validate", help="check a study file and print its trial counts")
+    validate = sub.add_parser("validate", help="check a study file and print its trial counts (no torch, no Ray)")
     validate.add_argument("study")
     validate.add_argument("--smoke", action="store_true", help="count the --smoke trials")
 
@@ -56,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("results", help="a study's results directory or URI (OUT/<study name>)")
 
     plot = sub.add_parser("plot", help="figures and tables of a results directory")
-    plot.add_argument("results", help="a study's results directory (OUT/<study name>)")
+    plot.add_argument("results", help="a study's results directory (OUT/<study name>) or its trials.parquet")
     plot.add_argument("--out", help="where figures go (default: RESULTS/figures)")
     return parser
 
@@ -79,11 +99,15 @@ def _validate(args) -> int:
         extra = sum(study.refine_counts(smoke=args.smoke))
         print(f"  refine: {r.rounds} rounds to {r.resolution:g} decades (tolerance {r.tolerance:g} on {r.metric}): "
               f"up to {extra} more trials, at most {sum(counts) + extra} trials")
+    from sensitivity.preflight import missing_data
+
+    for line in missing_data(study, args.smoke):  # a cluster's workers may hold the files: a warning only
+        print(f"sensitivity: warning: {line}", file=sys.stderr)
     return 0
 
 
 def _optimizers(args) -> int:
-    from sensitivity.optim import available
+    from sensitivity.catalog import available
 
     for name, info in available().items():
         params = ", ".join(f"{k}={v!r}" for k, v in info.hyperparameters.items())
@@ -102,6 +126,9 @@ def _run(args) -> int:
     from sensitivity.lease import Lease, study_location
 
     Lease(study_location(args.out, args.storage, study.name)).probe()  # a held location fails before slow imports
+    earlier = _left(study, args)
+    if earlier is None:
+        return 0  # nothing left to run: said so, Ray never started
     from sensitivity.sweep import run_study
 
     summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
@@ -117,12 +144,41 @@ def _run(args) -> int:
     if summary.mirror_failures:
         print(f"sensitivity: {summary.mirror_failures} checkpoint upload(s) failed (trials went on; a lost worker "
               f"restarts them from scratch); first: {summary.mirror_error}", file=sys.stderr)
+    _report_errors(summary.failures, earlier, args)
     if summary.missing:
         first = f"; first Ray error: {summary.errors[0]}" if summary.errors else ""
         print(f"sensitivity: {summary.missing} of {summary.total} trials did not finish{first}; "
               f"run the same command again to resume", file=sys.stderr)
         return 1
-    return 0
+    return 1 if summary.errored else 0
+
+
+def _left(study, args) -> int | None:
+    """Errored rows kept from earlier runs; None (after saying so) when nothing is left to run.
+
+    Missing dataset files of a local run raise StudyError here, before Ray is imported.
+    """
+    from sensitivity.preflight import check_local_data, location, pending
+    from sensitivity.results import ResultsStore
+
+    store = ResultsStore(location(study, args.out, args.storage))
+    todo = pending(study, store, args.smoke, args.retry_errors)
+    if todo.left:
+        check_local_data(study, args.smoke, args.address)  # before Ray is even imported
+        return todo.errored
+    if not args.quiet:
+        print(f"{study.name}: nothing to run; all {todo.total} trials are in {store.location}")
+    _report_errors([], todo.errored, args)
+    return None
+
+
+def _report_errors(failures, earlier: int, args) -> None:
+    """Each distinct error of this run (count, a trial), and the errored rows of earlier runs kept."""
+    for message, count, trial in failures:
+        print(f"sensitivity: {count} trial(s) errored (e.g. trial {trial}): {message}", file=sys.stderr)
+    if earlier and not args.retry_errors:
+        print(f"sensitivity: {earlier} trial(s) errored in an earlier run and were not run again; "
+              f"--retry-errors runs them", file=sys.stderr)
 
 
 def _compact(args) -> int:
@@ -145,13 +201,14 @@ def _compact(args) -> int:
 def _plot(args) -> int:
     from pathlib import Path
 
+    from analysis._io import results_root
     from analysis.report import write_report
 
-    results = Path(args.results)
+    results = results_root(args.results)  # the directory, also when given its trials.parquet
     out = Path(args.out) if args.out else results / "figures"
     try:
         write_report(results, out)
-    except ValueError as exc:  # analysis.ResultsError: a missing or corrupt results directory
+    except ValueError as exc:  # analysis.ResultsError: a missing, empty or all-errored results directory
         return _bad(exc)
     return 0  # write_report has printed each file and a summary
 

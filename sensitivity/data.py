@@ -26,31 +26,12 @@ from typing import Any, Mapping
 
 import torch
 
+from .spec import DATASETS, FILES as _FILES, check_dataset_args, data_root, dataset_info
+
 __all__ = [
     "DATASETS", "Data", "dataset_info", "check_dataset_args", "data_root", "load",
     "clear_cache", "train_subset", "augment",
 ]
-
-DATASETS = ("digits", "mnist", "cifar10", "svhn", "synthetic")
-
-# (input shape as C, H, W; number of classes) of the fixed datasets
-_INFO = {
-    "digits": ((1, 8, 8), 10),
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "svhn": ((3, 32, 32), 10),
-}
-SYNTHETIC_DEFAULTS = {"shape": (1, 8, 8), "num_classes": 10, "train_size": 1000, "test_size": 200, "seed": 0}
-# every dataset takes train_size/test_size (keep the first n examples); synthetic also shapes itself
-_ARGS = {name: ("train_size", "test_size") for name in _INFO} | {"synthetic": tuple(SYNTHETIC_DEFAULTS)}
-
-_FILES = {
-    "mnist": ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
-    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)),
-    "svhn": (".", ("train_32x32.mat", "test_32x32.mat")),
-}
-
 
 @dataclass(frozen=True)
 class Data:
@@ -68,56 +49,6 @@ class Data:
 
 # ---------------------------------------------------------------------------
 # validation
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict:
-    """Normalised `dataset_args` for dataset `name` (synthetic gets its defaults filled in)."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if args is None:
-        args = {}
-    if not isinstance(args, Mapping):
-        raise ValueError(f"dataset_args must be a mapping, got {type(args).__name__}")
-    unknown = sorted(set(args) - set(_ARGS[name]))
-    if unknown:
-        raise ValueError(f"dataset_args.{unknown[0]}: not an option of {name}; valid: {', '.join(_ARGS[name])}")
-    out = dict(SYNTHETIC_DEFAULTS) if name == "synthetic" else {}
-    out.update(args)
-    for key in ("train_size", "test_size", "num_classes"):
-        if key in out:
-            _positive_int(f"dataset_args.{key}", out[key])
-    if name == "synthetic":
-        if out["num_classes"] < 2:
-            raise ValueError(f"dataset_args.num_classes must be at least 2, got {out['num_classes']}")
-        shape = out["shape"]
-        if isinstance(shape, int) and not isinstance(shape, bool):
-            shape = (shape,)
-        if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 3:
-            raise ValueError(f"dataset_args.shape must be a list of 1 to 3 positive integers, got {shape!r}")
-        out["shape"] = tuple(_positive_int("dataset_args.shape", s) for s in shape)
-        if isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0:
-            raise ValueError(f"dataset_args.seed must be a non-negative integer, got {out['seed']!r}")
-    return out
-
-
-def dataset_info(name: str, dataset_args: Mapping[str, Any] | None = None) -> tuple[tuple[int, ...], int]:
-    """(input shape, number of classes) of a dataset, without loading it."""
-    args = check_dataset_args(name, dataset_args)
-    if name == "synthetic":
-        return tuple(args["shape"]), int(args["num_classes"])
-    return _INFO[name]
-
-
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """Where the file datasets live: `data_dir`, else $SENSITIVITY_DATA, else ~/.cache/sensitivity."""
-    root = data_dir or os.environ.get("SENSITIVITY_DATA") or "~/.cache/sensitivity"
-    return Path(os.path.expanduser(os.fspath(root))).resolve()
 
 
 # ---------------------------------------------------------------------------

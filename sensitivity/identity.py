@@ -82,7 +82,7 @@ def optimizer_defaults(name: str) -> tuple[str, dict]:
     `<op>-hd` is an alias of `<op>-hd-sgd` (same factory, same hyperparameters), so both give
     `<op>-hd-sgd`.
     """
-    from sensitivity.optim import available
+    from sensitivity.catalog import available  # names and defaults as data: no torch
 
     infos = available()
     info = infos[name]
@@ -96,10 +96,10 @@ def optimizer_defaults(name: str) -> tuple[str, dict]:
 
 def canonical_config(config: Mapping[str, Any]) -> dict:
     """The validated trial config that `trial_id` hashes; ValueError for a config run_trial rejects."""
-    from sensitivity.train import validate_config
+    from sensitivity.spec import check_config  # run_trial's checks and defaults, without torch
 
     spelled = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
-    cfg = validate_config({**spelled, "device": "cpu"})  # the device never changes the identity
+    cfg = check_config({**spelled, "device": "cpu"})  # the device never changes the identity
     out = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     name, defaults = optimizer_defaults(cfg["optimizer"])
     out["optimizer"] = name

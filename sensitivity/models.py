@@ -17,49 +17,9 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from .spec import MODELS, check_input, check_model_args
+
 __all__ = ["MODELS", "check_model_args", "check_input", "build"]
-
-MODELS = ("logreg", "mlp", "lenet5", "vgg16", "resnet18", "resnet34")
-
-_ARGS = {"logreg": {}, "mlp": {"hidden": [100, 100]}, "lenet5": {}, "vgg16": {}, "resnet18": {}, "resnet34": {}}
-# smallest image side each convolutional model can take (pooling must leave at least 1 px)
-_MIN_SIDE = {"lenet5": 12, "vgg16": 32, "resnet18": 1, "resnet34": 1}
-
-
-def check_model_args(name: str, args: Mapping[str, Any] | None) -> dict:
-    """Normalised `model_args` of model `name` (defaults filled in)."""
-    if name not in MODELS:
-        raise ValueError(f"model: unknown model {name!r}; choose from {', '.join(MODELS)}")
-    args = {} if args is None else args
-    if not isinstance(args, Mapping):
-        raise ValueError(f"model_args must be a mapping, got {type(args).__name__}")
-    unknown = sorted(set(args) - set(_ARGS[name]))
-    if unknown:
-        valid = ", ".join(_ARGS[name]) or "none"
-        raise ValueError(f"model_args.{unknown[0]}: not an option of {name}; valid: {valid}")
-    out = {**_ARGS[name], **args}
-    if name == "mlp":
-        hidden = out["hidden"]
-        if isinstance(hidden, int) and not isinstance(hidden, bool):
-            hidden = [hidden]
-        if not isinstance(hidden, (list, tuple)) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
-            raise ValueError(f"model_args.hidden must be a list of positive integers, got {out['hidden']!r}")
-        out["hidden"] = list(hidden)
-    return out
-
-
-def check_input(name: str, input_shape: tuple[int, ...]) -> None:
-    """Raise ValueError when model `name` cannot take inputs of `input_shape` (C, H, W or flat)."""
-    if name in _MIN_SIDE:
-        if len(input_shape) != 3:
-            raise ValueError(f"model: {name} needs image inputs (C, H, W), the dataset gives shape {tuple(input_shape)}")
-        side = min(input_shape[1:])
-        if side < _MIN_SIDE[name]:
-            raise ValueError(f"model: {name} needs images of at least {_MIN_SIDE[name]}x{_MIN_SIDE[name]} px,"
-                             f" the dataset gives {input_shape[1]}x{input_shape[2]}")
-
 
 def _mlp(dim: int, hidden: list[int], classes: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]

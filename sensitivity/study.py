@@ -162,19 +162,19 @@ def _pydantic_error(exc: ValidationError) -> StudyError:
 
 
 # ---------------------------------------------------------------------------
-# dependencies (imported lazily: `sensitivity optimizers` should not need data/models)
+# dependencies: torch-free, so that `sensitivity validate` answers in a second
 
 
 def _optimizers() -> dict:
-    from sensitivity.optim import available
+    from sensitivity.catalog import available
 
     return available()
 
 
 def _train():
-    from sensitivity import train
+    from sensitivity import spec  # train.validate_config without what needs torch
 
-    return train
+    return spec
 
 
 def _choices(names) -> str:
@@ -323,8 +323,7 @@ class Study:
                 if key in ENTRY_KEYS:
                     raise StudyError(f"{where}: set per optimizer entry, not in the task")
                 raise StudyError(f"{where}: unknown task key; choose from {_choices(allowed)}")
-        from sensitivity.data import DATASETS
-        from sensitivity.models import MODELS
+        from sensitivity.spec import DATASETS, MODELS
 
         where = "task" if "dataset" not in overrides else path
         if task["dataset"] not in DATASETS:
@@ -402,14 +401,7 @@ class Study:
         seen: dict[str, int] = {}
         for i in range(len(self.entries)):
             for config in self._entry_configs(i, plans[i], smoke=False, probe=bool(self.search)):
-                try:
-                    train.validate_config(runnable(config))
-                except ValueError as exc:
-                    raise StudyError(self._config_error(i, str(exc))) from None
-                except Exception as exc:  # an optimizer that choked on a wrong-typed or wrong-sized value
-                    values = {k: config[k] for k in ("lr", "beta") if k in config} | config.get("optimizer_args", {})
-                    raise StudyError(f"optimizers[{i}]: {self.entries[i].name} rejects {values} "
-                                     f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                self._check_config(i, config, train.check_config)
                 tid = trial_id(config)
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
@@ -420,6 +412,32 @@ class Study:
                                      f"({values | config.get('optimizer_args', {})}); remove one")
                 seen.setdefault(tid, i)
         return plans
+
+    def _check_config(self, index: int, config: dict, check) -> None:
+        try:
+            check(runnable(config))
+        except ValueError as exc:
+            raise StudyError(self._config_error(index, str(exc))) from None
+        except Exception as exc:  # an optimizer that choked on a wrong-typed or wrong-sized value
+            values = {k: config[k] for k in ("lr", "beta") if k in config} | config.get("optimizer_args", {})
+            raise StudyError(f"optimizers[{index}]: {self.entries[index].name} rejects {values} "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+    def check_optimizers(self, smoke: bool = False) -> None:
+        """Build each distinct optimizer configuration once (imports torch): its own range checks.
+
+        Loading a study checks names, keys and types without torch; `run` calls this before Ray starts.
+        """
+        from sensitivity.train import validate_config
+
+        seen = set()
+        for i, plan in enumerate(self._plans):
+            for config in self._entry_configs(i, plan, smoke=smoke, probe=bool(self.search)):
+                key = repr((config["optimizer"], config.get("lr"), config.get("beta"),
+                            config.get("optimizer_args"), config.get("decay"), config.get("weight_decay")))
+                if key not in seen:
+                    seen.add(key)
+                    self._check_config(i, {**config, "device": "cpu"}, validate_config)
 
     def _config_error(self, index: int, message: str) -> str:
         """run_trial's message ("epochs must be ...") with the study path of its key in front."""
@@ -460,7 +478,7 @@ class Study:
         return out
 
     def _smoke_task(self, task: dict) -> dict:
-        from sensitivity.data import dataset_info
+        from sensitivity.spec import dataset_info
 
         task = dict(task)
         task["epochs"] = 1

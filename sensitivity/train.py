@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import time
 from typing import Any, Mapping, NamedTuple
 
@@ -58,38 +57,13 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import data as datamod
 from . import models as modelmod
+from .spec import CONFIG_KEYS, DEFAULTS, REQUIRED_KEYS, check_config, optimizer_hyperparameters
 
 __all__ = ["CONFIG_KEYS", "REQUIRED_KEYS", "DEFAULTS", "TrialResult", "validate_config", "run_trial",
            "decay_label", "running_loss", "build_model", "SYNC_EVERY", "EVAL_BATCH"]
 
-REQUIRED_KEYS = ("dataset", "model", "optimizer")
-DEFAULTS: dict[str, Any] = {
-    "dataset_args": {},
-    "data_dir": None,
-    "download": False,
-    "model_args": {},
-    "label": None,
-    "lr": None,  # None: the optimizer's default
-    "beta": None,  # None: the HD optimizer's default; must stay None for the others
-    "optimizer_args": {},
-    "weight_decay": 0.0,
-    "decay": None,
-    "batch_size": 128,
-    "epochs": 10,
-    "seed": 0,
-    "train_fraction": 1.0,
-    "augment": False,
-    "thresholds": [],
-    "divergence_factor": 10.0,
-    "loss_smoothing": 0.98,
-    "device": "auto",
-    "study": None,
-}
-CONFIG_KEYS = REQUIRED_KEYS + tuple(DEFAULTS)
-
 SYNC_EVERY = 32  # accelerator steps between reads of the minibatch losses
 EVAL_BATCH = 1024  # test-set batch (eval mode: the result does not depend on it)
-_TOP_LEVEL_HP = ("lr", "beta", "weight_decay")  # never inside optimizer_args
 
 
 class TrialResult(NamedTuple):
@@ -99,59 +73,6 @@ class TrialResult(NamedTuple):
 
 # ---------------------------------------------------------------------------
 # validation
-
-
-def _number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{key} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{key} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
-    return value
-
-
-def _integer(key: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def _check_decay(decay: Any) -> dict | None:
-    if decay is None:
-        return None
-    if not isinstance(decay, Mapping):
-        raise ValueError("decay must be null, {every_epochs: k, factor: f} or {milestones: [m, ...], factor: f};"
-                         f" got {decay!r}")
-    unknown = sorted(set(decay) - {"every_epochs", "milestones", "factor"})
-    if unknown:
-        raise ValueError(f"decay.{unknown[0]}: unknown key; valid: every_epochs or milestones, and factor")
-    if ("every_epochs" in decay) == ("milestones" in decay):
-        raise ValueError("decay: give exactly one of every_epochs or milestones")
-    if "factor" not in decay:
-        raise ValueError("decay.factor: missing (the lr multiplier, e.g. 0.5)")
-    out = {"factor": _number("decay.factor", decay["factor"], low=0.0, low_open=True)}
-    if "every_epochs" in decay:
-        out["every_epochs"] = _integer("decay.every_epochs", decay["every_epochs"], low=1)
-    else:
-        ms = decay["milestones"]
-        if not isinstance(ms, (list, tuple)) or not ms:
-            raise ValueError(f"decay.milestones must be a non-empty list of epochs, got {ms!r}")
-        ms = [_integer("decay.milestones", m, low=1) for m in ms]
-        if ms != sorted(set(ms)):
-            raise ValueError(f"decay.milestones must be strictly increasing, got {ms!r}")
-        out["milestones"] = ms
-    return out
 
 
 def _resolve_device(value: Any) -> str:
@@ -170,95 +91,22 @@ def _resolve_device(value: Any) -> str:
     return str(device)
 
 
-def _optimizer_hyperparameters(cfg: dict) -> dict:
-    """Keyword arguments for sensitivity.optim.create, from a validated config."""
-    hp = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], **cfg["optimizer_args"]}
-    if cfg["beta"] is not None:
-        hp["beta"] = cfg["beta"]
-    return hp
+_optimizer_hyperparameters = optimizer_hyperparameters  # its name before it moved to spec.py
 
 
 def validate_config(config: Mapping[str, Any]) -> dict:
-    """The config with defaults filled in and values normalised; ValueError naming the first bad key."""
+    """The config with defaults filled in and values normalised; ValueError naming the first bad key.
+
+    `sensitivity.spec.check_config` (no torch), then what needs torch: the device, and the
+    optimizer built once over a probe parameter, so that its own range checks name a bad
+    hyperparameter now rather than in a worker hours later.
+    """
     from sensitivity import optim
 
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown config key; valid keys: {', '.join(CONFIG_KEYS)}")
-    for key in REQUIRED_KEYS:
-        if key not in config:
-            raise ValueError(f"{key}: missing (required keys: {', '.join(REQUIRED_KEYS)})")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items()}}
-    for key in ("dataset_args", "model_args", "optimizer_args"):
-        if cfg[key] is None:
-            cfg[key] = {}
-
-    if cfg["dataset"] not in datamod.DATASETS:
-        raise ValueError(f"dataset: unknown dataset {cfg['dataset']!r}; choose from {', '.join(datamod.DATASETS)}")
-    cfg["dataset_args"] = datamod.check_dataset_args(cfg["dataset"], cfg["dataset_args"])
-    input_shape, _ = datamod.dataset_info(cfg["dataset"], cfg["dataset_args"])
-    if cfg["model"] not in modelmod.MODELS:
-        raise ValueError(f"model: unknown model {cfg['model']!r}; choose from {', '.join(modelmod.MODELS)}")
-    cfg["model_args"] = modelmod.check_model_args(cfg["model"], cfg["model_args"])
-    modelmod.check_input(cfg["model"], input_shape)
-
-    infos = optim.available()
-    name = cfg["optimizer"]
-    if name not in infos:
-        raise ValueError(f"optimizer: unknown optimizer {name!r}; choose from {', '.join(sorted(infos))}")
-    info = infos[name]
-    if cfg["lr"] is None:
-        cfg["lr"] = info.hyperparameters.get("lr")
-    cfg["lr"] = _number("lr", cfg["lr"], low=0.0)
-    if cfg["beta"] is not None:
-        if not info.is_hd:
-            raise ValueError(f"beta: only for hypergradient optimizers, and {name!r} is not one")
-        cfg["beta"] = _number("beta", cfg["beta"], low=0.0)
-    elif info.is_hd:
-        cfg["beta"] = info.hyperparameters.get("beta")
-    cfg["weight_decay"] = _number("weight_decay", cfg["weight_decay"], low=0.0)
-    if not isinstance(cfg["optimizer_args"], Mapping):
-        raise ValueError(f"optimizer_args must be a mapping, got {cfg['optimizer_args']!r}")
-    cfg["optimizer_args"] = dict(cfg["optimizer_args"])
-    for key in cfg["optimizer_args"]:
-        if key in _TOP_LEVEL_HP:
-            raise ValueError(f"optimizer_args.{key}: set {key} at the top level of the config")
-    # Build the optimizer once over a dummy parameter: its own checks name any bad hyperparameter
-    # now rather than in a worker hours later.
+    cfg = check_config(config)
     probe = torch.nn.Parameter(torch.zeros(2, 2))
-    optim.create(name, [("probe.weight", probe)], **_optimizer_hyperparameters(cfg))
-
-    cfg["decay"] = _check_decay(cfg["decay"])
-    if cfg["decay"] is not None and info.needs_closure:
-        # L4 recomputes its step size from the loss every step, so a multiplied lr would be overwritten.
-        raise ValueError(f"decay: {name!r} sets its own step size every step; use decay: null")
-    cfg["batch_size"] = _integer("batch_size", cfg["batch_size"], low=1)
-    cfg["epochs"] = _integer("epochs", cfg["epochs"], low=1)
-    cfg["seed"] = _integer("seed", cfg["seed"], low=0)
-    cfg["train_fraction"] = _number("train_fraction", cfg["train_fraction"], low=0.0, high=1.0, low_open=True)
-    cfg["augment"] = _flag("augment", cfg["augment"])
-    if cfg["augment"] and len(input_shape) != 3:
-        raise ValueError(f"augment: needs image inputs (C, H, W), {cfg['dataset']} gives shape {input_shape}")
-    thresholds = cfg["thresholds"]
-    if thresholds is None:
-        thresholds = []
-    if isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool):
-        thresholds = [thresholds]
-    if not isinstance(thresholds, (list, tuple)):
-        raise ValueError(f"thresholds must be a list of training losses, got {thresholds!r}")
-    cfg["thresholds"] = list(dict.fromkeys(_number("thresholds", t, low=0.0, low_open=True) for t in thresholds))
-    cfg["divergence_factor"] = _number("divergence_factor", cfg["divergence_factor"], low=1.0, low_open=True,
-                                       allow_inf=True)
-    cfg["loss_smoothing"] = _number("loss_smoothing", cfg["loss_smoothing"], low=0.0, high=1.0, high_open=True)
+    optim.create(cfg["optimizer"], [("probe.weight", probe)], **optimizer_hyperparameters(cfg))
     cfg["device"] = _resolve_device(cfg["device"])
-    cfg["download"] = _flag("download", cfg["download"])
-    if cfg["data_dir"] is not None and not isinstance(cfg["data_dir"], (str, bytes)) and not hasattr(cfg["data_dir"], "__fspath__"):
-        raise ValueError(f"data_dir must be a path, got {cfg['data_dir']!r}")
-    for key in ("study", "label"):
-        if cfg[key] is not None and not isinstance(cfg[key], str):
-            raise ValueError(f"{key} must be a string, got {cfg[key]!r}")
     return cfg
 
 
@@ -477,7 +325,7 @@ def run_trial(config: Mapping[str, Any], *, checkpoint_dir: str | None = None) -
     data = datamod.train_subset(data, cfg["train_fraction"])
 
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
-    opt = optim.create(cfg["optimizer"], model.named_parameters(), **_optimizer_hyperparameters(cfg))
+    opt = optim.create(cfg["optimizer"], model.named_parameters(), **optimizer_hyperparameters(cfg))
     _, order_seed, rest_seed = _seeds(cfg["seed"])
     gen = torch.Generator(device=device)
     gen.manual_seed(order_seed)

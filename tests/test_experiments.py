@@ -96,7 +96,7 @@ def test_readme_states_every_study_and_its_trial_count():
         assert sum(load_study(EXPERIMENTS / name).counts()) == count, name
 
 
-# every figure and table of the three papers (shared/papers/), by the README section of its paper
+# every figure and table of the three papers, by the README section of its paper
 PAPER_ITEMS = {
     "Paper 003": [f"Figure {n}" for n in range(1, 8)] + ["Appendix A"],
     "Paper 001": ["Figure 1", "Section 4"],

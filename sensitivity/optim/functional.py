@@ -7,7 +7,8 @@ Contract (shared with ``cam_hd.py``; keep names and signatures stable):
   except :func:`lr_step`, which takes and returns python floats.
 * State arguments (momentum buffers, Adam moments) are updated in place, as each docstring says;
   returned directions are new tensors, and no other input is modified.
-* Convention (``/work/shared/papers.md``): the update is θ_t = θ_{t−1} − α_t·d_t where d_t is the
+* Convention (Baydin et al. 2018, *Online Learning Rate Adaptation with Hypergradient Descent*;
+  Mittal 2019, *Hypergradient based optimization methods*): the update is θ_t = θ_{t−1} − α_t·d_t where d_t is the
   base optimizer's direction, g_t includes coupled L2, and the hypergradient of the loss with
   respect to α is D_t = −Σ g_t·d_{t−1}.
 * All multi-tensor work uses ``torch._foreach_*`` ops; reductions over the parameters stay on the

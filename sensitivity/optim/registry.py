@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sensitivity import catalog
+
 __all__ = ["OptimizerInfo", "register", "available", "create", "normalize_params"]
 
 
@@ -50,6 +52,12 @@ def register(
         raise ValueError(f"optimizer name {name!r} is already registered")
     if is_hd and "beta" not in hyperparameters:
         raise ValueError(f"HD optimizer {name!r} must declare the 'beta' hyperparameter")
+    spec = catalog.OPTIMIZERS.get(name)
+    declared = catalog.OptimizerSpec(name, description, paper, MappingProxyType(dict(hyperparameters)),
+                                     is_hd=is_hd, needs_closure=needs_closure, wants_names=wants_names)
+    if spec != declared:  # the torch-free commands read the catalog: it must say what this optimizer is
+        raise ValueError(f"optimizer {name!r} differs from its entry in sensitivity/catalog.py "
+                         f"(catalog: {spec}; registered: {declared}); make them agree")
     info = OptimizerInfo(
         name=name,
         description=description,
@@ -108,30 +116,6 @@ def normalize_params(params: Any, *, keep_names: bool) -> list:
     return strip(items)
 
 
-def _check_number(name: str, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-    if value != value or value < 0:
-        raise ValueError(f"{name}: {key} must be >= 0, got {value!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_type(name: str, key: str, value: Any, default: Any) -> None:
-    """A value must have its default's shape: a number for a number, k numbers for a k-tuple of numbers.
-
-    Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
-    """
-    if _is_number(default) and not _is_number(value):
-        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-    if isinstance(default, tuple) and default and all(_is_number(x) for x in default) and key != "gammas":
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(default) \
-                or not all(_is_number(x) for x in value):
-            raise ValueError(f"{name}: {key} must be {len(default)} numbers like {list(default)}, got {value!r}")
-
-
 def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
     """Build optimizer `name` over `params` with `hyperparameters` (others keep their defaults).
 
@@ -140,18 +124,6 @@ def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimi
     info = _REGISTRY.get(name)
     if info is None:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
-    if "beta" in hyperparameters and not info.is_hd:
-        raise ValueError(f"{name}: beta is only for hypergradient optimizers, and {name!r} is not one")
-    unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown hyperparameter(s) {', '.join(unknown)}; valid: {', '.join(info.hyperparameters)}"
-        )
-    for key in ("lr", "beta"):
-        if key in hyperparameters:
-            _check_number(name, key, hyperparameters[key])
-            hyperparameters[key] = float(hyperparameters[key])  # param_groups hold python floats
-    for key, value in hyperparameters.items():
-        _check_type(name, key, value, info.hyperparameters[key])
+    hyperparameters = catalog.check(name, hyperparameters)
     kwargs = {**info.hyperparameters, **hyperparameters}
     return info.factory(normalize_params(params, keep_names=info.wants_names), **kwargs)

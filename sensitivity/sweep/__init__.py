@@ -31,9 +31,16 @@ import os
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
 
-from sensitivity.sweep.bundles import bundle_size, is_short, make_bundles  # noqa: E402
-from sensitivity.sweep.driver import run_study  # noqa: E402
-from sensitivity.sweep.tuner import Summary  # noqa: E402
-from sensitivity.sweep.worker import error_row, mean_metric, run_one  # noqa: E402
+# Loaded on first use, so that the Ray-free parts (`objective`, `points`, `refine`) can be
+# imported without Ray by what runs before it starts (`sensitivity.preflight`).
+_EXPORTS = {"Summary": "tuner", "bundle_size": "bundles", "error_row": "worker", "is_short": "bundles",
+            "make_bundles": "bundles", "mean_metric": "objective", "run_one": "worker", "run_study": "driver"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Summary", "bundle_size", "error_row", "is_short", "make_bundles", "mean_metric", "run_one", "run_study"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sensitivity.sweep' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"sensitivity.sweep.{_EXPORTS[name]}"), name)

@@ -5,23 +5,82 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 import ray
 
 from sensitivity.study import Study, StudyError
 
 
-def connect(address: str | None) -> bool:
-    """Make sure Ray is up; return True when this call started it (and must stop it)."""
+CONNECT_TIMEOUT_S = 15.0  # joining a cluster that does not answer fails after this, not never
+
+
+class ClusterUnreachable(ConnectionError):
+    """--address (or RAY_ADDRESS) names no Ray cluster that answers."""
+
+
+def connect(address: str | None, timeout_s: float | None = None) -> bool:
+    """Make sure Ray is up; return True when this call started it (and must stop it).
+
+    Joining a cluster fails with ClusterUnreachable after `timeout_s` (default CONNECT_TIMEOUT_S).
+    """
     if ray.is_initialized():
         return False
     quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        _join(target, CONNECT_TIMEOUT_S if timeout_s is None else timeout_s, address=address, **quiet)
     else:
         # The dashboard runs code for whoever reaches it: never bind it beyond loopback.
         ray.init(include_dashboard=None, dashboard_host="127.0.0.1", **quiet)
     return True
+
+
+def _join(target: str, timeout_s: float, **kwargs) -> None:
+    """ray.init(address=...) within `timeout_s`: Ray itself retries an unreachable address for minutes."""
+    failure: list[BaseException] = []
+
+    def init():
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=init, name="ray-init", daemon=True)
+    with _stderr_held() as held:  # Ray's core logs each failed attempt to fd 2: keep them unless it connects
+        thread.start()
+        thread.join(timeout_s)
+        held.keep = not thread.is_alive() and not failure
+    if thread.is_alive():
+        raise ClusterUnreachable(f"no Ray cluster answered at {target} within {timeout_s:g} s; check the address "
+                                 f"(HOST:6379, auto, or ray://HOST:10001) and that `ray status` works there")
+    if failure:
+        reason = " ".join(str(failure[0]).split())[:300] or type(failure[0]).__name__
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {target}: {reason}") from None
+
+
+class _stderr_held:
+    """Send fd 2 to a temporary file for a while; write it back on exit if `keep`."""
+
+    keep = True
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if self.keep:
+            self.file.seek(0)
+            sys.stderr.write(self.file.read().decode(errors="replace"))
+        self.file.close()
+        return False
 
 
 def cluster_totals() -> tuple[float, float, float, float]:

@@ -11,7 +11,8 @@ import ray
 
 from sensitivity.identity import Current, legacy_ids
 from sensitivity.lease import Lease, results_root, study_location  # noqa: F401 (results_root: importable here)
-from sensitivity.results import STUDY, ResultsStore, join, trial_id
+from sensitivity.preflight import check_local_data, pending
+from sensitivity.results import CURVES, STUDY, TRIALS, ResultsStore, join, trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
@@ -69,6 +70,13 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         store.guard = lease.check
         _smoke_mismatch(store, smoke)
         current = _current(study, store, smoke)
+        todo = pending(study, store, smoke, retry_errors)
+        if not todo.left:  # nothing to run: Ray stays down
+            current.write()
+            return Summary(location=location, trials_path=join(location, TRIALS), curves_path=join(location, CURVES),
+                           total=todo.total, skipped=todo.total, stale=current.stale())
+        check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
+        study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
         if retry_errors and store.trials is not None and "status" in store.trials:
             store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
         started = connect(address)

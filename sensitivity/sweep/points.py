@@ -14,7 +14,7 @@ import json
 from sensitivity.identity import _canonical, legacy_trial_id, value_key
 from sensitivity.results import ResultsStore, trial_id
 from sensitivity.study import Study
-from sensitivity.sweep.worker import metric_value
+from sensitivity.sweep.objective import metric_value
 
 
 def _choice_key(key: str) -> str:
@@ -88,14 +88,15 @@ def _stored_values(point: str, entry, study: Study, smoke: bool) -> dict | None:
     return values
 
 
-def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str) -> list[dict]:
+def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, rename: bool = True) -> list[dict]:
     """Each entry's stored points, matched by configuration (never by position).
 
     A stored row belongs to entry i when its point is a point of entry i's space and its
     trial_id is the id that entry gives that point and seed now: a changed task, an inserted
     entry or a narrowed range leaves old rows to no entry (they are stale).  Returns, per
     entry, {point text: {"values", "params", "done": {seed: (trial_id, metric)}}}; rows stored under the
-    old id rule are renamed to their current ids on the way.
+    old id rule are renamed to their current ids on the way (in the tables too unless `rename`
+    is False: a look before the run holds the lease writes nothing).
     """
     out: list[dict] = [{} for _ in study.entries]
     trials = store.trials
@@ -124,7 +125,7 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str) ->
                 entry_points = out[index].setdefault(key, {"values": values, "params": params, "done": {}})
                 entry_points["done"].update(found)
                 break  # two entries never share a trial (the study rejects that)
-    if renames:
+    if renames and rename:
         store.rename(renames)
     return out
 

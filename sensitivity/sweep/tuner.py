@@ -30,7 +30,8 @@ class Summary:
     missing: int = 0
     elapsed_s: float = 0.0
     bundle: int = 1
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # Ray trials that failed for good
+    failures: list[tuple[str, int, str]] = field(default_factory=list)  # (error, count, a trial_id), most first
     mirror_failures: int = 0  # checkpoint uploads that failed (the trials went on)
     mirror_error: str | None = None  # the first of them
     stale: int = 0  # rows of an earlier version of the study, kept in the table but not counted
@@ -135,5 +136,15 @@ def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder,
                    total=total, skipped=skipped, ran=len(rows),
                    diverged=sum(r.get("status") == "diverged" for r in rows),
                    errored=sum(r.get("status") == "error" for r in rows), missing=missing,
-                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors,
+                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors, failures=failures(rows),
                    mirror_failures=recorder.mirror_failures, mirror_error=recorder.mirror_error)
+
+
+def failures(rows: list[dict]) -> list[tuple[str, int, str]]:
+    """Each distinct error message of errored rows, with its count and one trial_id, most frequent first."""
+    found: dict[str, list] = {}
+    for row in rows:
+        if row.get("status") == "error":
+            message = " ".join(str(row.get("error") or "no message").split())
+            found.setdefault(message, [0, row.get("trial_id")])[0] += 1
+    return sorted(((m, n, tid) for m, (n, tid) in found.items()), key=lambda f: -f[1])

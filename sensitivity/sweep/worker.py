@@ -24,6 +24,7 @@ from ray import tune
 
 from sensitivity.results import join, resolve, trial_id
 from sensitivity.study import runnable
+from sensitivity.sweep.objective import mean_metric, metric_value  # noqa: F401 (importable from here)
 
 TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
@@ -237,16 +238,3 @@ def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: flo
         ckpt = join(checkpoint_root, tid) if checkpoint_root else None
         row, curve = run_one(trial, ckpt)
         reported.report({"payload": payload(row, curve, ckpt), "trials": 1}, [row])
-
-
-def metric_value(row: dict, metric: str) -> float:
-    value = row.get(metric)
-    if row.get("status") == "error" or value is None or not isinstance(value, (int, float)) or math.isnan(value):
-        return math.inf
-    return float(value)
-
-
-def mean_metric(values: list[float]) -> float:
-    if not values or any(not math.isfinite(v) for v in values):
-        return math.inf  # a diverged seed makes the point as bad as it gets, and never NaN
-    return float(sum(values) / len(values))

@@ -1,4 +1,4 @@
-"""A generator of realistic results tables that follow the parquet contract in shared/design.md.
+"""A generator of realistic results tables that follow the parquet contract (README.md, "The results tables").
 
 The tables look like a small robustness + CAM-HD study: U-shaped valleys in log-lr, diverged
 runs at large lr (with and without a finite minimum before divergence), an errored trial,

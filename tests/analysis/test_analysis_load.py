@@ -75,15 +75,46 @@ def test_corrupt_parquet(tmp_path):
 
 
 def test_missing_columns_are_named(tmp_path, results_dir):
-    trials = pd.read_parquet(results_dir / "trials.parquet").drop(columns=["min_test_loss", "status"])
+    trials = pd.read_parquet(results_dir / "trials.parquet").drop(columns=["seed", "status"])
     trials.to_parquet(tmp_path / "trials.parquet")
-    with pytest.raises(ResultsError, match="lacks column\\(s\\) status, min_test_loss"):
+    with pytest.raises(ResultsError, match="lacks column\\(s\\) seed, status"):
         analysis.load(tmp_path)
     curves = pd.read_parquet(results_dir / "curves.parquet").drop(columns=["test_acc"])
     pd.read_parquet(results_dir / "trials.parquet").to_parquet(tmp_path / "trials.parquet")
     curves.to_parquet(tmp_path / "curves.parquet")
     with pytest.raises(ResultsError, match="curves.parquet lacks column\\(s\\) test_acc"):
         analysis.load(tmp_path)
+
+
+def test_outcomes_no_trial_wrote_are_missing_values(tmp_path, results_dir):
+    # rows of errored workers carry no accuracies: the loss figures still come from the rest
+    trials = pd.read_parquet(results_dir / "trials.parquet").drop(columns=["best_test_acc", "final_test_acc"])
+    trials.to_parquet(tmp_path / "trials.parquet")
+    loaded, _ = analysis.load(tmp_path)
+    assert loaded["best_test_acc"].isna().all() and loaded["final_test_acc"].isna().all()
+    assert loaded["min_train_loss"].notna().any()
+
+
+def test_all_errored_trials_name_the_first_error(tmp_path, results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet").head(3)
+    trials = trials.drop(columns=["best_test_acc", "final_test_acc"]).assign(status="error")
+    trials["error"] = ["FileNotFoundError: mnist: /data/MNIST/raw/train-images-idx3-ubyte\n not found", None, "x"]
+    trials.to_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(ResultsError) as info:
+        analysis.load(tmp_path)
+    assert str(info.value) == ("all 3 trials errored: FileNotFoundError: mnist: "
+                               "/data/MNIST/raw/train-images-idx3-ubyte not found")
+
+
+def test_a_table_path_means_its_directory_and_smoke_comes_from_study_yaml(tmp_path, results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    trials.to_parquet(tmp_path / "trials.parquet")
+    loaded, _ = analysis.load(tmp_path / "trials.parquet")
+    assert len(loaded) == len(trials) and not loaded["smoke"].any()  # no study.yaml: not a smoke run
+    (tmp_path / "study.yaml").write_text("# resolved by sensitivity: smoke: true, trials: 4\nname: x\n")
+    assert analysis.load(tmp_path)[0]["smoke"].all()
+    (tmp_path / "study.yaml").write_text("# resolved by sensitivity: smoke: false, trials: 4\nname: x\n")
+    assert not analysis.load(tmp_path)[0]["smoke"].any()
 
 
 def test_bad_status_names_the_allowed_values(tmp_path, results_dir):
@@ -97,7 +128,7 @@ def test_bad_status_names_the_allowed_values(tmp_path, results_dir):
 def test_empty_trials_and_missing_curves(tmp_path, results_dir):
     trials = pd.read_parquet(results_dir / "trials.parquet")
     trials.iloc[:0].to_parquet(tmp_path / "trials.parquet")
-    with pytest.raises(ResultsError, match="has no trials"):
+    with pytest.raises(ResultsError, match="has no finished trials yet"):
         analysis.load(tmp_path)
     trials.to_parquet(tmp_path / "trials.parquet")  # no curves.parquet: an empty curves table
     _, curves = analysis.load(tmp_path)

@@ -67,3 +67,15 @@ def test_compare_notebook(two_results_dirs, tmp_path, kernel):
     widths = next(out["data"]["text/plain"] for cell in notebook.cells for out in cell.get("outputs", [])
                   if "width_decades" in cell.source and "data" in out)
     assert "ResNet-18" in widths and "VGG16" in widths
+
+
+def test_compare_notebook_opens_what_make_demo_writes(results_dir, tmp_path, kernel):
+    # the shipped first cell, run from analysis/notebooks' place relative to results/quickstart
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "quickstart").symlink_to(results_dir)
+    cwd = tmp_path / "analysis" / "notebooks"
+    cwd.mkdir(parents=True)
+    shipped = nbformat.read(NOTEBOOKS / "compare.ipynb", as_version=4).cells[0].source
+    assert "../../results/quickstart" in shipped
+    notebook = run("compare.ipynb", shipped, cwd, kernel)
+    assert images(notebook) == 2

@@ -248,3 +248,30 @@ def test_palette_for_keeps_given_colours_and_fills_gaps():
     assert list(colors) == ["a", "b"] and colors["a"] == (1, 0, 0) and len(colors["b"]) == 3
     assert len(set(plots.palette_for([f"s{i}" for i in range(12)]).values())) == 12
     assert np.allclose(plots.palette_for(["x"], "viridis")["x"], plots.palette_for(["y"], "viridis")["y"])
+
+
+def test_a_one_epoch_curve_is_a_marker_and_bands_stay_where_values_can_be():
+    # a --smoke run: one epoch, three seeds, bands that overshoot (acc above 1, loss below 0)
+    rows = [dict(series=s, variable=v, epoch=1, n=3, mean=m, se=0.1, low=m - 0.3, high=m + 0.3)
+            for s in ("sgd", "adam") for v, m in (("train_loss", 0.2), ("test_acc", 0.9))]
+    fig = analysis.curves_figure(pd.DataFrame(rows))
+    for ax in fig.axes:
+        drawn = [line for line in ax.lines if line.get_label() in ("sgd", "adam")]
+        assert len(drawn) == 2 and all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in drawn)
+        bars = np.concatenate([seg[:, 1] for c in ax.collections for seg in c.get_segments()])
+        if ax.get_ylabel() == "test acc":
+            assert bars.max() == pytest.approx(1.0) and bars.min() == pytest.approx(0.6)
+        else:
+            assert bars.min() == pytest.approx(0.1)  # clipped at half the smallest mean, above zero
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_bands_over_epochs_are_clipped_to_the_unit_interval_for_accuracy(curve_stats):
+    stats = curve_stats.assign(high=curve_stats["high"] + 0.5, low=curve_stats["low"] - 2.0)
+    ax = plots.curve_plot(stats, y="test_acc", ax=axes()[0])
+    ys = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
+    assert ys.min() >= 0.0 and ys.max() <= 1.0
+    ax = plots.curve_plot(stats, y="train_loss", ax=axes()[0])
+    ys = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
+    assert ax.get_yscale() == "log" and ys.min() > 0
+    assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -171,3 +171,20 @@ def test_run_facts_count_statuses_nodes_and_refinement_rounds():
     assert facts["wall time (sum over trials)"].startswith("6.5 s") and facts["nodes"] == "2 (a:1, b:2)"
     assert facts["refinement rounds"] == "2 (trials per round: 0: 2, 1: 1, 2: 1)"
     assert "refinement rounds" not in run_facts(trials.assign(round=0))
+
+
+def test_a_smoke_run_says_smoke_in_every_title(tmp_path, results_dir, monkeypatch):
+    from matplotlib.figure import Figure
+
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    sgd = trials[trials["label"] == "sgd"]
+    curves = pd.read_parquet(results_dir / "curves.parquet")
+    small = write(tmp_path / "small", sgd, curves[curves["trial_id"].isin(sgd["trial_id"])])
+    (small / "study.yaml").write_text("# resolved by sensitivity: smoke: true, trials: 9\nname: small\n")
+    titles = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig._suptitle.get_text()),
+                                                                  save(fig, *a, **k)))
+    paths = write_report(small, tmp_path / "out", echo=lambda line: None)
+    assert titles and all("smoke" in title for title in titles)
+    assert all("smoke" in p.read_text().splitlines()[0] for p in paths if p.suffix == ".md")

@@ -1,0 +1,151 @@
+"""The optimizer names, as data: descriptions, papers, hyperparameters and defaults, without torch.
+
+`sensitivity validate`, `sensitivity optimizers` and study validation read this, so they answer
+without importing torch. The torch registry (`sensitivity.optim.registry.register`) refuses a
+name whose metadata differs from its entry here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "available", "check"]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the CLI and study validation need to know about one optimizer name."""
+
+    name: str
+    description: str
+    paper: str
+    hyperparameters: Mapping[str, Any]  # keyword -> default, exactly the keywords `create` accepts
+    is_hd: bool = False  # takes the hypergradient rate `beta`
+    needs_closure: bool = False  # `step(closure)` is mandatory (L4 needs the loss)
+    wants_names: bool = False  # factory receives (name, tensor) pairs when the caller has them
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+
+
+def _add(name: str, description: str, paper: str, hyperparameters: dict, **flags: bool) -> None:
+    OPTIMIZERS[name] = OptimizerSpec(name, description, paper, MappingProxyType(dict(hyperparameters)), **flags)
+
+
+# -- baselines (sensitivity/optim/baselines.py)
+_ADAM = "Kingma & Ba 2015, Adam: A Method for Stochastic Optimization (arXiv:1412.6980)"
+_ADAM_HP = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+_add("sgd", "SGD with a constant step size (torch.optim.SGD)",
+     "Robbins & Monro 1951, A Stochastic Approximation Method", {"lr": 1e-3, "weight_decay": 0.0})
+_add("sgdn", "SGD with Nesterov momentum (torch.optim.SGD, nesterov=True, dampening 0)",
+     "Sutskever et al. 2013, On the importance of initialization and momentum in deep learning (ICML)",
+     {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0})
+_add("adam", "Adam with a constant step size (torch.optim.Adam)", _ADAM, _ADAM_HP)
+_add("radam", "Rectified Adam: Adam with a variance-rectified warm-up (torch.optim.RAdam)",
+     "Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond (ICLR, arXiv:1908.03265)", _ADAM_HP)
+_add("adabound", "AdaBound: Adam with per-element step sizes clipped to bounds converging to SGD at final_lr "
+     "(pytorch-optimizer)",
+     "Luo et al. 2019, Adaptive Gradient Methods with Dynamic Bound of Learning Rate (ICLR, arXiv:1902.09843)",
+     {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0})
+
+# -- hypergradient descent (sensitivity/optim/hd.py): <op>-hd-<lop>, and <op>-hd for <op>-hd-sgd
+OPS = ("sgd", "sgdn", "adam")
+LOPS = ("sgd", "sgdn", "adam")
+_BAYDIN = "Baydin et al. 2018, Online Learning Rate Adaptation with Hypergradient Descent (ICLR, arXiv:1703.04782)"
+_MITTAL = "Mittal 2019, Hypergradient based optimization methods"
+_HD_OP_TEXT = {"sgd": "SGD", "sgdn": "Nesterov SGD", "adam": "Adam"}
+_LOP_TEXT = {"sgd": "learned by gradient descent on α", "sgdn": "learned by Nesterov-momentum descent on α",
+             "adam": "learned by Adam on α"}
+# Baydin et al. and Mittal use β = 1e-3 for SGD-type ops and 1e-7 for Adam.
+_HD_OP_HP = {
+    "sgd": {"lr": 1e-3, "beta": 1e-3, "weight_decay": 0.0},
+    "sgdn": {"lr": 1e-3, "beta": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+    "adam": {"lr": 1e-3, "beta": 1e-7, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+}
+_LOP_HP = {"sgd": {}, "sgdn": {"lop_momentum": 0.9}, "adam": {"lop_betas": (0.9, 0.999), "lop_eps": 1e-8}}
+_CLAMPS = {"lr_min": None, "lr_max": None}
+for _op in OPS:
+    for _lop in LOPS:
+        for _name in ([f"{_op}-hd"] if _lop == "sgd" else []) + [f"{_op}-hd-{_lop}"]:
+            _add(_name, f"{_HD_OP_TEXT[_op]} with its learning rate {_LOP_TEXT[_lop]} (hypergradient descent)"
+                 + (f"; alias of {_op}-hd-sgd" if _name == f"{_op}-hd" else ""),
+                 _BAYDIN if _lop == "sgd" else _MITTAL, {**_HD_OP_HP[_op], **_LOP_HP[_lop], **_CLAMPS}, is_hd=True)
+
+# -- L4 (sensitivity/optim/l4.py)
+_L4 = "Rolinek & Martius 2018, L4: Practical loss-based stepsize adaptation for deep learning (NeurIPS, arXiv:1802.05074)"
+_L4_HP = {"gamma": 0.9, "gamma0": 0.75, "tau": 1000.0, "weight_decay": 0.0}
+_add("adam-l4", "L4 step size on the Adam direction: each step targets a fraction lr of the gap to γ·(min seen loss)",
+     _L4, {"lr": 0.15, "betas": (0.9, 0.999), "eps": 1e-4, **_L4_HP}, needs_closure=True)
+_add("sgdn-l4", "L4 step size on the momentum direction (the reference L4Mom: bias-corrected moving average of "
+     "gradients)", _L4, {"lr": 0.15, "momentum": 0.9, **_L4_HP}, needs_closure=True)
+
+# -- CAM-HD (sensitivity/optim/cam_hd.py)
+_CAM = "Anonymous 2020, Adaptive Hierarchical Hyper-gradient Descent (ICLR 2021 submission), Section 2.3, Algorithm 1"
+_CAM_OP_TEXT = {"sgd": "SGD", "sgdn": "SGD with Nesterov momentum", "adam": "Adam"}
+# Defaults: the paper's LeNet-5 setting (Table 1), which ran all three ops: 2 levels (unit, global),
+# γ = (0.2, 0.8), δ = 0.03, HD lr 1e-3 (SGD-type) / 1e-8 (Adam); the τ decay stays off unless asked.
+_CAM_COMMON = {"levels": ("unit", "global"), "gammas": (0.2, 0.8), "delta": 0.03, "decay_rate": None,
+               "alpha_inf": None}
+_CAM_OP_HP = {**_HD_OP_HP, "adam": {**_HD_OP_HP["adam"], "beta": 1e-8}}
+for _op in OPS:
+    _add(f"{_op}-cam-hd", f"{_CAM_OP_TEXT[_op]} with learning rates learned at several levels "
+         "(parameter/unit/layer/global) and combined with learned weights (CAM-HD)",
+         _CAM, {**_CAM_OP_HP[_op], **_CAM_COMMON}, is_hd=True, wants_names=True)
+
+
+def available() -> dict[str, OptimizerSpec]:
+    """Every optimizer name (the registry's order) with its hyperparameters and defaults."""
+    return dict(OPTIMIZERS)
+
+
+# ---------------------------------------------------------------------------
+# hyperparameter checks that need no optimizer (the optimizer checks ranges itself)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_rate(name: str, key: str, value: Any) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    if value != value or value < 0:
+        raise ValueError(f"{name}: {key} must be >= 0, got {value!r}")
+
+
+def _check_type(name: str, key: str, value: Any, default: Any) -> None:
+    """A value must have its default's shape: a number for a number, k numbers for a k-tuple of numbers.
+
+    Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
+    """
+    if _is_number(default) and not _is_number(value):
+        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    if isinstance(default, tuple) and default and all(_is_number(x) for x in default) and key != "gammas":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(default) \
+                or not all(_is_number(x) for x in value):
+            raise ValueError(f"{name}: {key} must be {len(default)} numbers like {list(default)}, got {value!r}")
+
+
+def check(name: str, hyperparameters: Mapping[str, Any]) -> dict:
+    """`hyperparameters` of optimizer `name`, checked for names and types; lr and beta become floats."""
+    spec = OPTIMIZERS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(sorted(OPTIMIZERS))}")
+    if "beta" in hyperparameters and not spec.is_hd:
+        raise ValueError(f"{name}: beta is only for hypergradient optimizers, and {name!r} is not one")
+    unknown = sorted(set(hyperparameters) - set(spec.hyperparameters))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown hyperparameter(s) {', '.join(unknown)}; valid: {', '.join(spec.hyperparameters)}"
+        )
+    out = dict(hyperparameters)
+    for key in ("lr", "beta"):
+        if key in out:
+            _check_rate(name, key, out[key])
+            out[key] = float(out[key])  # param_groups hold python floats
+    for key, value in out.items():
+        _check_type(name, key, value, spec.hyperparameters[key])
+    return out

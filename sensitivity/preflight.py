@@ -1,0 +1,103 @@
+"""What a run will do, known before Ray starts (no torch, no ray): trials left, earlier errors, data files.
+
+`sensitivity run` asks this first, so a run with nothing left returns in seconds, and missing
+dataset files stop it before Ray starts; `sensitivity validate` warns about the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sensitivity.results import ResultsStore, trial_id
+from sensitivity.spec import missing_files
+from sensitivity.study import Study, StudyError
+
+__all__ = ["Pending", "location", "pending", "missing_data", "check_local_data", "errored_rows"]
+
+
+@dataclass
+class Pending:
+    """Trials a run would start: `left` of `total` (seeded runs), and errored rows it keeps."""
+
+    total: int
+    left: int
+    errored: int  # rows with status error that stay (a run without --retry-errors skips them)
+
+
+def location(study: Study, out: str | os.PathLike = "results", storage: str | None = None) -> str:
+    """``<storage or out>/<study name>``: where the study's tables live (StudyError for an --out URI)."""
+    from sensitivity.lease import study_location
+
+    return study_location(out, storage, study.name)
+
+
+def errored_rows(store: ResultsStore):
+    """The stored rows whose status is error (an empty frame or None without a table)."""
+    trials = store.trials
+    if trials is None or "status" not in trials:
+        return None
+    return trials[trials["status"] == "error"]
+
+
+def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False) -> Pending:
+    """How many of the study's trials a run would start, given the stored rows; writes nothing.
+
+    Rows are matched as the run matches them: by trial_id (rows stored under the earlier id rule
+    count under it too), and in search mode points by configuration, never by entry position.
+    In search mode every seed of a point short of its seeds counts (an upper bound: a rerun
+    finishes only the missing seeds); zero means zero in both modes.  A grid with ``refine:``
+    always has its rounds left to plan, so it is never reported as done here.
+    """
+    from sensitivity.identity import legacy_trial_id
+
+    total = sum(study.counts(smoke))
+    errors = errored_rows(store)
+    n_errors = 0 if errors is None else len(errors)
+    retried = set(errors["trial_id"]) if retry_errors and n_errors else set()
+    done = store.done_ids() - retried
+    if not study.search:
+        left = sum(trial_id(c) not in done and legacy_trial_id(c) not in done for c in study.trials(smoke))
+        if study.refine and not left:
+            left = 1  # the refinement rounds decide, once the grid's rows are read
+        return Pending(total, left, 0 if retry_errors else n_errors)
+    from sensitivity.sweep.points import match_points  # Ray-free
+
+    n_points, seeds = study.search_trials(smoke), set(study.seeds(smoke))
+    left = 0
+    for points in match_points(study, store, smoke, study.search.metric, rename=False):
+        complete = sum(seeds <= {seed for seed, (tid, _) in p["done"].items() if tid not in retried}
+                       for p in points.values())
+        left += max(0, n_points - complete) * len(seeds)
+    return Pending(total, left, 0 if retry_errors else n_errors)
+
+
+def missing_data(study: Study, smoke: bool = False) -> list[str]:
+    """One line per dataset whose files are not under its data root, as this machine sees it.
+
+    Nothing for --smoke (synthetic stand-ins), for datasets without files, or with ``download: true``.
+    """
+    if smoke:
+        return []
+    seen, out = set(), []
+    for config in study.trials(smoke):  # search mode: the configs of each entry's corners
+        key = (config.get("dataset"), config.get("data_dir"), bool(config.get("download")))
+        if key in seen:
+            continue
+        seen.add(key)
+        message = missing_files(config)
+        if message:
+            out.append(message)
+    return out
+
+
+def check_local_data(study: Study, smoke: bool, address: str | None) -> None:
+    """StudyError naming missing dataset files, for a local run (no --address, no RAY_ADDRESS).
+
+    A cluster's workers may hold files this machine lacks: there, nothing is checked.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    missing = missing_data(study, smoke)
+    if missing:
+        raise StudyError("; ".join(missing))
