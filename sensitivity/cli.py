@@ -165,6 +165,7 @@ def _left(study, args) -> int | None:
     todo = pending(study, store, args.smoke, args.retry_errors)
     if todo.left:
         check_local_data(study, args.smoke, args.address)  # before Ray is even imported
+        study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before the lease
         return todo.errored
     if not args.quiet:
         print(f"{study.name}: nothing to run; all {todo.total} trials are in {store.location}")

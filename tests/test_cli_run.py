@@ -185,11 +185,19 @@ def test_pending_counts_search_points_still_short_of_seeds(tmp_path):
     study = load_study(path)
     store = ResultsStore(tmp_path / "out" / "o")
     assert pending(study, store).left == 8
-    row = lambda tid, entry, point, status="ok": {"trial_id": tid, "status": status, "search_entry": entry,
-                                                  "search_point": point}
-    # entry 0: point a on both seeds, point b on one; entry 1: both points, one seed errored
-    store.append([row("1", 0, "a"), row("2", 0, "a"), row("3", 0, "b"),
-                  row("4", 1, "c"), row("5", 1, "c"), row("6", 1, "d"), row("7", 1, "d", "error")], [])
+    from sensitivity.sweep.points import point_text
+
+    def rows(entry: int, lr: float, seeds=(0, 1), status="ok", position=None):
+        # rows as a run stores them: real trial ids, the point as its values; matched by
+        # configuration, whatever entry position the row recorded
+        values = {"lr": lr}
+        configs = [c for c in study.search_configs(entry, values) if c["seed"] in seeds]
+        return [{"trial_id": trial_id(c), "status": status, "search_point": point_text(values),
+                 "search_entry": entry if position is None else position} for c in configs]
+
+    # entry 0: point 0.1 on both seeds, point 0.01 on one; entry 1: both points, one seed errored
+    store.append(rows(0, 0.1) + rows(0, 0.01, seeds=(0,)) + rows(1, 0.1, position=0)
+                 + rows(1, 0.01, seeds=(0,)) + rows(1, 0.01, seeds=(1,), status="error"), [])
     todo = pending(study, store)
     assert (todo.total, todo.left, todo.errored) == (8, 2, 1)
     assert pending(study, store, retry_errors=True).left == 4  # point d needs both seeds again

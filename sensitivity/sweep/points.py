@@ -124,7 +124,8 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, re
                 key = point_text(values)
                 entry_points = out[index].setdefault(key, {"values": values, "params": params, "done": {}})
                 entry_points["done"].update(found)
-                break  # two entries never share a trial (the study rejects that)
+                # no break: rows of one point text and recorded position may belong to several
+                # entries (an entry inserted since); trial ids never coincide across entries
     if renames and rename:
         store.rename(renames)
     return out
