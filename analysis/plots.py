@@ -78,7 +78,7 @@ def _legend(ax, **kwargs) -> None:
                                   mfc="none" if gid == "unresolved" else "0.3"))
             labels.append(text)
     if handles:
-        ax.legend(handles, labels, fontsize="x-small", **kwargs)
+        ax.legend(handles, labels, fontsize="x-small", handlelength=4, **kwargs)  # long enough to show dashes
 
 
 def _figure_legend(fig: Figure, axes) -> None:
@@ -94,7 +94,8 @@ def _figure_legend(fig: Figure, axes) -> None:
         legend.remove()
     seen.update(markers)  # the ▲/✕ explanations go last
     if seen:
-        fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize="x-small")
+        fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize="x-small",
+                   handlelength=4)  # a dashed line with a marker reads as solid at the default length
 
 
 def _grid(nrows: int, ncols: int, *, legend_width: float = 2.0) -> tuple[Figure, np.ndarray]:
