@@ -713,16 +713,7 @@ def _read(values: list[Tensor]) -> list[float]:
 
 
 # -- registry -------------------------------------------------------------------------------
-_PAPER = "Anonymous 2020, Adaptive Hierarchical Hyper-gradient Descent (ICLR 2021 submission), Section 2.3, Algorithm 1"
-_OP_TEXT = {"sgd": "SGD", "sgdn": "SGD with Nesterov momentum", "adam": "Adam"}
-# Defaults: the paper's LeNet-5 setting (Table 1), which ran all three ops: 2 levels (unit, global),
-# γ = (0.2, 0.8), δ = 0.03, HD lr 1e-3 (SGD-type) / 1e-8 (Adam); the τ decay stays off unless asked.
-_COMMON = {"levels": ("unit", "global"), "gammas": (0.2, 0.8), "delta": 0.03, "decay_rate": None, "alpha_inf": None}
-_OP_HP = {
-    "sgd": {"lr": 1e-3, "beta": 1e-3, "weight_decay": 0.0},
-    "sgdn": {"lr": 1e-3, "beta": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
-    "adam": {"lr": 1e-3, "beta": 1e-8, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-}
+# descriptions, papers and defaults of the names below: sensitivity/catalog.py
 
 
 def _factory(op: str):
@@ -734,13 +725,4 @@ def _factory(op: str):
 
 
 for _op in OPS:
-    register(
-        f"{_op}-cam-hd",
-        _factory(_op),
-        description=f"{_OP_TEXT[_op]} with learning rates learned at several levels (parameter/unit/layer/global) "
-        "and combined with learned weights (CAM-HD)",
-        paper=_PAPER,
-        hyperparameters={**_OP_HP[_op], **_COMMON},
-        is_hd=True,
-        wants_names=True,
-    )
+    register(f"{_op}-cam-hd", _factory(_op))

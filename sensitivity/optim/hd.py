@@ -313,22 +313,7 @@ def _to_floats(values: list[Tensor]) -> list[float]:
 
 
 # -- registry -------------------------------------------------------------------------------
-_BAYDIN = "Baydin et al. 2018, Online Learning Rate Adaptation with Hypergradient Descent (ICLR, arXiv:1703.04782)"
-_MITTAL = "Mittal 2019, Hypergradient based optimization methods"
-_OP_TEXT = {"sgd": "SGD", "sgdn": "Nesterov SGD", "adam": "Adam"}
-_LOP_TEXT = {
-    "sgd": "learned by gradient descent on α",
-    "sgdn": "learned by Nesterov-momentum descent on α",
-    "adam": "learned by Adam on α",
-}
-# Baydin et al. and Mittal use β = 1e-3 for SGD-type ops and 1e-7 for Adam.
-_OP_HP = {
-    "sgd": {"lr": 1e-3, "beta": 1e-3, "weight_decay": 0.0},
-    "sgdn": {"lr": 1e-3, "beta": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
-    "adam": {"lr": 1e-3, "beta": 1e-7, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-}
-_LOP_HP = {"sgd": {}, "sgdn": {"lop_momentum": 0.9}, "adam": {"lop_betas": (0.9, 0.999), "lop_eps": 1e-8}}
-_CLAMPS = {"lr_min": None, "lr_max": None}
+# descriptions, papers and defaults of the names below: sensitivity/catalog.py
 
 
 def _factory(op: str, lop: str):
@@ -341,14 +326,5 @@ def _factory(op: str, lop: str):
 
 for _op in OPS:
     for _lop in LOPS:
-        _names = [f"{_op}-hd-{_lop}"] + ([f"{_op}-hd"] if _lop == "sgd" else [])
-        for _name in reversed(_names):
-            register(
-                _name,
-                _factory(_op, _lop),
-                description=f"{_OP_TEXT[_op]} with its learning rate {_LOP_TEXT[_lop]} (hypergradient descent)"
-                + (f"; alias of {_op}-hd-sgd" if _name == f"{_op}-hd" else ""),
-                paper=_BAYDIN if _lop == "sgd" else _MITTAL,
-                hyperparameters={**_OP_HP[_op], **_LOP_HP[_lop], **_CLAMPS},
-                is_hd=True,
-            )
+        for _name in ([f"{_op}-hd"] if _lop == "sgd" else []) + [f"{_op}-hd-{_lop}"]:  # the catalog's order
+            register(_name, _factory(_op, _lop))

@@ -179,20 +179,6 @@ def _sgdn_l4(params, *, lr, momentum, gamma, gamma0, tau, weight_decay):
               weight_decay=weight_decay)
 
 
-_PAPER = "Rolinek & Martius 2018, L4: Practical loss-based stepsize adaptation for deep learning (NeurIPS, arXiv:1802.05074)"
-_L4_HP = {"gamma": 0.9, "gamma0": 0.75, "tau": 1000.0, "weight_decay": 0.0}
-
-register(
-    "adam-l4", _adam_l4,
-    description="L4 step size on the Adam direction: each step targets a fraction lr of the gap to γ·(min seen loss)",
-    paper=_PAPER,
-    hyperparameters={"lr": 0.15, "betas": (0.9, 0.999), "eps": 1e-4, **_L4_HP},
-    needs_closure=True,
-)
-register(
-    "sgdn-l4", _sgdn_l4,
-    description="L4 step size on the momentum direction (the reference L4Mom: bias-corrected moving average of gradients)",
-    paper=_PAPER,
-    hyperparameters={"lr": 0.15, "momentum": 0.9, **_L4_HP},
-    needs_closure=True,
-)
+# descriptions, papers and defaults: sensitivity/catalog.py
+register("adam-l4", _adam_l4)
+register("sgdn-l4", _sgdn_l4)

@@ -8,8 +8,8 @@ package is imported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -20,54 +20,26 @@ __all__ = ["OptimizerInfo", "register", "available", "create", "normalize_params
 
 
 @dataclass(frozen=True)
-class OptimizerInfo:
-    """What the CLI and study validation need to know about one optimizer name."""
+class OptimizerInfo(catalog.OptimizerSpec):
+    """A catalog entry (name, description, paper, hyperparameters and defaults, flags) and its factory."""
 
-    name: str
-    description: str
-    paper: str
-    hyperparameters: Mapping[str, Any]  # keyword -> default, exactly the keywords `create` accepts
-    is_hd: bool = False  # takes the hypergradient rate `beta`
-    needs_closure: bool = False  # `step(closure)` is mandatory (L4 needs the loss)
-    wants_names: bool = False  # factory receives (name, tensor) pairs when the caller has them
     factory: Callable[..., torch.optim.Optimizer] = field(default=None, repr=False, compare=False)
 
 
 _REGISTRY: dict[str, OptimizerInfo] = {}
 
 
-def register(
-    name: str,
-    factory: Callable[..., torch.optim.Optimizer],
-    *,
-    description: str,
-    paper: str,
-    hyperparameters: Mapping[str, Any],
-    is_hd: bool = False,
-    needs_closure: bool = False,
-    wants_names: bool = False,
-) -> OptimizerInfo:
-    """Add `name`; `factory(params, **hyperparameters)` must build the optimizer."""
+def register(name: str, factory: Callable[..., torch.optim.Optimizer]) -> OptimizerInfo:
+    """Add `name`, described by its entry in `sensitivity.catalog` (the torch-free commands read the
+    catalog, so it is the one place that says what an optimizer is); `factory(params, **hyperparameters)`
+    must build it."""
     if name in _REGISTRY:
         raise ValueError(f"optimizer name {name!r} is already registered")
-    if is_hd and "beta" not in hyperparameters:
-        raise ValueError(f"HD optimizer {name!r} must declare the 'beta' hyperparameter")
     spec = catalog.OPTIMIZERS.get(name)
-    declared = catalog.OptimizerSpec(name, description, paper, MappingProxyType(dict(hyperparameters)),
-                                     is_hd=is_hd, needs_closure=needs_closure, wants_names=wants_names)
-    if spec != declared:  # the torch-free commands read the catalog: it must say what this optimizer is
-        raise ValueError(f"optimizer {name!r} differs from its entry in sensitivity/catalog.py "
-                         f"(catalog: {spec}; registered: {declared}); make them agree")
-    info = OptimizerInfo(
-        name=name,
-        description=description,
-        paper=paper,
-        hyperparameters=MappingProxyType(dict(hyperparameters)),
-        is_hd=is_hd,
-        needs_closure=needs_closure,
-        wants_names=wants_names,
-        factory=factory,
-    )
+    if spec is None:
+        raise ValueError(f"optimizer {name!r} has no entry in sensitivity/catalog.py; describe it there first")
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(catalog.OptimizerSpec)}
+    info = OptimizerInfo(**fields, factory=factory)
     _REGISTRY[name] = info
     return info
 
