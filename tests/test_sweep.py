@@ -342,56 +342,74 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
     assert (kept.values == before["wall_time_s"].values).all()  # finished trials were not rerun
 
 
-@pytest.mark.slow
-def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
-    path = write_study(tmp_path / "two.yaml", {
-        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4,
-        "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
-    temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
-    port = _free_port()
-    # a private token: the nodes and the driver of this test authenticate to each other only
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
-              "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
-    nodes = []
+class _TwoNodes:
+    """A head and a worker node of a local Ray cluster on loopback, each in its own process group.
 
-    def start(args, log):
-        nodes.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common,
-                                       "--metrics-export-port", str(_free_port())],
-                                      env=env, start_new_session=True, stdout=open(log, "w"),
-                                      stderr=subprocess.STDOUT))
+    `env` (with a private token: the nodes and the driver of a test authenticate to each other
+    only) is what a driver must run with; `stop(node)` loses a node; leaving the block stops both
+    and checks that no Ray process of theirs is left.
+    """
+
+    def __init__(self, tmp_path: Path, **env: str):
+        self.tmp_path, self.temp = tmp_path, tempfile.mkdtemp(prefix="r2-", dir="/tmp")
+        self.port = _free_port()
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **env}
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], log: Path) -> None:
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp, "--block",
+                  "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
+        self.nodes.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common,
+                                            "--metrics-export-port", str(_free_port())],
+                                           env=self.env, start_new_session=True, stdout=open(log, "w"),
+                                           stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 90
-        while "Ray runtime started" not in Path(log).read_text():
-            assert nodes[-1].poll() is None and time.monotonic() < deadline, Path(log).read_text()[-2000:]
+        while "Ray runtime started" not in log.read_text():
+            assert self.nodes[-1].poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.3)
 
-    try:
-        start(["--head", "--port", str(port), "--include-dashboard", "false"], tmp_path / "head.log")
-        start(["--address", f"127.0.0.1:{port}"], tmp_path / "worker.log")
-        run = subprocess.run([str(BIN / "sensitivity"), "run", str(path), "--smoke", "--out", str(tmp_path / "out"),
-                              "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
-                             timeout=240)
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert "trials.parquet" in run.stdout
-    finally:
-        for node in nodes:
-            try:
-                os.killpg(node.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for node in nodes:
+    @staticmethod
+    def stop(node: subprocess.Popen) -> None:
+        try:
+            os.killpg(node.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "_TwoNodes":
+        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false"], self.tmp_path / "head.log")
+        self._start(["--address", f"127.0.0.1:{self.port}"], self.tmp_path / "worker.log")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for node in self.nodes:
+            self.stop(node)
+        for node in self.nodes:
             try:
                 node.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
+        if exc[0] is None:
+            time.sleep(1)
+            assert _ray_processes(self.temp) == [], "both nodes must be stopped"
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
+    path = write_study(tmp_path / "two.yaml", {
+        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4,
+        "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
+    with _TwoNodes(tmp_path) as cluster:
+        run = subprocess.run([str(BIN / "sensitivity"), "run", str(path), "--smoke", "--out", str(tmp_path / "out"),
+                              "--address", f"127.0.0.1:{cluster.port}"], env=cluster.env, capture_output=True,
+                             text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "trials.parquet" in run.stdout
     trials = pd.read_parquet(tmp_path / "out" / "two-nodes" / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert trials["node"].nunique() == 2, trials["node"].value_counts()
-    time.sleep(1)
-    assert _ray_processes(temp) == [], "both nodes must be stopped"
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.exhaustive  # about a minute on 2 cores; the test above covers two nodes running trials
@@ -403,36 +421,9 @@ def test_a_lost_node_loses_only_its_running_trials(tmp_path):
     location = tmp_path / "out" / "two-nodes"
     log = tmp_path / "trainings"
     log.mkdir()
-    temp = tempfile.mkdtemp(prefix="r2-", dir="/tmp")
-    port = _free_port()
-    # a private token: the nodes and the driver of this test authenticate to each other only
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "SENSITIVITY_TRAINING_LOG": str(log)}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
-              "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
-    nodes = []
-
-    def start(args, log):
-        nodes.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common,
-                                       "--metrics-export-port", str(_free_port())],
-                                      env=env, start_new_session=True, stdout=open(log, "w"),
-                                      stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in Path(log).read_text():
-            assert nodes[-1].poll() is None and time.monotonic() < deadline, Path(log).read_text()[-2000:]
-            time.sleep(0.3)
-
-    def stop(node):
-        try:
-            os.killpg(node.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    try:
-        start(["--head", "--port", str(port), "--include-dashboard", "false"], tmp_path / "head.log")
-        start(["--address", f"127.0.0.1:{port}"], tmp_path / "worker.log")
+    with _TwoNodes(tmp_path, SENSITIVITY_TRAINING_LOG=str(log)) as cluster:
         run = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"),
-                                "--address", f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
+                                "--address", f"127.0.0.1:{cluster.port}"], env=cluster.env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         deadline, before = time.monotonic() + 180, None
         while time.monotonic() < deadline and run.poll() is None:
@@ -442,25 +433,13 @@ def test_a_lost_node_loses_only_its_running_trials(tmp_path):
                 break
             time.sleep(0.2)
         assert before is not None and len(before) < 12, (run.poll(), run.stderr and run.stderr.read()[-3000:])
-        stop(nodes[1])  # the second node is lost mid-run: its running bundle is retried on the head
+        cluster.stop(cluster.nodes[1])  # the second node is lost mid-run: its running bundle is retried on the head
         out, err = run.communicate(timeout=240)
         assert run.returncode == 0, err[-3000:]
         assert "trials.parquet" in out
-    finally:
-        for node in nodes:
-            stop(node)
-        for node in nodes:
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
     trials, _ = assert_exactly_once(location, study)
     assert trials["node"].nunique() == 2, trials["node"].value_counts()
     after = trials[~trials["trial_id"].isin(before["trial_id"])]
     assert len(after)  # the rest ran on the head
     trainings = _trainings(log)
     assert all(len(trainings[tid]) == 1 for tid in before["trial_id"]), "a finished trial was trained again"
-    time.sleep(1)
-    assert _ray_processes(temp) == [], "both nodes must be stopped"
-    shutil.rmtree(temp, ignore_errors=True)
