@@ -167,8 +167,22 @@ def _left(study, args) -> int | None:
         check_local_data(study, args.smoke, args.address)  # before Ray is even imported
         study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before the lease
         return todo.errored
+    from sensitivity.lease import Lease
+    from sensitivity.preflight import current_rows
+
+    with Lease(store.location) as lease:  # the study may have changed (a renamed label): say what is current
+        if lease.note:
+            print(lease.note, file=sys.stderr)
+        store = ResultsStore(store.location)
+        store.guard = lease.check
+        current = current_rows(study, store, args.smoke)
+        current.write()
+        store.write_text("study.yaml", study.to_yaml(args.smoke))
     if not args.quiet:
         print(f"{study.name}: nothing to run; all {todo.total} trials are in {store.location}")
+        if current.stale():
+            print(f"  {current.stale()} stale rows (an earlier version of the study) kept in the table; "
+                  f"analysis leaves them out (include_stale=True brings them back)")
     _report_errors([], todo.errored, args)
     return None
 

@@ -256,12 +256,13 @@ class Lease:
         holder = self._read()
         return holder is not None and holder.token == self.me.token
 
-    def _clean_markers(self, keep: str) -> None:
+    def _clean_markers(self, keep: str | None) -> None:
+        """Remove takeover markers, all but `keep`'s (None: all of them, when the lease is released)."""
         if not self.local:
             return
         prefix = os.path.basename(self.path) + ".takeover-"
         for name in os.listdir(self.dir):
-            if name.startswith(prefix) and not name.endswith(keep):
+            if name.startswith(prefix) and (keep is None or not name.endswith(keep)):
                 try:
                     os.unlink(os.path.join(self.dir, name))
                 except OSError:
@@ -301,6 +302,7 @@ class Lease:
             holder = self._read()
             if holder is not None and holder.token == self.me.token:
                 self.fs.delete_file(self.path)
+                self._clean_markers(None)  # the takeover that gave this run the lease is over
         except OSError:
             pass  # a lease left behind is taken over as stale
 

@@ -72,6 +72,20 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     return Pending(total, left, 0 if retry_errors else n_errors)
 
 
+def current_rows(study: Study, store: ResultsStore, smoke: bool = False):
+    """The current study's stored trials (`identity.Current`, written as ``current.json``); rows
+    stored under the old id rule get their current ids first (a write: hold the lease)."""
+    from sensitivity.identity import Current, legacy_ids
+
+    if study.search:
+        from sensitivity.sweep.points import current_search_ids  # Ray-free
+
+        return Current(store, study.name, current_search_ids(study, store, smoke))
+    configs = study.trials(smoke)
+    store.rename(legacy_ids(configs))
+    return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
+
+
 def missing_data(study: Study, smoke: bool = False) -> list[str]:
     """One line per dataset whose files are not under its data root, as this machine sees it.
 

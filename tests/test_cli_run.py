@@ -68,6 +68,18 @@ def test_nothing_left_returns_without_ray_and_names_earlier_errors(study_file, t
     assert "2 trial(s) errored in an earlier run" in captured.err and "--retry-errors runs them" in captured.err
 
 
+def test_nothing_left_still_relabels_a_renamed_entry_without_ray(study_file, tmp_path, capsys, no_ray):
+    import json
+
+    out = tmp_path / "out"
+    _fill(study_file, out, ["ok"] * 4)
+    study_file.write_text(STUDY.replace("{name: sgd,", "{name: sgd, label: plain, weight_decay: 0,"))
+    assert main(["run", str(study_file), "--out", str(out)]) == 0
+    assert "nothing to run; all 4 trials are in" in capsys.readouterr().out
+    assert set(json.loads((out / "s" / "current.json").read_text())["trials"].values()) == {"plain"}
+    assert "label: plain" in (out / "s" / "study.yaml").read_text() and not (out / "s" / "lease.json").exists()
+
+
 def test_an_errored_trial_of_this_run_exits_1_with_each_distinct_error(study_file, tmp_path, capsys, monkeypatch):
     import sensitivity.sweep
 

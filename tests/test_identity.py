@@ -127,7 +127,7 @@ def test_rename_keeps_a_row_whose_new_id_is_already_stored(tmp_path):
 
 
 def test_which_stored_grid_rows_are_current_after_the_study_changes(tmp_path):
-    from sensitivity.sweep.driver import _current
+    from sensitivity.preflight import current_rows as _current
 
     before = _study([{"name": "sgd", "lr": [0.1, 1.0]}])
     store = ResultsStore(tmp_path)

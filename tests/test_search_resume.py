@@ -7,6 +7,7 @@ writes rows as the sweep would); one slow test interrupts and resumes a real Ray
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -212,3 +213,18 @@ def test_a_real_search_interrupted_then_resumed(tmp_path, ray_local):
     assert after.groupby("search_point").size().tolist() == [2, 2] and kept_point in set(after.search_point)
     assert resumed.stale == 0 and (tmp_path / "resume" / "optuna.journal").is_file()
     assert math.isfinite(after["min_train_loss"].min())
+
+
+def test_a_killed_runs_journal_lock_does_not_stall_the_resume(tmp_path):
+    # Optuna's lock is a symlink; a run killed mid-write leaves it dangling, and Optuna would wait
+    # 30 s for it to age. The resuming run holds the study's lease: it removes the lock at once.
+    from sensitivity.sweep.journal import OPTUNA_JOURNAL, optuna_storage
+
+    lock = tmp_path / f"{OPTUNA_JOURNAL}.lock"
+    lock.symlink_to(tmp_path / "gone")
+    storage, _ = optuna_storage(str(tmp_path))
+    assert not os.path.lexists(lock)
+    import optuna
+
+    optuna.create_study(storage=storage, study_name="s")  # writes the journal, taking the lock
+    assert optuna.get_all_study_names(storage) == ["s"]

@@ -9,14 +9,12 @@ import time
 
 import ray
 
-from sensitivity.identity import Current, legacy_ids
 from sensitivity.lease import Lease, results_root, study_location  # noqa: F401 (results_root: importable here)
-from sensitivity.preflight import check_local_data, pending
-from sensitivity.results import CURVES, STUDY, TRIALS, ResultsStore, join, trial_id
+from sensitivity.preflight import check_local_data, current_rows as _current, pending
+from sensitivity.results import CURVES, STUDY, TRIALS, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import connect, trial_resources
 from sensitivity.sweep.grid import run_grid
-from sensitivity.sweep.points import current_search_ids
 from sensitivity.sweep.search import run_search
 from sensitivity.sweep.tuner import Summary, remove_dir
 
@@ -38,15 +36,6 @@ def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
     if saved != bool(smoke):
         kind = "a --smoke run" if saved else "a full run"
         raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
-
-
-def _current(study: Study, store: ResultsStore, smoke: bool) -> Current:
-    """The current study's stored trials; rows stored under the old id rule get their current ids first."""
-    if study.search:
-        return Current(store, study.name, current_search_ids(study, store, smoke))
-    configs = study.trials(smoke)
-    store.rename(legacy_ids(configs))
-    return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
 
 
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,

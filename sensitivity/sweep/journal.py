@@ -26,7 +26,13 @@ def optuna_storage(location: str):
 
     if "://" not in location:
         os.makedirs(location, exist_ok=True)
-        return JournalStorage(JournalFileBackend(os.path.join(location, OPTUNA_JOURNAL))), lambda: None
+        path = os.path.join(location, OPTUNA_JOURNAL)
+        # Optuna's lock file of a run killed mid-write: this run holds the study's lease, so no
+        # other writer is live, and waiting for the lock to age (30 s) would only stall the resume
+        for leftover in (f"{path}.lock",):
+            if os.path.lexists(leftover):  # a symlink (Optuna's default lock), maybe dangling
+                os.remove(leftover)
+        return JournalStorage(JournalFileBackend(path)), lambda: None
     import shutil
     import tempfile
 
