@@ -122,11 +122,13 @@ class StudyModel(_Strict):
             raise ValueError(f"must be 'auto' or an int >= 1, got {value}")
         return value
 
-    @field_validator("fuse")
+    @field_validator("fuse", mode="before")
     @classmethod
     def _fuse(cls, value):
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"must be 'auto', 'off' or an int >= 1, got {value}")
+        if value is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if value is True or (isinstance(value, int) and value < 1):
+            raise ValueError(f"must be 'auto', 'off' or an int >= 1, got {value!r}")
         return value
 
 

@@ -51,6 +51,17 @@ def test_fuse_setting_is_checked():
     assert study.fuse == 4
 
 
+def test_a_bare_yaml_off_means_off(tmp_path):
+    from sensitivity.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ntask: {dataset: digits, model: mlp}\nfuse: off\noptimizers:\n  - {name: sgd}\n")
+    assert load_study(path).fuse == "off"  # YAML 1.1 reads `off` as false
+    path.write_text(path.read_text().replace("fuse: off", "fuse: on"))
+    with pytest.raises(StudyError, match="fuse"):
+        load_study(path)
+
+
 @pytest.mark.slow
 def test_grid_study_runs_arrays_exactly_once_then_resumes(tmp_path, ray_local):
     study = _study("auto")
