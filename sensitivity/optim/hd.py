@@ -116,8 +116,8 @@ class HypergradientOptimizer(Optimizer):
     ):
         if op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
-        if lop not in LOPS:
-            raise ValueError(f"lop must be one of {', '.join(LOPS)}, got {lop!r}")
+        if lop is not None and lop not in LOPS:
+            raise ValueError(f"lop must be one of {', '.join(LOPS)} or None, got {lop!r}")
         defaults = dict(
             lr=lr, beta=beta, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             lop_momentum=lop_momentum, lop_betas=tuple(lop_betas), lop_eps=lop_eps, lr_min=lr_min, lr_max=lr_max,
@@ -132,28 +132,45 @@ class HypergradientOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_range("lr", group["lr"], 0.0)
-        group["lr"] = float(group["lr"])
-        _check_range("beta", group["beta"], 0.0)
-        _check_range("momentum", group["momentum"], 0.0, 1.0)
-        _check_betas("betas", group["betas"])
-        _check_range("eps", group["eps"], 0.0)
-        _check_range("weight_decay", group["weight_decay"], 0.0)
-        _check_range("lop_momentum", group["lop_momentum"], 0.0, 1.0)
-        _check_betas("lop_betas", group["lop_betas"])
-        _check_range("lop_eps", group["lop_eps"], 0.0)
-        lo, hi = group["lr_min"], group["lr_max"]
-        for key, v in (("lr_min", lo), ("lr_max", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
-                raise ValueError(f"{key} must be a number or None, got {v!r}")
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"lr_min must be <= lr_max, got lr_min={lo!r} > lr_max={hi!r}")
+        members = _member_count(group)
+        for hp in _member_values(group, members):
+            _check_range("lr", hp["lr"], 0.0)
+            _check_range("beta", hp["beta"], 0.0)
+            _check_range("momentum", hp["momentum"], 0.0, 1.0)
+            _check_betas("betas", hp["betas"])
+            _check_range("eps", hp["eps"], 0.0)
+            _check_range("weight_decay", hp["weight_decay"], 0.0)
+            _check_range("lop_momentum", hp["lop_momentum"], 0.0, 1.0)
+            _check_betas("lop_betas", hp["lop_betas"])
+            _check_range("lop_eps", hp["lop_eps"], 0.0)
+            lo, hi = hp["lr_min"], hp["lr_max"]
+            for key, v in (("lr_min", lo), ("lr_max", hi)):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+                    raise ValueError(f"{key} must be a number or None, got {v!r}")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"lr_min must be <= lr_max, got lr_min={lo!r} > lr_max={hi!r}")
+        if members is None:
+            group["lr"] = float(group["lr"])
+        else:  # α of each member, kept in float64 like a solo run's python float
+            group["lr"] = group["lr"].to(torch.float64)
+            for key in ("lr_min", "lr_max"):
+                if isinstance(group[key], Tensor):
+                    group[key] = group[key].to(device=group["lr"].device, dtype=torch.float64)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("complex parameters are not supported")
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # α's own state (the lr-optimizer's, Adam's direction scale) is not a parameter's: keep
+        # its dtype (float64 for a fused array's members), which the base class would cast to the
+        # parameter's.
+        own = {pid: {k: v for k, v in s.items() if isinstance(v, Tensor) and (k.startswith("lop_") or k == "prev_direction_scale")}
+               for pid, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        saved = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        for pid, p in zip(saved, (p for g in self.param_groups for p in g["params"])):
+            for key, value in own.get(pid, {}).items():
+                self.state[p][key] = value.to(device=p.device)
         self._last_grads.clear()  # grad identities from before the load are meaningless
 
     # -- gathering ---------------------------------------------------------------------------
@@ -185,19 +202,22 @@ class HypergradientOptimizer(Optimizer):
             prevs.append(prev)
         return params, grads, states, prevs
 
-    def _hypergradient(self, g: list[Tensor], states: list[dict], prevs: list[Tensor | None]) -> Tensor | None:
-        """D = −Σ g·d_{t−1} over the tensors that have d_{t−1} (0-dim tensor), or None."""
+    def _hypergradient(self, g: list[Tensor], states: list[dict], prevs: list[Tensor | None],
+                       members: bool) -> Tensor | None:
+        """D = −Σ g·d_{t−1} over the tensors that have d_{t−1}, or None: a 0-dim tensor, or with
+        `members` a (K,) tensor, one D per member (sums stop at the member axis)."""
         pairs = [i for i, prev in enumerate(prevs) if prev is not None]
         if not pairs:
             return None
         gs = [g[i] for i in pairs] if len(pairs) < len(g) else g
         ds = [prevs[i] for i in pairs]
+        dot = F.member_dot if members else F.dot
         if self.op != "adam":
-            return -F.dot(gs, ds)
+            return -dot(gs, ds)
         scales = [states[i]["prev_direction_scale"] for i in pairs]  # Adam keeps d = c·u
-        if all(c == scales[0] for c in scales):
-            return F.dot(gs, ds) * (-scales[0])
-        return -F.dot(gs, ds, scales)
+        if len({states[i]["step"] for i in pairs}) == 1:  # c depends on t only
+            return dot(gs, ds) * (-scales[0])
+        return -dot(gs, ds, scales)
 
     # -- step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -212,26 +232,25 @@ class HypergradientOptimizer(Optimizer):
         for group in self.param_groups:
             params, grads, states, prevs = self._init_group(group)
             g = F.coupled_l2(grads, params, group["weight_decay"])
-            D = self._hypergradient(g, states, prevs)
-            if D is not None:
+            members = isinstance(group["lr"], Tensor)
+            D = self._hypergradient(g, states, prevs, members) if self.lop is not None else None
+            if D is not None and not members:
                 hypergrads.append(D)
             del prevs  # d_{t−1} is not needed any more; let its memory be reused
-            gathered.append((group, params, g, states, D is not None, g is not grads))
+            gathered.append((group, params, g, states, D, g is not grads))
 
-        # One host sync for every group's D, before any parameter moves.
+        # One host sync for every solo group's D, before any parameter moves (a fused array's
+        # members keep α and D on the device: no sync).
         values = iter(_to_floats(hypergrads))
-        for group, params, g, states, has_D, owned in gathered:
-            if has_D:
+        for group, params, g, states, D, owned in gathered:
+            if D is not None:
+                D = D.to(torch.float64) if isinstance(group["lr"], Tensor) else next(values)
                 lop_state = self.state[group["params"][0]]
                 alpha = F.lr_step(
-                    self.lop, group["lr"], next(values), lop_state, beta=group["beta"],
+                    self.lop, group["lr"], D, lop_state, beta=group["beta"],
                     lop_momentum=group["lop_momentum"], lop_betas=group["lop_betas"], lop_eps=group["lop_eps"],
                 )
-                if group["lr_min"] is not None:
-                    alpha = max(alpha, group["lr_min"])
-                if group["lr_max"] is not None:
-                    alpha = min(alpha, group["lr_max"])
-                group["lr"] = alpha
+                group["lr"] = _clamp(alpha, group["lr_min"], group["lr_max"])
             if params:
                 if self.op == "adam":
                     self._update_adam(group, params, g, states)
@@ -244,19 +263,22 @@ class HypergradientOptimizer(Optimizer):
             state["step"] += 1
             state.pop("prev_direction", None)  # free d_{t−1} before sqrt allocates d_t
         beta1, beta2 = group["betas"]
+        steps = [s["step"] for s in states]
         u, c = F.adam_scaled_direction(
             g, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
+            steps=steps, beta1=beta1, beta2=beta2, eps=group["eps"],
         )
         alpha = group["lr"]
-        if all(ci == c[0] for ci in c):
-            torch._foreach_add_(params, u, alpha=-alpha * c[0])
+        if len(set(steps)) == 1:  # c depends on t only
+            F.axpy_(params, u, -alpha * c[0])
         else:  # parameters skipped some steps (grad None), so their bias corrections differ
-            by_scale: dict[float, list[int]] = {}
-            for i, ci in enumerate(c):
-                by_scale.setdefault(ci, []).append(i)
-            for ci, idx in by_scale.items():
-                torch._foreach_add_([params[i] for i in idx], [u[i] for i in idx], alpha=-alpha * ci)
+            by_step: dict[int, list[int]] = {}
+            for i, t in enumerate(steps):
+                by_step.setdefault(t, []).append(i)
+            for idx in by_step.values():
+                F.axpy_([params[i] for i in idx], [u[i] for i in idx], -alpha * c[idx[0]])
+        if self.lop is None:
+            return  # no hypergradient: d_t is not kept
         for state, ui, ci in zip(states, u, c):
             state["prev_direction"] = ui
             state["prev_direction_scale"] = ci
@@ -269,6 +291,13 @@ class HypergradientOptimizer(Optimizer):
         writes the Nesterov direction into the grad). When grads are reused in place, d_t goes
         into an owned buffer instead (the old d_{t−1}, already used for D).
         """
+        if self.lop is None:  # no hypergradient: d_t is not kept
+            for state in states:
+                state["step"] += 1
+            if self.op == "sgdn":
+                g = F.sgdn_direction(g, [s["momentum_buffer"] for s in states], momentum=group["momentum"])
+            F.axpy_(params, g, -group["lr"])
+            return
         d = list(g)
         copy_dst, copy_src = [], []
         last_grads = self._last_grads
@@ -293,12 +322,47 @@ class HypergradientOptimizer(Optimizer):
             torch._foreach_copy_(copy_dst, copy_src)
         if self.op == "sgdn":
             bufs = [s["momentum_buffer"] for s in states]
-            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_mul_(bufs, F.per_tensor(group["momentum"], bufs))
             torch._foreach_add_(bufs, g)
-            torch._foreach_add_(d, bufs, alpha=group["momentum"])  # d = g + μ·buf
-        torch._foreach_add_(params, d, alpha=-group["lr"])
+            F.axpy_(d, bufs, group["momentum"])  # d = g + μ·buf
+        F.axpy_(params, d, -group["lr"])
         for state, di in zip(states, d):
             state["prev_direction"] = di
+
+
+def _member_count(group: dict) -> int | None:
+    """K for a fused array's group (α a (K,) tensor: see functional's member axis), else None."""
+    return len(group["lr"]) if isinstance(group["lr"], Tensor) else None
+
+
+def _member_values(group: dict, members: int | None) -> list[dict]:
+    """The group's hyperparameters as python values, once per member (once for a solo group)."""
+    if members is None:
+        return [group]
+
+    def pick(value, k):
+        if isinstance(value, Tensor):
+            return value[k].item()
+        if isinstance(value, tuple):
+            return tuple(pick(v, k) for v in value)
+        return value
+
+    return [{key: pick(v, k) for key, v in group.items() if key != "params"} for k in range(members)]
+
+
+def _clamp(alpha, lo, hi):
+    """α clamped to [lr_min, lr_max] where given (a NaN α stays NaN, as in a solo run)."""
+    if isinstance(alpha, Tensor):
+        if lo is not None:
+            alpha = torch.maximum(alpha, torch.as_tensor(lo, dtype=alpha.dtype, device=alpha.device))
+        if hi is not None:
+            alpha = torch.minimum(alpha, torch.as_tensor(hi, dtype=alpha.dtype, device=alpha.device))
+        return alpha
+    if lo is not None:
+        alpha = max(alpha, lo)
+    if hi is not None:
+        alpha = min(alpha, hi)
+    return alpha
 
 
 def _to_floats(values: list[Tensor]) -> list[float]:
