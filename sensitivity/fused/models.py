@@ -38,7 +38,7 @@ class FusedModel(nn.Module):
         if self.channel_layout:  # (K, N, C, H, W) -> (N, K·C, H, W), member-major channels
             k, n = xs.shape[:2]
             xs = xs.transpose(0, 1).reshape(n, k * xs.shape[2], *xs.shape[3:])
-        return self.body(xs)
+        return self.body(xs).transpose(1, 2)  # (K, classes, N) -> (K, N, classes), a view
 
     def member_parameters(self, k: int) -> list[tuple[str, Tensor]]:
         """Member k's parameters as (solo name, view into the fused tensor) pairs."""

@@ -1,35 +1,83 @@
-"""The members' optimizers: the solo optimizer classes, one independent state per member.
+"""The members' optimizers: every member its own α, hyperparameters and state, one copy of every formula.
 
-Two arrangements, both running the solo update code unchanged (one copy of every formula):
+Three arrangements:
 
-- **grouped**: one optimizer whose param group j holds member j's parameter views and
-  hyperparameters. Used where the optimizer treats its param groups independently (each group
-  has its own lr, hyperparameters and per-parameter state, and nothing in a step combines
-  groups): torch's SGD, Nesterov SGD, Adam and RAdam, and the HD family (one α and one
-  hypergradient per group). One ``step`` serves every member.
-- **separate**: one optimizer per member. Used for CAM-HD (its global level combines all the
-  groups of one optimizer), L4 (its step size uses the loss and state shared by the groups) and
-  AdaBound (pytorch-optimizer keeps each group's base lr in a list by group position, which
-  dropping a diverged member would shift).
+- **member axis** (sgd, sgdn, adam and the nine HD optimizers): one
+  :class:`~sensitivity.optim.hd.HypergradientOptimizer` whose single param group holds the fused
+  (K, …) tensors themselves, with α and every hyperparameter that differs between members as a
+  (K,) tensor (float64, like a solo run's python floats). Its functional core
+  (``sensitivity.optim.functional``) broadcasts each member's values over that member's slice
+  and stops every sum (the hypergradient D) at the member axis, so one foreach step updates all
+  members at once, with no host sync. The constant-step baselines run as its base optimizer
+  without the lr-optimizer (``lop=None``): torch's SGD, Nesterov SGD and Adam formulas, which
+  the HD family already holds (their solo runs keep torch's classes; the tests hold the two
+  equal to 1e-8 in float64).
+- **grouped** (RAdam): one optimizer whose param group j holds member j's parameter views and
+  hyperparameters; torch's RAdam treats param groups independently, so one ``step`` serves
+  every member.
+- **separate**: one optimizer per member, over its views. Used for CAM-HD (its global level
+  combines all the groups of one optimizer), L4 (its step size uses the loss and state shared
+  by the groups) and AdaBound (pytorch-optimizer keeps each group's base lr in a list by group
+  position, which dropping a diverged member would shift).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import Tensor
 
 from sensitivity import train
 
-__all__ = ["GROUPED_BASELINES", "groups_independent", "MemberOptimizers"]
+__all__ = ["GROUPED_BASELINES", "MEMBER_AXIS_BASES", "arrangement", "MemberOptimizers"]
 
-GROUPED_BASELINES = ("sgd", "sgdn", "adam", "radam")
+GROUPED_BASELINES = ("radam",)
+MEMBER_AXIS_BASES = ("sgd", "sgdn", "adam")  # and "<op>-hd[-<lop>]" for op, lop among them
 
 
-def groups_independent(name: str) -> bool:
-    """Whether optimizer `name` updates each param group from that group's numbers only."""
+def _op_lop(name: str) -> tuple[str, str | None] | None:
+    """(op, lop) of a name the member axis serves, else None."""
+    if name in MEMBER_AXIS_BASES:
+        return name, None
+    op, _, rest = name.partition("-hd")
+    if op in MEMBER_AXIS_BASES and (rest == "" or rest.removeprefix("-") in MEMBER_AXIS_BASES and rest.startswith("-")):
+        return op, rest.removeprefix("-") or "sgd"
+    return None
+
+
+def arrangement(name: str) -> str:
+    """"axis", "grouped" or "separate" (see the module docstring)."""
+    if _op_lop(name) is not None:
+        return "axis"
+    return "grouped" if name in GROUPED_BASELINES else "separate"
+
+
+def _hyperparameters(name: str, cfg: dict) -> dict:
+    """Every hyperparameter of member `cfg`'s optimizer, defaults filled in (what ``create`` passes)."""
+    from sensitivity import catalog
     from sensitivity.optim import available
 
-    info = available()[name]
-    return name in GROUPED_BASELINES or (info.is_hd and "-cam-" not in name and not info.needs_closure)
+    return {**available()[name].hyperparameters, **catalog.check(name, train._optimizer_hyperparameters(cfg))}
+
+
+def _member_value(key: str, values: list, device: torch.device):
+    """The group's value of `key`: shared by every member as it is, else one per member ((K,) float64)."""
+    if key != "lr" and all(v == values[0] for v in values):
+        return tuple(values[0]) if isinstance(values[0], list) else values[0]
+    if isinstance(values[0], (list, tuple)):  # betas: a pair of (K,) tensors
+        return tuple(_member_value(key, [v[i] for v in values], device) for i in range(len(values[0])))
+    if key in ("lr_min", "lr_max"):  # None: no bound for that member
+        values = [(-math.inf if key == "lr_min" else math.inf) if v is None else v for v in values]
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def _slice(value, idx: Tensor):
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return value.index_select(0, idx.to(value.device))
+    if isinstance(value, tuple):
+        return tuple(_slice(v, idx) for v in value)
+    return value
 
 
 def _group(cfg: dict, named: list) -> dict:
@@ -44,7 +92,19 @@ class MemberOptimizers:
         from sensitivity import optim
 
         self.name = name
-        self.grouped = groups_independent(name)
+        self.mode = arrangement(name)
+        self.grouped = self.mode == "grouped"
+        self.shared = None
+        if self.mode == "axis":
+            from sensitivity.optim.hd import HypergradientOptimizer
+
+            op, lop = _op_lop(name)
+            params = [p for _, p in model.named_parameters()]
+            hps = [_hyperparameters(name, m.cfg) for m in members]
+            group = {"params": params, **{k: _member_value(k, [hp[k] for hp in hps], params[0].device) for k in hps[0]}}
+            self.shared = HypergradientOptimizer([group], op=op, lop=lop)
+            self._positions(members)
+            return
         named = [model.member_parameters(j) for j in range(len(members))]
         for m, pairs in zip(members, named):
             m.params = [v for _, v in pairs]
@@ -53,23 +113,30 @@ class MemberOptimizers:
             for m, group in zip(members, self.shared.param_groups):
                 m.group = group
         else:
-            self.shared = None
             for m, pairs in zip(members, named):
                 m.opt = optim.create(name, pairs, **train._optimizer_hyperparameters(m.cfg))
 
+    def _positions(self, members: list) -> None:
+        self.position = {id(m): j for j, m in enumerate(members)}
+
     def lr_metrics(self, m) -> dict[str, float]:
         """The member's curve columns (lr and any optimizer-specific ones), as its solo run reports them."""
+        if self.mode == "axis":
+            return {"lr": float(self.shared.param_groups[0]["lr"][self.position[id(m)]])}
         if self.grouped:
             return {"lr": float(m.group["lr"])}
         return train._lr_metrics(m.opt)
 
     def decay(self, m, factor: float) -> None:
+        if self.mode == "axis":
+            self.shared.param_groups[0]["lr"][self.position[id(m)]] *= factor
+            return
         for group in ([m.group] if self.grouped else m.opt.param_groups):
             group["lr"] *= factor
 
     def step(self, active: list, losses: torch.Tensor, on_error, skip: set[int]) -> set[int]:
         """One step of every running member but those in `skip`; returns the ones `on_error` halted."""
-        if self.grouped:
+        if self.shared is not None:
             self.shared.step()  # a failure here fails the array: run_array then runs the members alone
             return set()
         halted = set()
@@ -84,26 +151,59 @@ class MemberOptimizers:
                 halted.add(j)
         return halted
 
-    def drop(self, gone: list) -> None:
-        """Forget the members in `gone` (their parameters leave the array)."""
-        if not self.grouped:
-            return
-        ids = {id(m.group) for m in gone}
-        self.shared.param_groups = [g for g in self.shared.param_groups if id(g) not in ids]
-        for m in gone:
-            for view in m.params:
-                self.shared.state.pop(view, None)
+    def drop(self, active: list, keep: list[int], model) -> None:
+        """Keep the members at `keep` of `active`, after ``model.keep(keep)`` replaced the fused tensors."""
+        if self.mode == "axis":
+            opt = self.shared
+            group = opt.param_groups[0]
+            new = [p for _, p in model.named_parameters()]
+            idx = torch.as_tensor(keep, dtype=torch.long, device=new[0].device)
+            for key, value in list(group.items()):
+                if key != "params":
+                    group[key] = _slice(value, idx)
+            for old, p in zip(group["params"], new):
+                state = opt.state.pop(old, None)
+                if state is not None:
+                    opt.state[p] = {k: _slice(v, idx) for k, v in state.items()}
+            group["params"] = new
+            opt._last_grads.clear()  # the fused gradients are new tensors
+            self._positions([active[j] for j in keep])
+        elif self.grouped:
+            gone = [m for j, m in enumerate(active) if j not in set(keep)]
+            ids = {id(m.group) for m in gone}
+            self.shared.param_groups = [g for g in self.shared.param_groups if id(g) not in ids]
+            for m in gone:
+                for view in m.params:
+                    self.shared.state.pop(view, None)
 
     def state_dict(self, active: list) -> dict:
-        if self.grouped:
+        if self.shared is not None:
             return {"shared": self.shared.state_dict()}
         return {"members": [m.opt.state_dict() for m in active]}
 
     def load_state_dict(self, state: dict, active: list) -> None:
-        if self.grouped:
+        if self.shared is not None:
             self.shared.load_state_dict(state["shared"])
-            for m, group in zip(active, self.shared.param_groups):
-                m.group = group
+            if self.mode == "axis":  # checkpoints load on the CPU: α and the members' values go to the device
+                group = self.shared.param_groups[0]
+                device = group["params"][0].device
+                for key, value in list(group.items()):
+                    if key != "params":
+                        group[key] = _to(value, device)
+                for s in self.shared.state.values():
+                    for key, value in list(s.items()):
+                        s[key] = _to(value, device)
+            else:
+                for m, group in zip(active, self.shared.param_groups):
+                    m.group = group
         else:
             for m, s in zip(active, state["members"]):
                 m.opt.load_state_dict(s)
+
+
+def _to(value, device):
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value

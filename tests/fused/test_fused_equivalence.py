@@ -170,7 +170,22 @@ def test_augmentation_draws_match_solo(float64, step_losses):
     _check(cfgs, step_losses)
 
 
-@pytest.mark.parametrize("name", ["sgd", "radam", "sgdn-hd", "adam-cam-hd", "adabound", "sgdn-l4"])
+@pytest.mark.parametrize("name,args", [
+    ("adam-hd-adam", [{"betas": [0.9, 0.999], "eps": 1e-8, "lop_betas": [0.8, 0.99], "lop_eps": 1e-6, "lr_max": 0.01},
+                      {"betas": [0.8, 0.99], "eps": 1e-6, "lop_betas": [0.9, 0.999], "lr_min": 1e-4},
+                      {"betas": [0.95, 0.9], "eps": 1e-3, "lop_eps": 1e-9, "lr_min": 2e-3, "lr_max": 2e-3}]),
+    ("sgdn-hd-sgdn", [{"lop_momentum": 0.5}, {"lop_momentum": 0.9, "lr_min": 0.01}, {"lop_momentum": 0.0}]),
+    ("adam", [{"betas": [0.9, 0.999]}, {"betas": [0.5, 0.9], "eps": 1e-4}, {"eps": 0.1}]),
+])
+def test_members_differ_in_every_hyperparameter(name, args, float64, step_losses):
+    """Per-member betas, eps and lr-optimizer settings and partial lr bounds: each member as alone."""
+    cfgs = _configs(name, "mlp", SMALL, model_args={"hidden": [16]})
+    for cfg, extra in zip(cfgs, args):
+        cfg["optimizer_args"] = {**cfg.get("optimizer_args", {}), **extra}
+    _check(cfgs, step_losses)
+
+
+@pytest.mark.parametrize("name", ["sgd", "radam", "sgdn-hd", "adam-hd-adam", "adam-cam-hd", "adabound", "sgdn-l4"])
 def test_diverging_member_is_isolated(name, float64, step_losses):
     """lr 1e4 beside small ones: diverged at its solo step, dropped, and the others unchanged."""
     base = _configs(name, "mlp", SMALL, model_args={"hidden": [16]})

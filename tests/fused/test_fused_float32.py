@@ -26,9 +26,10 @@ def test_digits_three_epochs_agree_with_solo(name, lrs):
     assert any(r.row["status"] == "diverged" for r in fused)
 
 
-def test_checkpoint_resumes_an_array(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["sgdn-hd", "adam-hd-adam"])
+def test_checkpoint_resumes_an_array(name, tmp_path, monkeypatch):
     """Killed after epoch 1: the array's one checkpoint file resumes it to the uninterrupted result."""
-    base = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "optimizer": "sgdn-hd",
+    base = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "optimizer": name,
             "batch_size": 128, "epochs": 3, "device": "cpu", "dataset_args": {"train_size": 512}}
     configs = [{**base, "lr": lr, "seed": 3} for lr in (0.01, 0.05, 1e4)]
     whole = run_fused(configs)
