@@ -65,16 +65,17 @@ class Recorder(tune.Callback):
         if data.get("mirror"):
             self.mirror_failures += data["mirror"]["failures"]
             self.mirror_error = self.mirror_error or data["mirror"]["error"]
+        new = [r for r in data["rows"] if r["trial_id"] not in self.store]
         try:
             fresh = self.store.append(data["rows"], data["curves"])
         except Exception as exc:  # raised by tuner_run once Tune has stopped
             self.failure = exc
             return
         if fresh:
-            self.rows.extend(data["rows"])
-            self.progress.add(data["rows"])
+            self.rows.extend(new)
+            self.progress.add(new)
             if self.current is not None:
-                self.current.add(data["rows"])
+                self.current.add(new)
             # an errored trial keeps its checkpoint: --retry-errors resumes from it
             if data.get("checkpoint") and all(r.get("status") != "error" for r in data["rows"]):
                 remove_dir(data["checkpoint"])
