@@ -7,11 +7,12 @@ The math lives in :mod:`sensitivity.optim.functional`; this module gathers tenso
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from sensitivity import checks
 
 from . import functional as F
 from .registry import register
@@ -20,22 +21,6 @@ __all__ = ["HypergradientOptimizer", "OPS", "LOPS"]
 
 OPS = ("sgd", "sgdn", "adam")
 LOPS = F.LOPS
-
-
-def _check_range(key: str, value: Any, low: float, high: float | None = None, *, high_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{key} must be {bound}, got {value!r}")
-
-
-def _check_betas(key: str, betas: Any) -> None:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{key} must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
-    for i, b in enumerate(betas):
-        _check_range(f"{key}[{i}]", b, 0.0, 1.0)
 
 
 class HypergradientOptimizer(Optimizer):
@@ -132,20 +117,18 @@ class HypergradientOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_range("lr", group["lr"], 0.0)
-        group["lr"] = float(group["lr"])
-        _check_range("beta", group["beta"], 0.0)
-        _check_range("momentum", group["momentum"], 0.0, 1.0)
-        _check_betas("betas", group["betas"])
-        _check_range("eps", group["eps"], 0.0)
-        _check_range("weight_decay", group["weight_decay"], 0.0)
-        _check_range("lop_momentum", group["lop_momentum"], 0.0, 1.0)
-        _check_betas("lop_betas", group["lop_betas"])
-        _check_range("lop_eps", group["lop_eps"], 0.0)
+        group["lr"] = checks.number("lr", group["lr"], low=0)
+        checks.number("beta", group["beta"], low=0)
+        checks.number("momentum", group["momentum"], low=0, high=1, high_open=True)
+        checks.pair("betas", group["betas"])
+        checks.number("eps", group["eps"], low=0)
+        checks.number("weight_decay", group["weight_decay"], low=0)
+        checks.number("lop_momentum", group["lop_momentum"], low=0, high=1, high_open=True)
+        checks.pair("lop_betas", group["lop_betas"])
+        checks.number("lop_eps", group["lop_eps"], low=0)
         lo, hi = group["lr_min"], group["lr_max"]
         for key, v in (("lr_min", lo), ("lr_max", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
-                raise ValueError(f"{key} must be a number or None, got {v!r}")
+            checks.number(key, v, finite=False, allow_none=True)
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"lr_min must be <= lr_max, got lr_min={lo!r} > lr_max={hi!r}")
         for p in group["params"]:
