@@ -122,7 +122,8 @@ PAIR_BAD = [
     ((0.9, NAN), {}, "betas[1] must be in [0, 1), got nan"),
     ((True, 0.5), {}, "betas[0] must be a number, got True"),
     ((0.9, "x"), {}, "betas[1] must be a number, got 'x'"),
-    ((0.0, 1.0), dict(names="(a, b)", low=0, high=1, low_open=True, high_open=False), "betas[0] must be in (0, 1], got 0.0"),
+    ((0.0, 1.0), dict(names="(a, b)", low=0, high=1, low_open=True, high_open=False),
+     "betas[0] must be in (0, 1], got 0.0"),
     ((1,), dict(names="(a, b)", low=0, high=1, low_open=True, high_open=False),
      "betas must be a pair (a, b) in (0, 1], got (1,)"),
 ]
@@ -160,8 +161,8 @@ def test_bounds_in_words(kw, words):
 
 
 def test_checks_imports_nothing_heavy():
-    code = ("import sys, sensitivity.checks; heavy = {'torch', 'ray', 'pydantic', 'numpy', 'pandas'} & set(sys.modules);"
-            " print(sorted(heavy))")
+    code = ("import sys, sensitivity.checks;"
+            " print(sorted({'torch', 'ray', 'pydantic', 'numpy', 'pandas'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
