@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAD = "name: bad\ntask: {dataset: digits, model: mlp, epochs: 1}\nseeds: 1\noptimizers:\n"
 BAD = {
     "unknown optimizer": (HEAD + "  - {name: sgdx, lr: 0.1}\n", "optimizers[0].name: unknown optimizer 'sgdx'"),
-    "negative lr": (HEAD + "  - {name: sgd, lr: [0.1, -0.5]}\n", "optimizers[0].lr[1]: must be > 0"),
+    "negative lr": (HEAD + "  - {name: sgd, lr: [0.1, -0.5]}\n", "optimizers[0].lr[1] must be > 0, got -0.5"),
     "beta on non-HD": (HEAD + "  - {name: adam, lr: 0.1, beta: 1.0e-4}\n", "optimizers[0].beta: beta applies only"),
     "empty grid": (HEAD + "  - {name: sgd, lr: []}\n", "optimizers[0].lr: empty grid"),
     "malformed YAML": (HEAD + "  - {name: sgd, lr: [0.1\n", "malformed YAML"),
