@@ -58,7 +58,11 @@ def test_missing_study_file_and_bad_options_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", str(tmp_path / "x.yaml"), "--max-concurrent", "0"])
     assert info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --max-concurrent: must be an integer >= 1, got 0" in err, err
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(tmp_path / "x.yaml"), "--max-concurrent", "two"])
+    assert info.value.code == 2 and "must be an integer >= 1, got 'two'" in capsys.readouterr().err
 
 
 def test_console_script_exit_code_and_one_line(tmp_path):
