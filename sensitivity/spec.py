@@ -160,11 +160,9 @@ def check_model_args(name: str, args: Mapping[str, Any] | None) -> dict:
         hidden = out["hidden"]
         if isinstance(hidden, int) and not isinstance(hidden, bool):
             hidden = [hidden]
-        if not isinstance(hidden, (list, tuple)) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
+        if not isinstance(hidden, (list, tuple)):
             raise ValueError(f"model_args.hidden must be a list of positive integers, got {out['hidden']!r}")
-        out["hidden"] = list(hidden)
+        out["hidden"] = [checks.integer(f"model_args.hidden[{i}]", h, low=1) for i, h in enumerate(hidden)]
     return out
 
 
