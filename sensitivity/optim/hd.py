@@ -7,6 +7,7 @@ The math lives in :mod:`sensitivity.optim.functional`; this module gathers tenso
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
