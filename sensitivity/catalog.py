@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from sensitivity import checks
+
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "available", "check"]
 
 
@@ -105,27 +107,16 @@ def available() -> dict[str, OptimizerSpec]:
 # hyperparameter checks that need no optimizer (the optimizer checks ranges itself)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_rate(name: str, key: str, value: Any) -> None:
-    if not _is_number(value):
-        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-    if value != value or value < 0:
-        raise ValueError(f"{name}: {key} must be >= 0, got {value!r}")
-
-
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
     """A value must have its default's shape: a number for a number, k numbers for a k-tuple of numbers.
 
     Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
     """
-    if _is_number(default) and not _is_number(value):
+    if checks.is_number(default) and not checks.is_number(value):
         raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-    if isinstance(default, tuple) and default and all(_is_number(x) for x in default) and key != "gammas":
+    if isinstance(default, tuple) and default and all(checks.is_number(x) for x in default) and key != "gammas":
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(default) \
-                or not all(_is_number(x) for x in value):
+                or not all(checks.is_number(x) for x in value):
             raise ValueError(f"{name}: {key} must be {len(default)} numbers like {list(default)}, got {value!r}")
 
 
@@ -144,8 +135,7 @@ def check(name: str, hyperparameters: Mapping[str, Any]) -> dict:
     out = dict(hyperparameters)
     for key in ("lr", "beta"):
         if key in out:
-            _check_rate(name, key, out[key])
-            out[key] = float(out[key])  # param_groups hold python floats
+            out[key] = checks.number(f"{name}: {key}", out[key], low=0)  # param_groups hold python floats
     for key, value in out.items():
         _check_type(name, key, value, spec.hyperparameters[key])
     return out

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sensitivity import checks
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line (its default prints usage first) and takes no abbreviations."""
@@ -35,13 +37,12 @@ def _bad(message: str) -> int:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in front of the message)."""
     try:
-        value = int(text)
+        value: object = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
-    return value
+        value = text
+    return checks.integer("", value, low=1, error=argparse.ArgumentTypeError)
 
 
 def _version() -> str:

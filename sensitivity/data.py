@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
+from . import checks
 from .spec import DATASETS, FILES as _FILES, check_dataset_args, data_root, dataset_info
 
 __all__ = [
@@ -227,8 +228,7 @@ def load(
 
 def train_subset(data: Data, fraction: float) -> Data:
     """The same data with a fixed random `fraction` of the training split (same for every seed)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {fraction!r}")
+    fraction = checks.number("train_fraction", fraction, low=0, high=1, low_open=True)
     if fraction == 1.0:
         return data
     n = len(data.train_y)

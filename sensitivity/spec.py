@@ -8,15 +8,13 @@ the study file reader, so they answer without importing torch or ray.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from sensitivity import catalog
+from sensitivity import catalog, checks
 
 __all__ = ["CONFIG_KEYS", "REQUIRED_KEYS", "DEFAULTS", "DATASETS", "MODELS", "FILES", "check_config",
            "check_dataset_args", "dataset_info", "data_root", "missing_files", "check_model_args", "check_input"]
@@ -76,12 +74,6 @@ _TOP_LEVEL_HP = ("lr", "beta", "weight_decay")  # never inside optimizer_args
 # ---------------------------------------------------------------------------
 # datasets
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
 def check_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict:
     """Normalised `dataset_args` for dataset `name` (synthetic gets its defaults filled in)."""
     if name not in DATASETS:
@@ -97,7 +89,7 @@ def check_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict:
     out.update(args)
     for key in ("train_size", "test_size", "num_classes"):
         if key in out:
-            _positive_int(f"dataset_args.{key}", out[key])
+            out[key] = checks.integer(f"dataset_args.{key}", out[key], low=1)
     if name == "synthetic":
         if out["num_classes"] < 2:
             raise ValueError(f"dataset_args.num_classes must be at least 2, got {out['num_classes']}")
@@ -106,9 +98,8 @@ def check_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict:
             shape = (shape,)
         if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 3:
             raise ValueError(f"dataset_args.shape must be a list of 1 to 3 positive integers, got {shape!r}")
-        out["shape"] = tuple(_positive_int("dataset_args.shape", s) for s in shape)
-        if isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0:
-            raise ValueError(f"dataset_args.seed must be a non-negative integer, got {out['seed']!r}")
+        out["shape"] = tuple(checks.integer("dataset_args.shape", s, low=1) for s in shape)
+        out["seed"] = checks.integer("dataset_args.seed", out["seed"], low=0)
     return out
 
 
@@ -169,11 +160,9 @@ def check_model_args(name: str, args: Mapping[str, Any] | None) -> dict:
         hidden = out["hidden"]
         if isinstance(hidden, int) and not isinstance(hidden, bool):
             hidden = [hidden]
-        if not isinstance(hidden, (list, tuple)) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
+        if not isinstance(hidden, (list, tuple)):
             raise ValueError(f"model_args.hidden must be a list of positive integers, got {out['hidden']!r}")
-        out["hidden"] = list(hidden)
+        out["hidden"] = [checks.integer(f"model_args.hidden[{i}]", h, low=1) for i, h in enumerate(hidden)]
     return out
 
 
@@ -190,26 +179,6 @@ def check_input(name: str, input_shape: tuple[int, ...]) -> None:
 
 # ---------------------------------------------------------------------------
 # values
-
-def _number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{key} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{key} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
-    return value
-
-
-def _integer(key: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
 
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
@@ -230,14 +199,14 @@ def _check_decay(decay: Any) -> dict | None:
         raise ValueError("decay: give exactly one of every_epochs or milestones")
     if "factor" not in decay:
         raise ValueError("decay.factor: missing (the lr multiplier, e.g. 0.5)")
-    out = {"factor": _number("decay.factor", decay["factor"], low=0.0, low_open=True)}
+    out = {"factor": checks.number("decay.factor", decay["factor"], low=0.0, low_open=True)}
     if "every_epochs" in decay:
-        out["every_epochs"] = _integer("decay.every_epochs", decay["every_epochs"], low=1)
+        out["every_epochs"] = checks.integer("decay.every_epochs", decay["every_epochs"], low=1)
     else:
         ms = decay["milestones"]
         if not isinstance(ms, (list, tuple)) or not ms:
             raise ValueError(f"decay.milestones must be a non-empty list of epochs, got {ms!r}")
-        ms = [_integer("decay.milestones", m, low=1) for m in ms]
+        ms = [checks.integer("decay.milestones", m, low=1) for m in ms]
         if ms != sorted(set(ms)):
             raise ValueError(f"decay.milestones must be strictly increasing, got {ms!r}")
         out["milestones"] = ms
@@ -279,14 +248,14 @@ def check_config(config: Mapping[str, Any]) -> dict:
     info = infos[name]
     if cfg["lr"] is None:
         cfg["lr"] = info.hyperparameters.get("lr")
-    cfg["lr"] = _number("lr", cfg["lr"], low=0.0)
+    cfg["lr"] = checks.number("lr", cfg["lr"], low=0.0)
     if cfg["beta"] is not None:
         if not info.is_hd:
             raise ValueError(f"beta: only for hypergradient optimizers, and {name!r} is not one")
-        cfg["beta"] = _number("beta", cfg["beta"], low=0.0)
+        cfg["beta"] = checks.number("beta", cfg["beta"], low=0.0)
     elif info.is_hd:
         cfg["beta"] = info.hyperparameters.get("beta")
-    cfg["weight_decay"] = _number("weight_decay", cfg["weight_decay"], low=0.0)
+    cfg["weight_decay"] = checks.number("weight_decay", cfg["weight_decay"], low=0.0)
     if not isinstance(cfg["optimizer_args"], Mapping):
         raise ValueError(f"optimizer_args must be a mapping, got {cfg['optimizer_args']!r}")
     cfg["optimizer_args"] = dict(cfg["optimizer_args"])
@@ -299,24 +268,25 @@ def check_config(config: Mapping[str, Any]) -> dict:
     if cfg["decay"] is not None and info.needs_closure:
         # L4 recomputes its step size from the loss every step, so a multiplied lr would be overwritten.
         raise ValueError(f"decay: {name!r} sets its own step size every step; use decay: null")
-    cfg["batch_size"] = _integer("batch_size", cfg["batch_size"], low=1)
-    cfg["epochs"] = _integer("epochs", cfg["epochs"], low=1)
-    cfg["seed"] = _integer("seed", cfg["seed"], low=0)
-    cfg["train_fraction"] = _number("train_fraction", cfg["train_fraction"], low=0.0, high=1.0, low_open=True)
+    cfg["batch_size"] = checks.integer("batch_size", cfg["batch_size"], low=1)
+    cfg["epochs"] = checks.integer("epochs", cfg["epochs"], low=1)
+    cfg["seed"] = checks.integer("seed", cfg["seed"], low=0)
+    cfg["train_fraction"] = checks.number("train_fraction", cfg["train_fraction"], low=0.0, high=1.0, low_open=True)
     cfg["augment"] = _flag("augment", cfg["augment"])
     if cfg["augment"] and len(input_shape) != 3:
         raise ValueError(f"augment: needs image inputs (C, H, W), {cfg['dataset']} gives shape {input_shape}")
     thresholds = cfg["thresholds"]
     if thresholds is None:
         thresholds = []
-    if isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool):
+    if checks.is_number(thresholds):
         thresholds = [thresholds]
     if not isinstance(thresholds, (list, tuple)):
         raise ValueError(f"thresholds must be a list of training losses, got {thresholds!r}")
-    cfg["thresholds"] = list(dict.fromkeys(_number("thresholds", t, low=0.0, low_open=True) for t in thresholds))
-    cfg["divergence_factor"] = _number("divergence_factor", cfg["divergence_factor"], low=1.0, low_open=True,
-                                       allow_inf=True)
-    cfg["loss_smoothing"] = _number("loss_smoothing", cfg["loss_smoothing"], low=0.0, high=1.0, high_open=True)
+    cfg["thresholds"] = list(dict.fromkeys(checks.number("thresholds", t, low=0.0, low_open=True)
+                                           for t in thresholds))
+    cfg["divergence_factor"] = checks.number("divergence_factor", cfg["divergence_factor"], low=1.0, low_open=True,
+                                             finite=False)
+    cfg["loss_smoothing"] = checks.number("loss_smoothing", cfg["loss_smoothing"], low=0.0, high=1.0, high_open=True)
     if not isinstance(cfg["device"], str):
         raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {cfg['device']!r}")
     cfg["download"] = _flag("download", cfg["download"])

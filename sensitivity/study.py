@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sensitivity import checks
 from sensitivity.identity import trial_id, value_key
 
 
@@ -213,19 +214,15 @@ def _decay(path: str, value: Any) -> dict | None:
     keys = set(value)
     if keys not in ({"every_epochs", "factor"}, {"milestones", "factor"}):
         raise StudyError(f"{path}: keys must be every_epochs+factor or milestones+factor, got {', '.join(sorted(keys))}")
-    factor = value["factor"]
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 0:
-        raise StudyError(f"{path}.factor: must be a number > 0, got {factor!r}")
+    factor = checks.number(f"{path}.factor", value["factor"], low=0, low_open=True, error=StudyError)
     if "every_epochs" in value:
-        every = value["every_epochs"]
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise StudyError(f"{path}.every_epochs: must be an int >= 1, got {every!r}")
-        return {"every_epochs": every, "factor": float(factor)}
+        every = checks.integer(f"{path}.every_epochs", value["every_epochs"], low=1, error=StudyError)
+        return {"every_epochs": every, "factor": factor}
     stones = value["milestones"]
-    if (not isinstance(stones, list) or not stones
-            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in stones)):
-        raise StudyError(f"{path}.milestones: must be a non-empty list of epochs >= 1, got {stones!r}")
-    return {"milestones": sorted(stones), "factor": float(factor)}
+    if not isinstance(stones, list) or not stones:
+        raise StudyError(f"{path}.milestones must be a non-empty list of epochs >= 1, got {stones!r}")
+    stones = [checks.integer(f"{path}.milestones[{j}]", m, low=1, error=StudyError) for j, m in enumerate(stones)]
+    return {"milestones": sorted(stones), "factor": factor}
 
 
 def _no_repeats(path: str, values: list) -> None:
@@ -238,12 +235,9 @@ def _no_repeats(path: str, values: list) -> None:
         seen[key] = j
 
 
-def _positive(path: str, value: Any, *, allow_zero: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise StudyError(f"{path}: must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise StudyError(f"{path}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+def _rate(path: str, key: str, value: Any) -> float:
+    """A value of lr (> 0: its axes are logarithmic) or beta (>= 0)."""
+    return checks.number(path, value, low=0, low_open=key == "lr", error=StudyError)
 
 
 # ---------------------------------------------------------------------------
@@ -379,17 +373,14 @@ class Study:
                 if key == "decay":
                     values = [_decay(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
                               for j, v in enumerate(values)]
-                elif key == "lr":
-                    values = [_positive(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
-                              for j, v in enumerate(values)]
-                elif key == "beta":
-                    values = [_positive(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v, allow_zero=True)
+                elif key in ("lr", "beta"):
+                    values = [_rate(f"{fpath}[{j}]" if isinstance(value, list) else fpath, key, v)
                               for j, v in enumerate(values)]
                 _no_repeats(fpath, values)
                 axes[key] = values
             searched = [k for k in space if k in allowed]
             if "lr" not in axes and "lr" not in searched and "lr" in defaults:
-                axes["lr"] = [_positive(f"{path}.lr (default)", defaults["lr"])]
+                axes["lr"] = [_rate(f"{path}.lr (default)", "lr", defaults["lr"])]
             used_space.update(searched)
             if self.search and not searched:
                 raise StudyError(f"{path}: none of search.space ({_choices(space)}) is a hyperparameter of "
@@ -457,16 +448,13 @@ class Study:
 
     def _check_range(self, path: str, key: str, rng: Range) -> None:
         for bound in ("low", "high"):
-            if not math.isfinite(getattr(rng, bound)):
-                raise StudyError(f"{path}.{bound}: must be finite, got {getattr(rng, bound)}")
+            checks.number(f"{path}.{bound}", getattr(rng, bound), error=StudyError)
         if not rng.low < rng.high:
             raise StudyError(f"{path}: low must be < high, got low={rng.low} high={rng.high}")
-        if rng.log and rng.low <= 0:
-            raise StudyError(f"{path}.low: must be > 0 with log: true, got {rng.low}")
-        if key == "lr" and rng.low <= 0:
-            raise StudyError(f"{path}.low: lr must be > 0, got {rng.low}")
-        if key == "beta" and rng.low < 0:
-            raise StudyError(f"{path}.low: beta must be >= 0, got {rng.low}")
+        if rng.log:
+            checks.number(f"{path}.low (log: true)", rng.low, low=0, low_open=True, error=StudyError)
+        if key in ("lr", "beta"):
+            _rate(f"{path}.low", key, rng.low)
 
     # -- expansion ----------------------------------------------------------
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAD = "name: bad\ntask: {dataset: digits, model: mlp, epochs: 1}\nseeds: 1\noptimizers:\n"
 BAD = {
     "unknown optimizer": (HEAD + "  - {name: sgdx, lr: 0.1}\n", "optimizers[0].name: unknown optimizer 'sgdx'"),
-    "negative lr": (HEAD + "  - {name: sgd, lr: [0.1, -0.5]}\n", "optimizers[0].lr[1]: must be > 0"),
+    "negative lr": (HEAD + "  - {name: sgd, lr: [0.1, -0.5]}\n", "optimizers[0].lr[1] must be > 0, got -0.5"),
     "beta on non-HD": (HEAD + "  - {name: adam, lr: 0.1, beta: 1.0e-4}\n", "optimizers[0].beta: beta applies only"),
     "empty grid": (HEAD + "  - {name: sgd, lr: []}\n", "optimizers[0].lr: empty grid"),
     "malformed YAML": (HEAD + "  - {name: sgd, lr: [0.1\n", "malformed YAML"),
@@ -58,7 +58,11 @@ def test_missing_study_file_and_bad_options_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", str(tmp_path / "x.yaml"), "--max-concurrent", "0"])
     assert info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --max-concurrent: must be an integer >= 1, got 0" in err, err
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(tmp_path / "x.yaml"), "--max-concurrent", "two"])
+    assert info.value.code == 2 and "must be an integer >= 1, got 'two'" in capsys.readouterr().err
 
 
 def test_console_script_exit_code_and_one_line(tmp_path):

@@ -6,6 +6,7 @@ Budget: a few seconds; no Ray, no training.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import yaml
@@ -142,8 +143,11 @@ BAD = [
     # (what, study data, expected start of the message, text that must appear)
     ("unknown optimizer", bad("optimizers.0.name", "sgdx"), "optimizers[0].name: unknown optimizer 'sgdx'",
      "adam-hd"),
-    ("negative lr", bad("optimizers.0.lr", [0.1, -0.5]), "optimizers[0].lr[1]: must be > 0", "-0.5"),
-    ("zero lr", bad("optimizers.0.lr", 0), "optimizers[0].lr: must be > 0", "got 0"),
+    ("negative lr", bad("optimizers.0.lr", [0.1, -0.5]), "optimizers[0].lr[1] must be > 0", "got -0.5"),
+    ("zero lr", bad("optimizers.0.lr", 0), "optimizers[0].lr must be > 0", "got 0"),
+    ("negative beta", bad("optimizers", [{"name": "sgd-hd", "beta": [0.0, -1e-4]}]), "optimizers[0].beta[1] must be >= 0",
+     "got -0.0001"),
+    ("string lr", bad("optimizers.0.lr", "0.1"), "optimizers[0].lr must be a number", "got '0.1'"),
     ("beta on non-HD", bad("optimizers.0.beta", 1e-4), "optimizers[0].beta: beta applies only to HD", "sgd-hd"),
     ("empty grid", bad("optimizers.0.lr", []), "optimizers[0].lr: empty grid", ""),
     ("empty decay grid", bad("optimizers.0.decay", []), "optimizers[0].decay: empty grid", ""),
@@ -161,7 +165,11 @@ BAD = [
     ("entry key in task", bad("task.lr", 0.1), "task.lr: set per optimizer entry", ""),
     ("bad task value", bad("task.epochs", 0), "task.epochs must be", ">= 1"),
     ("bad decay", bad("optimizers.0.decay", {"every_epochs": 0, "factor": 0.5}),
-     "optimizers[0].decay.every_epochs:", ">= 1"),
+     "optimizers[0].decay.every_epochs must be an integer >= 1", "got 0"),
+    ("bad decay factor", bad("optimizers.0.decay", {"every_epochs": 2, "factor": 0}),
+     "optimizers[0].decay.factor must be > 0", "got 0"),
+    ("bad milestone", bad("optimizers.0.decay", [None, {"milestones": [2, 0.5], "factor": 0.5}]),
+     "optimizers[0].decay[1].milestones[1] must be an integer >= 1", "got 0.5"),
     ("bad seeds", bad("seeds", 0), "seeds:", ">= 1"),
     ("bad name", bad("name", "My Study"), "name: use only lowercase", ""),
     ("negative gpu", bad("resources", {"gpu": -1}), "resources.gpu:", "greater than or equal to 0"),
@@ -170,7 +178,11 @@ BAD = [
                                              {"name": "sgd", "lr": [0.1, 1.0], "decay": [None]}]),
      "optimizers[1]: repeats trials of optimizers[0]", ""),
     ("log space from 0", {**GOOD, "search": {"trials": 2, "space": {"lr": {"low": 0, "high": 1, "log": True}}}},
-     "search.space.lr.low:", "> 0"),
+     "search.space.lr.low (log: true) must be > 0", "got 0"),
+    ("lr space from 0", {**GOOD, "search": {"trials": 2, "space": {"lr": {"low": 0, "high": 1}}}},
+     "search.space.lr.low must be > 0", "got 0"),
+    ("infinite space", {**GOOD, "search": {"trials": 2, "space": {"lr": {"low": 1e-3, "high": math.inf}}}},
+     "search.space.lr.high must be a finite number", "got inf"),
     ("space for no entry", {**GOOD, "search": {"trials": 2, "space": {"beta": {"low": 1e-6, "high": 1e-3}}}},
      "optimizers[0]: none of search.space", "lr"),
     ("unknown metric", {**GOOD, "search": {"trials": 2, "metric": "accuracy",

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from sensitivity import checks
+
 from . import functional as F
 from .registry import register
 
@@ -25,14 +27,6 @@ __all__ = ["CamHD", "LEVELS", "OPS"]
 LEVELS = ("parameter", "unit", "layer", "global")  # leaf first
 OPS = ("sgd", "sgdn", "adam")
 _STATE_KEY = "cam_hd"  # optimizer-wide state (γ, step, level rates), kept in `state` under a string key
-
-
-def _check_number(key: str, value: Any, low: float | None = 0.0, high: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low is None or value >= low) and (high is None or value < high)
-    if not ok:
-        bound = "a finite number" if low is None else f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"{key} must be {bound}, got {value!r}")
 
 
 def _check_levels(levels: Any) -> tuple[str, ...]:
@@ -53,7 +47,7 @@ def _check_gammas(gammas: Any, levels: tuple[str, ...]) -> list[float]:
     if isinstance(gammas, str) or not isinstance(gammas, Sequence) or len(gammas) != len(levels):
         raise ValueError(f"gammas must hold one weight per level ({len(levels)} for {list(levels)}), got {gammas!r}")
     for i, g in enumerate(gammas):
-        _check_number(f"gammas[{i}]", g)
+        checks.number(f"gammas[{i}]", g, low=0)
     total = float(sum(gammas))
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"gammas must sum to 1 (they are combination weights), got {list(gammas)} (sum {total:g})")
@@ -269,8 +263,7 @@ class CamHD(Optimizer):
         self.op = op
         self.levels = _check_levels(levels)
         self._initial_gammas = _check_gammas(gammas, self.levels)
-        _check_number("delta", delta)
-        self.delta = float(delta)
+        self.delta = checks.number("delta", delta, low=0)
         self._layouts: list[_Layout] = []
         defaults = dict(
             lr=lr, beta=beta, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -285,24 +278,16 @@ class CamHD(Optimizer):
                 raise ValueError(f"{key} is shared by all param groups; pass it to the optimizer, not to a group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_number("lr", group["lr"])
-        group["lr"] = float(group["lr"])
-        _check_number("beta", group["beta"])
-        _check_number("momentum", group["momentum"], 0.0, 1.0)
-        betas = group["betas"]
-        if not (isinstance(betas, Sequence) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
-        for i, b in enumerate(betas):
-            _check_number(f"betas[{i}]", b, 0.0, 1.0)
-        group["betas"] = tuple(float(b) for b in betas)
-        _check_number("eps", group["eps"])
-        _check_number("weight_decay", group["weight_decay"])
-        if group["decay_rate"] is not None:
-            _check_number("decay_rate", group["decay_rate"])
+        group["lr"] = checks.number("lr", group["lr"], low=0)
+        checks.number("beta", group["beta"], low=0)
+        checks.number("momentum", group["momentum"], low=0, high=1, high_open=True)
+        group["betas"] = checks.pair("betas", group["betas"])
+        checks.number("eps", group["eps"], low=0)
+        checks.number("weight_decay", group["weight_decay"], low=0)
+        checks.number("decay_rate", group["decay_rate"], low=0, allow_none=True)
         if group["alpha_inf"] is None:
             group["alpha_inf"] = group["lr"]
-        _check_number("alpha_inf", group["alpha_inf"])
-        group["alpha_inf"] = float(group["alpha_inf"])
+        group["alpha_inf"] = checks.number("alpha_inf", group["alpha_inf"], low=0)
 
         params: list[Tensor] = group["params"]
         for p in params:
@@ -403,8 +388,7 @@ class CamHD(Optimizer):
             new, old = group["lr"], rates["lr"]
             if new == old or (new != new and old != old):  # unchanged (NaN after a divergence included)
                 continue
-            _check_number("lr", new, None)
-            new = group["lr"] = float(new)
+            new = group["lr"] = checks.number("lr", new)
             tensors = [rates[k] for k in ("parameter_mean", "unit", "layer", "global") if k in rates]
             per_element = [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
             if old != 0:

@@ -7,11 +7,12 @@ The math lives in :mod:`sensitivity.optim.functional`; this module gathers tenso
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from sensitivity import checks
 
 from . import functional as F
 from .registry import register
@@ -20,22 +21,6 @@ __all__ = ["HypergradientOptimizer", "OPS", "LOPS"]
 
 OPS = ("sgd", "sgdn", "adam")
 LOPS = F.LOPS
-
-
-def _check_range(key: str, value: Any, low: float, high: float | None = None, *, high_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{key} must be {bound}, got {value!r}")
-
-
-def _check_betas(key: str, betas: Any) -> None:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{key} must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
-    for i, b in enumerate(betas):
-        _check_range(f"{key}[{i}]", b, 0.0, 1.0)
 
 
 class HypergradientOptimizer(Optimizer):
@@ -133,24 +118,23 @@ class HypergradientOptimizer(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         members = _member_count(group)
-        for hp in _member_values(group, members):
-            _check_range("lr", hp["lr"], 0.0)
-            _check_range("beta", hp["beta"], 0.0)
-            _check_range("momentum", hp["momentum"], 0.0, 1.0)
-            _check_betas("betas", hp["betas"])
-            _check_range("eps", hp["eps"], 0.0)
-            _check_range("weight_decay", hp["weight_decay"], 0.0)
-            _check_range("lop_momentum", hp["lop_momentum"], 0.0, 1.0)
-            _check_betas("lop_betas", hp["lop_betas"])
-            _check_range("lop_eps", hp["lop_eps"], 0.0)
+        for hp in _member_values(group, members):  # once, or once per member of a fused array
+            checks.number("lr", hp["lr"], low=0)
+            checks.number("beta", hp["beta"], low=0)
+            checks.number("momentum", hp["momentum"], low=0, high=1, high_open=True)
+            checks.pair("betas", hp["betas"])
+            checks.number("eps", hp["eps"], low=0)
+            checks.number("weight_decay", hp["weight_decay"], low=0)
+            checks.number("lop_momentum", hp["lop_momentum"], low=0, high=1, high_open=True)
+            checks.pair("lop_betas", hp["lop_betas"])
+            checks.number("lop_eps", hp["lop_eps"], low=0)
             lo, hi = hp["lr_min"], hp["lr_max"]
             for key, v in (("lr_min", lo), ("lr_max", hi)):
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
-                    raise ValueError(f"{key} must be a number or None, got {v!r}")
+                checks.number(key, v, finite=False, allow_none=True)
             if lo is not None and hi is not None and lo > hi:
                 raise ValueError(f"lr_min must be <= lr_max, got lr_min={lo!r} > lr_max={hi!r}")
         if members is None:
-            group["lr"] = float(group["lr"])
+            group["lr"] = checks.number("lr", group["lr"], low=0)
         else:  # α of each member, kept in float64 like a solo run's python float
             group["lr"] = group["lr"].to(torch.float64)
             for key in ("lr_min", "lr_max"):

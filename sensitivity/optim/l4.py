@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from sensitivity import checks
+
 from . import functional as F
-from .hd import _check_betas, _check_range
 from .registry import register
 
 __all__ = ["L4"]
@@ -87,15 +88,14 @@ class L4(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if "alpha" not in group:  # a new group: its "lr" is the fraction α
-            _check_range("lr", group["lr"], 0.0)
-            group["alpha"] = float(group["lr"])
+            group["alpha"] = checks.number("lr", group["lr"], low=0)
             group["lr"] = 0.0  # no step taken yet
-        _check_betas("betas", group["betas"])
-        _check_range("eps", group["eps"], 0.0)
-        _check_range("gamma", group["gamma"], 0.0, 1.0, high_open=False)
-        _check_range("gamma0", group["gamma0"], 0.0, 1.0, high_open=False)
-        _check_range("tau", group["tau"], 1e-12)
-        _check_range("weight_decay", group["weight_decay"], 0.0)
+        checks.pair("betas", group["betas"])
+        checks.number("eps", group["eps"], low=0)
+        checks.number("gamma", group["gamma"], low=0, high=1)
+        checks.number("gamma0", group["gamma0"], low=0, high=1)
+        checks.number("tau", group["tau"], low=1e-12)
+        checks.number("weight_decay", group["weight_decay"], low=0)
 
     def _init_group(self, group: dict):
         params, grads, states = [], [], []

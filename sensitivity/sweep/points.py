@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from sensitivity import checks
 from sensitivity.identity import _canonical, legacy_trial_id, value_key
 from sensitivity.results import ResultsStore, trial_id
 from sensitivity.study import Study
@@ -48,7 +49,7 @@ def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict 
     params = {}
     for key, rng in plan["ranges"].items():
         value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not rng.low <= value <= rng.high:
+        if not checks.is_number(value) or not rng.low <= value <= rng.high:
             return None
         params[key] = float(value)
     for key, options in plan["choices"].items():

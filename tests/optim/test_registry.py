@@ -97,7 +97,7 @@ def test_defaults_come_from_the_registry_and_keywords_override_them():
         ("adam", {"momentum": 0.9}, r"unknown hyperparameter\(s\) momentum; valid: lr, betas, eps, weight_decay"),
         ("sgd-hd", {"lop_momentum": 0.9}, r"unknown hyperparameter\(s\) lop_momentum; valid: lr, beta, weight_decay"),
         ("sgd-hd-sgdn", {"momentum": 1.5}, r"unknown hyperparameter"),
-        ("sgdn-hd", {"momentum": 1.5}, r"momentum must be in \[0.0, 1.0\)"),
+        ("sgdn-hd", {"momentum": 1.5}, r"momentum must be in \[0, 1\), got 1.5"),
         ("adam-hd", {"betas": (0.9,)}, r"betas must be 2 numbers like \[0.9, 0.999\]"),
         ("adam", {"betas": [0.9]}, r"betas must be 2 numbers"),
         ("radam", {"betas": "0.9,0.99"}, r"betas must be 2 numbers"),
