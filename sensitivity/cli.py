@@ -135,8 +135,12 @@ def _run(args) -> int:
     summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
                         max_concurrent=args.max_concurrent, quiet=args.quiet, retry_errors=args.retry_errors)
     if not args.quiet:
+        how = [f"{summary.fused} in {summary.arrays} fused arrays"] if summary.fused else []
+        if summary.ran > summary.fused:
+            how.append(f"{summary.ran - summary.fused} alone, {summary.bundle} per Ray trial")
         print(f"{study.name}: ran {summary.ran} trials ({summary.diverged} diverged, {summary.errored} errored)"
-              f" in {summary.elapsed_s:.1f} s; {summary.skipped} already done; bundle {summary.bundle}")
+              f" in {summary.elapsed_s:.1f} s; {summary.skipped} already done"
+              + "".join(f"; {h}" for h in how))
         print(f"  trials: {summary.trials_path}")
         print(f"  curves: {summary.curves_path}")
         if summary.stale:

@@ -9,18 +9,16 @@ How the array keeps each member's run identical to ``run_trial`` of its config:
   gathers member k's batch s as its solo run does.
 - **Forward/backward.** One pass of the fused model; the loss is the sum of the members' mean
   cross-entropies, so each member's gradient is that of its own loss (no operator mixes members).
-- **Update.** Each member's parameters are views of its slices of the fused tensors, with its own
-  gradients attached as views of the fused gradients, and the solo optimizer code updates them
-  unchanged (``optim.py``: one param group per member of one optimizer where the optimizer keeps
-  groups independent, else one optimizer per member), with the member's own α, hypergradient,
-  lr-optimizer state and γ. So there is one copy of every formula, every optimizer of
-  ``optim.available()`` is supported, members may differ in every hyperparameter, and no member
-  reads another's numbers. (The price: the optimizer's per-tensor work is not fused, only the
-  model's.)
+- **Update.** Each member has its own α, hypergradient, lr-optimizer state and γ, and no member
+  reads another's numbers, with one copy of every formula (``optim.py``): sgd, sgdn, adam and the
+  nine HD optimizers run their functional core along the member axis, updating the fused tensors
+  at once with per-member (K,) hyperparameters; the others (RAdam, CAM-HD, L4, AdaBound) run the
+  unchanged solo optimizer on views of each member's slices.
 - **Bookkeeping.** Each member has its own ``_Tracker`` (divergence, running loss, thresholds),
   decay schedule, curve and row, computed by the same code as solo (``sensitivity.train``).
 - **Isolation.** A member that diverges is recorded at the step where its own run would stop
-  and is dropped from the array (every fused tensor is sliced), so it costs no more compute.
+  and is dropped from the array (every fused tensor is sliced) at the next read of the losses
+  (every ``SYNC_EVERY`` steps), so it soon costs no more compute.
 
 Rows carry two extra columns: ``array_size`` (members at the start) and ``array_id``.
 ``wall_time_s`` is each member's share of the array's time (time while it ran / members running).

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sensitivity import train
 
-__all__ = ["GROUPED_BASELINES", "MEMBER_AXIS_BASES", "arrangement", "MemberOptimizers"]
+__all__ = ["GROUPED_BASELINES", "MEMBER_AXIS_BASES", "arrangement", "member_axis_optimizer", "MemberOptimizers"]
 
 GROUPED_BASELINES = ("radam",)
 MEMBER_AXIS_BASES = ("sgd", "sgdn", "adam")  # and "<op>-hd[-<lop>]" for op, lop among them
@@ -53,14 +53,6 @@ def arrangement(name: str) -> str:
     return "grouped" if name in GROUPED_BASELINES else "separate"
 
 
-def _hyperparameters(name: str, cfg: dict) -> dict:
-    """Every hyperparameter of member `cfg`'s optimizer, defaults filled in (what ``create`` passes)."""
-    from sensitivity import catalog
-    from sensitivity.optim import available
-
-    return {**available()[name].hyperparameters, **catalog.check(name, train._optimizer_hyperparameters(cfg))}
-
-
 def _member_value(key: str, values: list, device: torch.device):
     """The group's value of `key`: shared by every member as it is, else one per member ((K,) float64)."""
     if key != "lr" and all(v == values[0] for v in values):
@@ -70,6 +62,21 @@ def _member_value(key: str, values: list, device: torch.device):
     if key in ("lr_min", "lr_max"):  # None: no bound for that member
         values = [(-math.inf if key == "lr_min" else math.inf) if v is None else v for v in values]
     return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def member_axis_optimizer(name: str, params: list[Tensor], hyperparameters: list[dict]):
+    """Optimizer `name` over fused tensors `params` (leading member axis K), member k with
+    ``hyperparameters[k]`` (keyword arguments of ``optim.create``; defaults filled in here)."""
+    from sensitivity import catalog
+    from sensitivity.optim import available
+    from sensitivity.optim.hd import HypergradientOptimizer
+
+    op, lop = _op_lop(name)
+    defaults = available()[name].hyperparameters
+    hps = [{**defaults, **catalog.check(name, hp)} for hp in hyperparameters]
+    device = params[0].device
+    group = {"params": list(params), **{k: _member_value(k, [hp[k] for hp in hps], device) for k in hps[0]}}
+    return HypergradientOptimizer([group], op=op, lop=lop)
 
 
 def _slice(value, idx: Tensor):
@@ -96,13 +103,9 @@ class MemberOptimizers:
         self.grouped = self.mode == "grouped"
         self.shared = None
         if self.mode == "axis":
-            from sensitivity.optim.hd import HypergradientOptimizer
-
-            op, lop = _op_lop(name)
             params = [p for _, p in model.named_parameters()]
-            hps = [_hyperparameters(name, m.cfg) for m in members]
-            group = {"params": params, **{k: _member_value(k, [hp[k] for hp in hps], params[0].device) for k in hps[0]}}
-            self.shared = HypergradientOptimizer([group], op=op, lop=lop)
+            hps = [train._optimizer_hyperparameters(m.cfg) for m in members]
+            self.shared = member_axis_optimizer(name, params, hps)
             self._positions(members)
             return
         named = [model.member_parameters(j) for j in range(len(members))]

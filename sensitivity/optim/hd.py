@@ -55,11 +55,19 @@ class HypergradientOptimizer(Optimizer):
     sync). With β = 0 this is torch.optim.SGD, SGD(nesterov=True) or Adam to round-off.
     Sources: Baydin et al. 2018 (lop sgd) and Mittal 2019, Algorithms 1 and 2 (lop sgdn, adam).
 
+    **Fused arrays** (``sensitivity.fused``): a param group may hold K members' tensors stacked
+    on a leading member axis, with ``lr`` a (K,) float64 tensor (each member's α) and any other
+    hyperparameter either a number shared by all or a (K,) tensor (betas: a pair of them). The
+    same formulas then run once for all members (see ``functional``'s member axis): D_t is one
+    value per member, α stays on the device and the step needs no host sync. ``lop=None`` is
+    the base optimizer alone, α constant: the fused arrays' sgd, sgdn and adam.
+
     Args:
         params: tensors or param-group dicts.
         lr: α_0, the initial learning rate (default 1e-3).
         beta: β, the hypergradient learning rate (default 1e-3).
-        op, lop: base optimizer and lr-optimizer, each "sgd", "sgdn" or "adam".
+        op, lop: base optimizer and lr-optimizer, each "sgd", "sgdn" or "adam" (lop also None:
+            no hypergradient, the base optimizer alone).
         momentum: μ of the sgdn base optimizer (default 0.9).
         betas, eps: Adam base optimizer coefficients (default (0.9, 0.999), 1e-8).
         weight_decay: λ, coupled L2 added to the gradient before the hypergradient (default 0).

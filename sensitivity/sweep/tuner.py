@@ -29,7 +29,9 @@ class Summary:
     errored: int = 0
     missing: int = 0
     elapsed_s: float = 0.0
-    bundle: int = 1
+    bundle: int = 1  # solo trials per Ray trial
+    fused: int = 0  # trials that ran as members of fused arrays
+    arrays: int = 0  # those arrays
     errors: list[str] = field(default_factory=list)  # Ray trials that failed for good
     failures: list[tuple[str, int, str]] = field(default_factory=list)  # (error, count, a trial_id), most first
     mirror_failures: int = 0  # checkpoint uploads that failed (the trials went on)
@@ -138,6 +140,8 @@ def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder,
                    diverged=sum(r.get("status") == "diverged" for r in rows),
                    errored=sum(r.get("status") == "error" for r in rows), missing=missing,
                    elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors, failures=failures(rows),
+                   fused=sum(bool(r.get("array_id")) for r in rows),
+                   arrays=len({r["array_id"] for r in rows if r.get("array_id")}),
                    mirror_failures=recorder.mirror_failures, mirror_error=recorder.mirror_error)
 
 

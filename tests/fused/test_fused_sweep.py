@@ -71,6 +71,7 @@ def test_grid_study_runs_arrays_exactly_once_then_resumes(tmp_path, ray_local):
     assert summary.missing == 0 and summary.ran == 16 and len(trials) == 16 and trials["trial_id"].is_unique
     assert set(trials["trial_id"]) == {trial_id(c) for c in study.trials()}
     assert (trials["array_size"] == 8).all() and trials["array_id"].nunique() == 2
+    assert summary.fused == 16 and summary.arrays == 2
     assert set(trials.loc[trials["lr"] == 1.0e4, "status"]) == {"diverged"}
     per_trial = curves.groupby("trial_id").size()
     completed = trials.set_index("trial_id")["epochs_completed"]
