@@ -199,6 +199,9 @@ def test_a_failed_write_stops_the_tuner_and_is_raised(tmp_path):
     from sensitivity.sweep.tuner import Recorder, _StopOnFailure
 
     class FullStore:
+        def __contains__(self, trial_id):
+            return False
+
         def append(self, rows, curves):
             raise ResultsWriteError(28, "cannot write /x/parts: no space left on the device")
 
