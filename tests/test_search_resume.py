@@ -86,6 +86,32 @@ def test_a_point_cut_off_mid_seeds_is_finished_not_sampled_anew(tmp_path):
     assert len(points(store)) == 3 and len(store.trials) == 6
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_with_the_journal_a_resume_that_meets_old_points_completes_its_budget(tmp_path, sampler):
+    """The seeded sampler proposes the killed run's points again: each repeat costs no budget, and
+    the next proposal is a new point (asked under a new id: OptunaSearch keeps one Optuna trial
+    per id, so a told id would return the finished point forever and the entry would stop short)."""
+    from sensitivity.sweep.journal import optuna_storage
+
+    store = ResultsStore(tmp_path)
+    storage, save = optuna_storage(str(tmp_path))
+    simulate(study(4, sampler), store, stop_after=1, storage=storage)
+    # the killed run had asked a second point and stored one of its two seeds
+    s = study(4, sampler)
+    entries = make_entries(s, plan_entries(s, store, False), False, limit=1, storage=storage)
+    values, point = _point_values(s, 0, entries.suggest("killed")["point"], False)
+    c = s.search_configs(0, values)[0]
+    store.append([{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c["lr"], "label": c["label"],
+                   "optimizer": c["optimizer"], "lr": c["lr"], "seed": c["seed"], "epochs": c["epochs"],
+                   "search_entry": 0, "search_point": point}], [])
+    save()
+    storage, _ = optuna_storage(str(tmp_path))
+    resumed = simulate(s, store, storage=storage)
+    per_point = points(store)
+    assert len(per_point) == 4 and (per_point == 2).all() and store.trials["trial_id"].is_unique
+    assert point in per_point.index and resumed.budgets[0] == 0
+
+
 def test_a_changed_task_reruns_and_leaves_the_old_rows_stale(tmp_path):
     store = ResultsStore(tmp_path)
     simulate(study(2), store)

@@ -84,6 +84,7 @@ class _Entries(Searcher):
         self.key_of = key_of or (lambda index, point: json.dumps(point, sort_keys=True))
         self.owner: dict[str, int] = {}
         self.keys: dict[str, str] = {}
+        self.asked: dict[str, str] = {}  # Tune's trial id -> the id its point was asked under
         self.turn = 0
         self.repeats = 0  # proposals answered from finished points (for tests and the curious)
 
@@ -91,16 +92,20 @@ class _Entries(Searcher):
         return True  # every entry's space is already set
 
     def _propose(self, index: int, trial_id: str):
+        """(point, key, the id it was asked under) of an unfinished point, or None/FINISHED."""
         searcher = self.searchers[index]
-        for _ in range(self.MAX_REPEATS):
-            point = searcher.suggest(trial_id)
+        for attempt in range(self.MAX_REPEATS):
+            # a fresh id for every ask: OptunaSearch keeps one Optuna trial per id, so asking
+            # again under a told id would return the same finished point forever
+            ask_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
+            point = searcher.suggest(ask_id)
             if point in (None, Searcher.FINISHED):
                 return point
             key = self.key_of(index, point)
             if key not in self.finished[index]:
-                return point, key
+                return point, key, ask_id
             self.repeats += 1  # tell the sampler what it already knows; ask again
-            searcher.on_trial_complete(trial_id, result={"objective": self.finished[index][key]})
+            searcher.on_trial_complete(ask_id, result={"objective": self.finished[index][key]})
         self.budgets[index] = 0  # its space holds no unfinished point it would propose
         return None
 
@@ -113,23 +118,23 @@ class _Entries(Searcher):
             proposed = self._propose(index, trial_id)
             if proposed in (None, Searcher.FINISHED):
                 continue  # this entry is at its concurrency limit
-            point, key = proposed
+            point, key, ask_id = proposed
             self.turn += k + 1
             self.budgets[index] -= 1
-            self.owner[trial_id], self.keys[trial_id] = index, key
+            self.owner[trial_id], self.keys[trial_id], self.asked[trial_id] = index, key, ask_id
             return {"entry": index, "point": point}
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner:
-            self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
+            self.searchers[self.owner[trial_id]].on_trial_result(self.asked[trial_id], result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.owner:
             index = self.owner[trial_id]
             if result and not error and "objective" in result:
                 self.finished[index][self.keys[trial_id]] = result["objective"]
-            self.searchers[index].on_trial_complete(trial_id, result=result, error=error)
+            self.searchers[index].on_trial_complete(self.asked[trial_id], result=result, error=error)
 
 
 def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int, storage=None) -> "_Entries":
