@@ -250,9 +250,9 @@ class ResultsStore:
             self._curves_cache = merge_curves(sources, done).to_pandas()
         return self._curves_cache
 
-    def __contains__(self, trial_id: str) -> bool:
+    def __contains__(self, tid: str) -> bool:
         """Whether the trial is stored (its row is in a table or a part)."""
-        return trial_id in self._done
+        return tid in self._done
 
     def done_ids(self) -> set[str]:
         return set(self._done)
