@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from sensitivity import train
+from sensitivity.optim.hd import member_dtype
 
 __all__ = ["GROUPED_BASELINES", "MEMBER_AXIS_BASES", "arrangement", "member_axis_optimizer", "MemberOptimizers"]
 
@@ -61,7 +62,7 @@ def _member_value(key: str, values: list, device: torch.device):
         return tuple(_member_value(key, [v[i] for v in values], device) for i in range(len(values[0])))
     if key in ("lr_min", "lr_max"):  # None: no bound for that member
         values = [(-math.inf if key == "lr_min" else math.inf) if v is None else v for v in values]
-    return torch.tensor(values, dtype=torch.float64, device=device)
+    return torch.tensor(values, dtype=member_dtype(torch.device(device)), device=device)
 
 
 def member_axis_optimizer(name: str, params: list[Tensor], hyperparameters: list[dict]):

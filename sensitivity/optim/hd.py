@@ -144,10 +144,10 @@ class HypergradientOptimizer(Optimizer):
         if members is None:
             group["lr"] = checks.number("lr", group["lr"], low=0)
         else:  # α of each member, kept in float64 like a solo run's python float
-            group["lr"] = group["lr"].to(torch.float64)
+            group["lr"] = group["lr"].to(member_dtype(group["lr"].device))
             for key in ("lr_min", "lr_max"):
                 if isinstance(group[key], Tensor):
-                    group[key] = group[key].to(device=group["lr"].device, dtype=torch.float64)
+                    group[key] = group[key].to(device=group["lr"].device, dtype=group["lr"].dtype)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("complex parameters are not supported")
@@ -236,7 +236,7 @@ class HypergradientOptimizer(Optimizer):
         values = iter(_to_floats(hypergrads))
         for group, params, g, states, D, owned in gathered:
             if D is not None:
-                D = D.to(torch.float64) if isinstance(group["lr"], Tensor) else next(values)
+                D = D.to(group["lr"].dtype) if isinstance(group["lr"], Tensor) else next(values)
                 lop_state = self.state[group["params"][0]]
                 alpha = F.lr_step(
                     self.lop, group["lr"], D, lop_state, beta=group["beta"],
@@ -320,6 +320,12 @@ class HypergradientOptimizer(Optimizer):
         F.axpy_(params, d, -group["lr"])
         for state, di in zip(states, d):
             state["prev_direction"] = di
+
+
+def member_dtype(device: torch.device) -> torch.dtype:
+    """dtype of a fused array's α and per-member values: float64 like a solo run's python floats
+    (float32 on MPS, which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _member_count(group: dict) -> int | None:
