@@ -133,3 +133,27 @@ def test_run_reports_mirror_failures_and_stale_rows(tmp_path, monkeypatch, capsy
     out, err = capsys.readouterr()
     assert "3 stale rows" in out and "include_stale=True" in out
     assert "2 checkpoint upload(s) failed" in err and "AccessDenied" in err
+
+
+def test_an_arrays_failed_uploads_reach_the_summary_once(tmp_path, monkeypatch):
+    from sensitivity.fused.sweep import run_array
+    from sensitivity.sweep.worker import payload_of
+
+    class ReadOnlyMirror(Mirror):
+        def __init__(self, location):
+            super().__init__(location)
+            self.fs = _ReadOnly()
+
+    monkeypatch.setattr(worker, "Mirror", ReadOnlyMirror)
+    monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 0.001)  # uploads while the array trains
+    configs = [{**CONFIG, "lr": lr, "epochs": 8} for lr in (0.05, 0.1)]
+    results = run_array(configs, f"file://{tmp_path / 'remote'}")
+    assert [row["status"] for row, _, _ in results] == ["ok", "ok"]
+    assert sum(worker.MIRROR_KEY in row for row, _, _ in results) == 1  # counted once for the array
+    store = ResultsStore(tmp_path / "s")
+    recorder = Recorder(store, Progress(2, quiet=True))
+    rows = [row for row, _, _ in results]
+    recorder.on_trial_result(0, [], None, {"payload": payload_of(rows, [p for _, c, _ in results for p in c], None)})
+    summary = summarize(store, 2, 0, recorder, 0.0, 1, [], 0)
+    assert summary.ran == 2 and summary.fused == 2 and summary.arrays == 1
+    assert summary.mirror_failures >= 1 and "AccessDenied" in summary.mirror_error

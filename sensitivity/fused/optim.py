@@ -75,6 +75,11 @@ def member_axis_optimizer(name: str, params: list[Tensor], hyperparameters: list
     op, lop = _op_lop(name)
     defaults = available()[name].hyperparameters
     hps = [{**defaults, **catalog.check(name, hp)} for hp in hyperparameters]
+    if lop is None:  # the solo run builds torch's optimizer: each member must pass torch's own checks
+        from sensitivity.optim import create
+
+        for hp in {repr(sorted(hp.items())): hp for hp in hps}.values():
+            create(name, [torch.zeros(1)], **hp)
     device = params[0].device
     group = {"params": list(params), **{k: _member_value(k, [hp[k] for hp in hps], device) for k in hps[0]}}
     return HypergradientOptimizer([group], op=op, lop=lop)
@@ -188,26 +193,10 @@ class MemberOptimizers:
     def load_state_dict(self, state: dict, active: list) -> None:
         if self.shared is not None:
             self.shared.load_state_dict(state["shared"])
-            if self.mode == "axis":  # checkpoints load on the CPU: α and the members' values go to the device
-                group = self.shared.param_groups[0]
-                device = group["params"][0].device
-                for key, value in list(group.items()):
-                    if key != "params":
-                        group[key] = _to(value, device)
-                for s in self.shared.state.values():
-                    for key, value in list(s.items()):
-                        s[key] = _to(value, device)
-            else:
+            if self.mode != "axis":  # (the member axis's values follow its tensors' device on load)
                 for m, group in zip(active, self.shared.param_groups):
                     m.group = group
         else:
             for m, s in zip(active, state["members"]):
                 m.opt.load_state_dict(s)
 
-
-def _to(value, device):
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value

@@ -35,7 +35,7 @@ def run_array(configs: list[dict], checkpoint_root: str | None) -> list[tuple[di
     """(row, curve, checkpoint dir) of every config, in order; never raises for a failing trial."""
     from sensitivity.results import join, trial_id
     from sensitivity.study import runnable
-    from sensitivity.sweep.worker import Mirror, node_identity, run_one
+    from sensitivity.sweep.worker import MIRROR_KEY, Mirror, node_identity, run_one
 
     configs = [copy.deepcopy(c) for c in configs]
     extras = [c.pop("_extra", {}) for c in configs]
@@ -70,4 +70,6 @@ def run_array(configs: list[dict], checkpoint_root: str | None) -> list[tuple[di
         out.append((row, curve, None))
     if out:
         out[-1] = (*out[-1][:2], ckpt)  # the driver removes the array's checkpoint dir once
+        if mirror is not None and mirror.report():  # failed uploads, for the driver's summary (once)
+            out[0][0][MIRROR_KEY] = mirror.report()
     return out

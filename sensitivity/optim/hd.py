@@ -129,7 +129,10 @@ class HypergradientOptimizer(Optimizer):
         for hp in _member_values(group, members):  # once, or once per member of a fused array
             checks.number("lr", hp["lr"], low=0)
             checks.number("beta", hp["beta"], low=0)
-            checks.number("momentum", hp["momentum"], low=0, high=1, high_open=True)
+            if self.lop is None:  # torch's SGD: any momentum >= 0
+                checks.number("momentum", hp["momentum"], low=0)
+            else:
+                checks.number("momentum", hp["momentum"], low=0, high=1, high_open=True)
             checks.pair("betas", hp["betas"])
             checks.number("eps", hp["eps"], low=0)
             checks.number("weight_decay", hp["weight_decay"], low=0)
@@ -163,6 +166,12 @@ class HypergradientOptimizer(Optimizer):
         for pid, p in zip(saved, (p for g in self.param_groups for p in g["params"])):
             for key, value in own.get(pid, {}).items():
                 self.state[p][key] = value.to(device=p.device)
+        for group in self.param_groups:  # a fused group's α and member values: to its tensors' device
+            if isinstance(group["lr"], Tensor) and group["params"]:
+                device = group["params"][0].device
+                for key, value in list(group.items()):
+                    if key != "params":
+                        group[key] = _to_device(value, device)
         self._last_grads.clear()  # grad identities from before the load are meaningless
 
     # -- gathering ---------------------------------------------------------------------------
@@ -348,13 +357,21 @@ def _member_values(group: dict, members: int | None) -> list[dict]:
     return [{key: pick(v, k) for key, v in group.items() if key != "params"} for k in range(members)]
 
 
+def _to_device(value, device):
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    return value
+
+
 def _clamp(alpha, lo, hi):
     """α clamped to [lr_min, lr_max] where given (a NaN α stays NaN, as in a solo run)."""
-    if isinstance(alpha, Tensor):
+    if isinstance(alpha, Tensor):  # bounds: numbers or (K,) tensors; clamp keeps a NaN α NaN
         if lo is not None:
-            alpha = torch.maximum(alpha, torch.as_tensor(lo, dtype=alpha.dtype, device=alpha.device))
+            alpha = torch.clamp(alpha, min=lo)
         if hi is not None:
-            alpha = torch.minimum(alpha, torch.as_tensor(hi, dtype=alpha.dtype, device=alpha.device))
+            alpha = torch.clamp(alpha, max=hi)
         return alpha
     if lo is not None:
         alpha = max(alpha, lo)

@@ -108,3 +108,28 @@ def test_member_axis_state_dict_round_trip(name):
         again.step()
     for a, b in zip(whole, resumed):
         assert torch.equal(a, b)
+
+
+def test_member_axis_baselines_accept_what_their_solo_optimizer_accepts():
+    """Fused sgdn members pass torch's SGD checks, as their solo runs do: momentum 0 with Nesterov is
+    an error there, momentum 1.5 is not."""
+    params = _params()
+    with pytest.raises(ValueError, match="[Nn]esterov"):
+        member_axis_optimizer("sgdn", params, [{"lr": 0.1, "momentum": m} for m in (0.9, 0.0, 0.5)])
+    grads = _grads(6)
+    fused = _params()
+    hps = [{"lr": 0.01, "momentum": m} for m in (0.9, 1.5, 0.5)]
+    opt = member_axis_optimizer("sgdn", fused, hps)
+    solos = [[p[k].clone() for p in _params()] for k in range(K)]
+    solo_opts = [create("sgdn", s, **hp) for s, hp in zip(solos, hps)]
+    for step in grads:
+        for p, g in zip(fused, step):
+            p.grad = g.clone()
+        opt.step()
+        for k, (s, o) in enumerate(zip(solos, solo_opts)):
+            for p, g in zip(s, step):
+                p.grad = g[k].clone()
+            o.step()
+    for k in range(K):
+        for p_solo, p_fused in zip(solos[k], fused):
+            torch.testing.assert_close(p_fused[k], p_solo, rtol=1e-12, atol=1e-14)
