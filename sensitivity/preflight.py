@@ -13,7 +13,8 @@ from sensitivity.results import ResultsStore, trial_id
 from sensitivity.spec import missing_files
 from sensitivity.study import Study, StudyError
 
-__all__ = ["Pending", "location", "pending", "missing_data", "check_local_data", "errored_rows"]
+__all__ = ["Pending", "location", "pending", "refined_trials", "current_rows", "missing_data", "check_local_data",
+           "errored_rows"]
 
 
 @dataclass
@@ -46,8 +47,10 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     Rows are matched as the run matches them: by trial_id (rows stored under the earlier id rule
     count under it too), and in search mode points by configuration, never by entry position.
     In search mode every seed of a point short of its seeds counts (an upper bound: a rerun
-    finishes only the missing seeds); zero means zero in both modes.  A grid with ``refine:``
-    always has its rounds left to plan, so it is never reported as done here.
+    finishes only the missing seeds); zero means zero in both modes.  A finished grid with
+    ``refine:`` counts the trials of its refinement rounds (:func:`refined_trials`), planned from
+    the stored rows exactly as the run plans them (rows stored under the earlier id rule are
+    migrated by the run first: such a grid counts as having rounds left).
     """
     from sensitivity.identity import legacy_trial_id
 
@@ -57,9 +60,15 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     retried = set(errors["trial_id"]) if retry_errors and n_errors else set()
     done = store.done_ids() - retried
     if not study.search:
-        left = sum(trial_id(c) not in done and legacy_trial_id(c) not in done for c in study.trials(smoke))
+        grid = study.trials(smoke)
+        left = sum(trial_id(c) not in done and legacy_trial_id(c) not in done for c in grid)
         if study.refine and not left:
-            left = 1  # the refinement rounds decide, once the grid's rows are read
+            if all(trial_id(c) in done for c in grid):
+                rounds = refined_trials(study, store, grid)
+                total += len(rounds)
+                left = sum(trial_id(c) not in done for c in rounds)
+            else:
+                left = 1  # the run migrates the old ids first, then plans the rounds
         return Pending(total, left, 0 if retry_errors else n_errors)
     from sensitivity.sweep.points import match_points  # Ray-free
 
@@ -70,6 +79,14 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
                        for p in points.values())
         left += max(0, n_points - complete) * len(seeds)
     return Pending(total, left, 0 if retry_errors else n_errors)
+
+
+def refined_trials(study: Study, store: ResultsStore, grid: list[dict]) -> list[dict]:
+    """The refinement rounds' trials as the run plans them from the stored rows: every round whose
+    trials are all stored, and the first one that is not (its missing trials are what a run starts)."""
+    from sensitivity.sweep.refine import refine_rounds  # Ray-free
+
+    return refine_rounds(study.refine, store, grid, lambda batch, round_: None)
 
 
 def current_rows(study: Study, store: ResultsStore, smoke: bool = False):
@@ -83,6 +100,8 @@ def current_rows(study: Study, store: ResultsStore, smoke: bool = False):
         return Current(store, study.name, current_search_ids(study, store, smoke))
     configs = study.trials(smoke)
     store.rename(legacy_ids(configs))
+    if study.refine:  # the rounds' α0 points belong to the study as much as the grid's
+        configs = configs + refined_trials(study, store, configs)
     return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
 
 

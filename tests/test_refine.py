@@ -142,9 +142,15 @@ def test_a_refined_grid_runs_on_ray_and_resumes(tmp_path, ray_local):
     assert trials["trial_id"].is_unique and len(trials) == 3
     assert sorted(zip(trials["round"], trials["lr"])) == [(0, 1e-3), (0, 1.0), (1, 0.03162)]
     assert trials["init_train_loss"].between(1.5, 3.5).all()  # L0 in every row
+    from sensitivity.preflight import pending
+    from sensitivity.results import ResultsStore
+
+    assert pending(study, ResultsStore(tmp_path / "refined")).left == 0  # `run` would not start Ray
     again = run_study(study, out=tmp_path, quiet=True)  # resume: the same plan, nothing left to run
-    assert (again.ran, again.skipped, again.total) == (0, 3, 3)
+    assert (again.ran, again.skipped, again.total, again.stale) == (0, 3, 3, 0)
     assert len(pd.read_parquet(tmp_path / "refined" / "trials.parquet")) == 3
+    loaded, _ = analysis.load(tmp_path / "refined")  # the round's row is the study's, not stale
+    assert len(loaded) == 3 and sorted(loaded["round"]) == [0, 0, 1]
 
 
 def test_validate_prints_the_most_trials_refinement_may_run(tmp_path, capsys):
@@ -164,3 +170,38 @@ def test_validate_prints_the_most_trials_refinement_may_run(tmp_path, capsys):
     bad.write_text(path.read_text().replace("resolution: 0.25", "resolution: -1"))
     assert main(["validate", str(bad)]) == 2
     assert "refine.resolution" in capsys.readouterr().err
+
+
+def test_a_finished_refined_grid_is_known_done_before_ray_starts(tmp_path):
+    """`pending` plans the refinement rounds from the stored rows as the run does: a rerun with every
+    round stored has nothing left (and so never starts Ray); a grid whose round is missing has it left."""
+    from sensitivity.preflight import current_rows, pending
+    from sensitivity.results import ResultsStore, trial_id
+
+    data = {"name": "refined", "task": TASK, "seeds": 1,
+            "optimizers": [{"name": "sgd", "lr": [1e-3, 1e-2, 1e-1, 1.0]}],
+            "refine": {"rounds": 1, "resolution": 0.5}}
+    study = Study.from_dict(data)
+    store = ResultsStore(tmp_path / "refined")
+    loss = {1e-3: 2.0, 1e-2: 0.5, 1e-1: 0.52, 1.0: math.inf}  # best 1e-2, valley up to 1e-1, 1.0 diverged
+
+    def rows(configs, round_):
+        return [{"trial_id": trial_id(c), "lr": c["lr"], "seed": c["seed"], "round": round_,
+                 "status": "diverged" if math.isinf(loss.get(c["lr"], 1.0)) else "ok",
+                 "min_train_loss": loss.get(c["lr"], 1.0)} for c in configs]
+
+    grid = study.trials()
+    assert pending(study, store).left == 4
+    store.append(rows(grid, 0), [])
+    # round 1 splits the brackets around the best α0 and at both valley edges: 3.162e-3, 3.162e-2, 0.3162
+    assert pending(study, store).left == 3
+    round1 = [{**grid[0], "lr": lr} for lr in (0.003162, 0.03162, 0.3162)]
+    store.append(rows(round1, 1)[:2], [])
+    assert pending(study, store).left == 1
+    store.append(rows(round1, 1)[2:], [])
+    assert (pending(study, store).left, pending(study, store).total) == (0, 7)
+    # the rounds' rows are the study's rows: current.json lists them, so analysis keeps them
+    current = current_rows(study, store)
+    assert set(current.labels) == {trial_id(c) for c in grid + round1} and current.stale() == 0
+    two_rounds = Study.from_dict({**data, "refine": {"rounds": 2, "resolution": 0.5}})
+    assert pending(two_rounds, store).left > 0  # round 2 splits the new, narrower brackets

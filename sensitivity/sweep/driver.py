@@ -82,7 +82,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
                                 max_concurrent, quiet)
-        if study.search:
+        if study.search or study.refine:
             current = _current(study, store, smoke)  # what this run added, matched like the rest
             current.write()
         summary.stale = current.stale()
