@@ -39,12 +39,9 @@ MEMBER_AXIS_BASES = ("sgd", "sgdn", "adam")  # and "<op>-hd[-<lop>]" for op, lop
 
 def _op_lop(name: str) -> tuple[str, str | None] | None:
     """(op, lop) of a name the member axis serves, else None."""
-    if name in MEMBER_AXIS_BASES:
-        return name, None
-    op, _, rest = name.partition("-hd")
-    if op in MEMBER_AXIS_BASES and (rest == "" or rest.removeprefix("-") in MEMBER_AXIS_BASES and rest.startswith("-")):
-        return op, rest.removeprefix("-") or "sgd"
-    return None
+    from sensitivity.optim.hd import NAMES
+
+    return (name, None) if name in MEMBER_AXIS_BASES else NAMES.get(name)
 
 
 def arrangement(name: str) -> str:

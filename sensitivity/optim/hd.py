@@ -17,7 +17,7 @@ from sensitivity import checks
 from . import functional as F
 from .registry import register
 
-__all__ = ["HypergradientOptimizer", "OPS", "LOPS"]
+__all__ = ["HypergradientOptimizer", "OPS", "LOPS", "NAMES"]
 
 OPS = ("sgd", "sgdn", "adam")
 LOPS = F.LOPS
@@ -403,7 +403,9 @@ def _factory(op: str, lop: str):
     return build
 
 
+NAMES: dict[str, tuple[str, str]] = {}  # registered name -> (op, lop)
 for _op in OPS:
     for _lop in LOPS:
         for _name in ([f"{_op}-hd"] if _lop == "sgd" else []) + [f"{_op}-hd-{_lop}"]:  # the catalog's order
             register(_name, _factory(_op, _lop))
+            NAMES[_name] = (_op, _lop)
