@@ -29,65 +29,19 @@ import torch
 from torch import Tensor
 
 from sensitivity import train
-from sensitivity.optim.hd import member_dtype
 
-__all__ = ["GROUPED_BASELINES", "MEMBER_AXIS_BASES", "arrangement", "member_axis_optimizer", "MemberOptimizers"]
+__all__ = ["GROUPED_BASELINES", "arrangement", "MemberOptimizers"]
 
 GROUPED_BASELINES = ("radam",)
-MEMBER_AXIS_BASES = ("sgd", "sgdn", "adam")  # and "<op>-hd[-<lop>]" for op, lop among them
-
-
-def _op_lop(name: str) -> tuple[str, str | None] | None:
-    """(op, lop) of a name the member axis serves, else None."""
-    from sensitivity.optim.hd import NAMES
-
-    return (name, None) if name in MEMBER_AXIS_BASES else NAMES.get(name)
 
 
 def arrangement(name: str) -> str:
     """"axis", "grouped" or "separate" (see the module docstring)."""
-    if _op_lop(name) is not None:
+    from sensitivity.optim import available
+
+    if available()[name].members is not None:
         return "axis"
     return "grouped" if name in GROUPED_BASELINES else "separate"
-
-
-def _member_value(key: str, values: list, device: torch.device):
-    """The group's value of `key`: shared by every member as it is, else one per member ((K,) float64)."""
-    if key != "lr" and all(v == values[0] for v in values):
-        return tuple(values[0]) if isinstance(values[0], list) else values[0]
-    if isinstance(values[0], (list, tuple)):  # betas: a pair of (K,) tensors
-        return tuple(_member_value(key, [v[i] for v in values], device) for i in range(len(values[0])))
-    if key in ("lr_min", "lr_max"):  # None: no bound for that member
-        values = [(-math.inf if key == "lr_min" else math.inf) if v is None else v for v in values]
-    return torch.tensor(values, dtype=member_dtype(torch.device(device)), device=device)
-
-
-def member_axis_optimizer(name: str, params: list[Tensor], hyperparameters: list[dict]):
-    """Optimizer `name` over fused tensors `params` (leading member axis K), member k with
-    ``hyperparameters[k]`` (keyword arguments of ``optim.create``; defaults filled in here)."""
-    from sensitivity import catalog
-    from sensitivity.optim import available
-    from sensitivity.optim.hd import HypergradientOptimizer
-
-    op, lop = _op_lop(name)
-    defaults = available()[name].hyperparameters
-    hps = [{**defaults, **catalog.check(name, hp)} for hp in hyperparameters]
-    if lop is None:  # the solo run builds torch's optimizer: each member must pass torch's own checks
-        from sensitivity.optim import create
-
-        for hp in {repr(sorted(hp.items())): hp for hp in hps}.values():
-            create(name, [torch.zeros(1)], **hp)
-    device = params[0].device
-    group = {"params": list(params), **{k: _member_value(k, [hp[k] for hp in hps], device) for k in hps[0]}}
-    return HypergradientOptimizer([group], op=op, lop=lop)
-
-
-def _slice(value, idx: Tensor):
-    if isinstance(value, Tensor) and value.dim() > 0:
-        return value.index_select(0, idx.to(value.device))
-    if isinstance(value, tuple):
-        return tuple(_slice(v, idx) for v in value)
-    return value
 
 
 def _group(cfg: dict, named: list) -> dict:
@@ -108,7 +62,7 @@ class MemberOptimizers:
         if self.mode == "axis":
             params = [p for _, p in model.named_parameters()]
             hps = [train._optimizer_hyperparameters(m.cfg) for m in members]
-            self.shared = member_axis_optimizer(name, params, hps)
+            self.shared = optim.create_members(name, params, hps)
             self._positions(members)
             return
         named = [model.member_parameters(j) for j in range(len(members))]
@@ -160,19 +114,9 @@ class MemberOptimizers:
     def drop(self, active: list, keep: list[int], model) -> None:
         """Keep the members at `keep` of `active`, after ``model.keep(keep)`` replaced the fused tensors."""
         if self.mode == "axis":
-            opt = self.shared
-            group = opt.param_groups[0]
-            new = [p for _, p in model.named_parameters()]
-            idx = torch.as_tensor(keep, dtype=torch.long, device=new[0].device)
-            for key, value in list(group.items()):
-                if key != "params":
-                    group[key] = _slice(value, idx)
-            for old, p in zip(group["params"], new):
-                state = opt.state.pop(old, None)
-                if state is not None:
-                    opt.state[p] = {k: _slice(v, idx) for k, v in state.items()}
-            group["params"] = new
-            opt._last_grads.clear()  # the fused gradients are new tensors
+            from sensitivity.optim import members
+
+            members.keep(self.shared, keep, [p for _, p in model.named_parameters()])
             self._positions([active[j] for j in keep])
         elif self.grouped:
             gone = [m for j, m in enumerate(active) if j not in set(keep)]

@@ -4,11 +4,11 @@
 hyperparameters and defaults. Importing a module below registers its names.
 """
 
-from .registry import OptimizerInfo, available, create
+from .registry import OptimizerInfo, available, create, create_members
 
 from . import baselines  # noqa: E402,F401  sgd, sgdn, adam, radam, adabound
 from . import hd  # noqa: E402,F401  <op>-hd, <op>-hd-<lop>
 from . import l4  # noqa: E402,F401  adam-l4, sgdn-l4
 from . import cam_hd  # noqa: E402,F401  <op>-cam-hd
 
-__all__ = ["OptimizerInfo", "available", "create"]
+__all__ = ["OptimizerInfo", "available", "create", "create_members"]

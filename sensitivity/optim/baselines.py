@@ -7,7 +7,6 @@ import torch
 from .registry import register
 
 
-
 def _sgd(params, *, lr, weight_decay):
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
@@ -35,9 +34,24 @@ def _adabound(params, *, lr, final_lr, gamma, betas, eps, weight_decay):
     )
 
 
+def _members(name: str, solo, op: str):
+    """sgd, sgdn and adam over stacked tensors: the HD family's base optimizer without the
+    lr-optimizer (torch's formulas; the tests hold the two equal in float64). Each distinct
+    member configuration first passes torch's own checks, as its solo run does."""
+    def build(params, hyperparameters):
+        from .hd import members_factory  # (hd registers its names after these)
+
+        for hp in {repr(sorted(hp.items())): hp for hp in hyperparameters}.values():
+            solo([torch.zeros(1)], **hp)
+        return members_factory(op, None)(params, hyperparameters)
+
+    build.__name__ = f"{name}_members"
+    return build
+
+
 # descriptions, papers and defaults: sensitivity/catalog.py
-register("sgd", _sgd)
-register("sgdn", _sgdn)
-register("adam", _adam)
+register("sgd", _sgd, members=_members("sgd", _sgd, "sgd"))
+register("sgdn", _sgdn, members=_members("sgdn", _sgdn, "sgdn"))
+register("adam", _adam, members=_members("adam", _adam, "adam"))
 register("radam", _radam)
 register("adabound", _adabound)

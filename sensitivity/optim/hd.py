@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from sensitivity import checks
 
 from . import functional as F
+from .members import member_count as _member_count, member_dtype, member_group, member_values as _member_values
 from .registry import register
 
 __all__ = ["HypergradientOptimizer", "OPS", "LOPS", "NAMES"]
@@ -126,7 +127,7 @@ class HypergradientOptimizer(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         members = _member_count(group)
-        for hp in _member_values(group, members):  # once, or once per member of a fused array
+        for hp in _member_values(group):  # once, or once per member of a fused array
             checks.number("lr", hp["lr"], low=0)
             checks.number("beta", hp["beta"], low=0)
             if self.lop is None:  # torch's SGD: any momentum >= 0
@@ -173,6 +174,10 @@ class HypergradientOptimizer(Optimizer):
                     if key != "params":
                         group[key] = _to_device(value, device)
         self._last_grads.clear()  # grad identities from before the load are meaningless
+
+    def members_kept(self) -> None:
+        """Members were dropped (`members.keep`): the stacked tensors and their gradients are new."""
+        self._last_grads.clear()
 
     # -- gathering ---------------------------------------------------------------------------
     def _init_group(self, group: dict):
@@ -331,32 +336,6 @@ class HypergradientOptimizer(Optimizer):
             state["prev_direction"] = di
 
 
-def member_dtype(device: torch.device) -> torch.dtype:
-    """dtype of a fused array's α and per-member values: float64 like a solo run's python floats
-    (float32 on MPS, which has no float64)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _member_count(group: dict) -> int | None:
-    """K for a fused array's group (α a (K,) tensor: see functional's member axis), else None."""
-    return len(group["lr"]) if isinstance(group["lr"], Tensor) else None
-
-
-def _member_values(group: dict, members: int | None) -> list[dict]:
-    """The group's hyperparameters as python values, once per member (once for a solo group)."""
-    if members is None:
-        return [group]
-
-    def pick(value, k):
-        if isinstance(value, Tensor):
-            return value[k].item()
-        if isinstance(value, tuple):
-            return tuple(pick(v, k) for v in value)
-        return value
-
-    return [{key: pick(v, k) for key, v in group.items() if key != "params"} for k in range(members)]
-
-
 def _to_device(value, device):
     if isinstance(value, Tensor):
         return value.to(device)
@@ -395,7 +374,7 @@ def _to_floats(values: list[Tensor]) -> list[float]:
 # descriptions, papers and defaults of the names below: sensitivity/catalog.py
 
 
-def _factory(op: str, lop: str):
+def _factory(op: str, lop: str | None):
     def build(params, **hp):
         return HypergradientOptimizer(params, op=op, lop=lop, **hp)
 
@@ -403,9 +382,19 @@ def _factory(op: str, lop: str):
     return build
 
 
+def members_factory(op: str, lop: str | None):
+    """The member-axis form (`sensitivity.optim.members`): one group over the stacked tensors;
+    ``lop=None`` is the base optimizer alone (the fused form of sgd, sgdn and adam)."""
+    def build(params, hyperparameters):
+        return HypergradientOptimizer([member_group(params, hyperparameters)], op=op, lop=lop)
+
+    build.__name__ = f"{op}_hd_{lop}_members"
+    return build
+
+
 NAMES: dict[str, tuple[str, str]] = {}  # registered name -> (op, lop)
 for _op in OPS:
     for _lop in LOPS:
         for _name in ([f"{_op}-hd"] if _lop == "sgd" else []) + [f"{_op}-hd-{_lop}"]:  # the catalog's order
-            register(_name, _factory(_op, _lop))
+            register(_name, _factory(_op, _lop), members=members_factory(_op, _lop))
             NAMES[_name] = (_op, _lop)

@@ -16,7 +16,7 @@ import torch
 
 from sensitivity import catalog
 
-__all__ = ["OptimizerInfo", "register", "available", "create", "normalize_params"]
+__all__ = ["OptimizerInfo", "register", "available", "create", "create_members", "normalize_params"]
 
 
 @dataclass(frozen=True)
@@ -24,22 +24,27 @@ class OptimizerInfo(catalog.OptimizerSpec):
     """A catalog entry (name, description, paper, hyperparameters and defaults, flags) and its factory."""
 
     factory: Callable[..., torch.optim.Optimizer] = field(default=None, repr=False, compare=False)
+    # members(params, hyperparameters) -> the optimizer over stacked (K, ...) tensors (sensitivity.optim.members)
+    members: Callable[..., torch.optim.Optimizer] | None = field(default=None, repr=False, compare=False)
 
 
 _REGISTRY: dict[str, OptimizerInfo] = {}
 
 
-def register(name: str, factory: Callable[..., torch.optim.Optimizer]) -> OptimizerInfo:
+def register(name: str, factory: Callable[..., torch.optim.Optimizer],
+             members: Callable[..., torch.optim.Optimizer] | None = None) -> OptimizerInfo:
     """Add `name`, described by its entry in `sensitivity.catalog` (the torch-free commands read the
     catalog, so it is the one place that says what an optimizer is); `factory(params, **hyperparameters)`
-    must build it."""
+    must build it. `members(params, hyperparameters)`, where the optimizer has a member-axis form,
+    builds it over stacked tensors, member k with ``hyperparameters[k]`` (every key filled in; see
+    `sensitivity.optim.members`)."""
     if name in _REGISTRY:
         raise ValueError(f"optimizer name {name!r} is already registered")
     spec = catalog.OPTIMIZERS.get(name)
     if spec is None:
         raise ValueError(f"optimizer {name!r} has no entry in sensitivity/catalog.py; describe it there first")
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(catalog.OptimizerSpec)}
-    info = OptimizerInfo(**fields, factory=factory)
+    info = OptimizerInfo(**fields, factory=factory, members=members)
     _REGISTRY[name] = info
     return info
 
@@ -99,3 +104,21 @@ def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimi
     hyperparameters = catalog.check(name, hyperparameters)
     kwargs = {**info.hyperparameters, **hyperparameters}
     return info.factory(normalize_params(params, keep_names=info.wants_names), **kwargs)
+
+
+def create_members(name: str, params: Any, hyperparameters: list[dict]) -> torch.optim.Optimizer:
+    """Optimizer `name` over stacked tensors `params` (leading member axis K), member k with
+    ``hyperparameters[k]`` (keyword arguments of :func:`create`; defaults filled in here).
+
+    Each member's values pass the same checks as in :func:`create`. ValueError for a name
+    without a member-axis form.
+    """
+    info = _REGISTRY.get(name)
+    if info is None:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    if info.members is None:
+        raise ValueError(f"{name}: no member-axis form (fused arrays run it member by member)")
+    if not hyperparameters:
+        raise ValueError("create_members: no members")
+    hps = [{**info.hyperparameters, **catalog.check(name, hp)} for hp in hyperparameters]
+    return info.members(list(params), hps)
