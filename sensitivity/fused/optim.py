@@ -97,7 +97,8 @@ class MemberOptimizers:
     def step(self, active: list, losses: torch.Tensor, on_error, skip: set[int]) -> set[int]:
         """One step of every running member but those in `skip`; returns the ones `on_error` halted."""
         if self.shared is not None:
-            self.shared.step()  # a failure here fails the array: run_array then runs the members alone
+            # the closure returns the step's (K,) losses, already computed (L4 reads them; others ignore them)
+            self.shared.step(lambda: losses)  # a failure here fails the array: run_array then runs the members alone
             return set()
         halted = set()
         for j, m in enumerate(active):
