@@ -1,11 +1,11 @@
-"""What makes two trials the same trial: the canonical config and its hash, `trial_id`.
+"""What makes two trials the same trial: `trial_id`, and which stored rows are the current study's.
 
-The id hashes the *effective* config, as the trainer will run it: every default filled
-in (task keys and the optimizer's own hyperparameters), numbers in one type (0 and 0.0,
-1e-3 and 0.001 are one value), sequences as lists, thresholds as a sorted list, and an
-optimizer alias as the name it stands for (`sgd-hd` is `sgd-hd-sgd`).  So a study written
-two ways that mean the same trial gives one id, and a default that changes between
-versions gives new ids (no stale row is ever reused as done).
+The id hashes the *effective* config, as the trainer will run it (`sensitivity.record`): every
+default filled in (task keys and the optimizer's own hyperparameters), numbers in one type (0 and
+0.0, 1e-3 and 0.001 are one value), sequences as lists, thresholds as a sorted list, and an
+optimizer alias as the name it stands for (`sgd-hd` is `sgd-hd-sgd`). So a study written two
+ways that mean the same trial gives one id, and a default that changes between versions gives
+new ids (no stale row is ever reused as done).
 
 Tables written before this rule used `legacy_trial_id` (a hash of the config as the study
 spelt it); `legacy_ids` maps those to the current ids so a resumed run reruns nothing.
@@ -14,19 +14,18 @@ spelt it); `legacy_ids` maps those to the current ids so a resumed run reruns no
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from typing import Any, Mapping
+
+from sensitivity.record import TrialRecord, canonical_value, hash_identity, optimizer_defaults  # noqa: F401
 
 # Keys that say where or how a trial runs, not what it computes: they do not
 # change the outcome, so they do not change the trial's identity.
 NON_IDENTITY_KEYS = frozenset({"data_dir", "device", "download", "trial_id", "study", "label", "node", "_extra"})
-_TOP_LEVEL_HP = ("lr", "beta", "weight_decay")  # hyperparameters a config holds outside optimizer_args
-_EXACT_INT = 2 ** 53  # ints up to here are exact as floats
 
 
 def _canonical(value: Any) -> Any:
-    """JSON-ready value with one spelling per meaning (tuples are lists, 1e-3 == 0.001)."""
+    """JSON-ready value with one spelling per meaning (tuples are lists, 1e-3 == 0.001); ints stay ints."""
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -40,25 +39,9 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
-def _numbers(value: Any) -> Any:
-    """`_canonical` with every number as a float: 0 and 0.0 are one value."""
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _EXACT_INT:
-        return float(value)
-    return value
-
-
 def value_key(value: Any) -> str:
     """One text per meaning of a value (0 and 0.0, (1, 2) and [1.0, 2.0] agree): to find repeats."""
-    return json.dumps(_numbers(_canonical(value)), sort_keys=True)
-
-
-def _hash(identity: Mapping[str, Any]) -> str:
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    return json.dumps(canonical_value(value), sort_keys=True)
 
 
 def _spelled(config: Mapping[str, Any]) -> dict:
@@ -69,71 +52,40 @@ def _spelled(config: Mapping[str, Any]) -> dict:
 
 def legacy_trial_id(config: Mapping[str, Any]) -> str:
     """The id of tables written before identity followed the effective config (for migration)."""
-    return _hash(_canonical(_spelled(config)))
-
-
-# ---------------------------------------------------------------------------
-# the optimizer registry, through one function (so a torch-free registry can replace it)
-
-
-def optimizer_defaults(name: str) -> tuple[str, dict]:
-    """(canonical name, hyperparameter defaults) of an optimizer; raises KeyError for an unknown one.
-
-    `<op>-hd` is an alias of `<op>-hd-sgd` (same factory, same hyperparameters), so both give
-    `<op>-hd-sgd`.
-    """
-    from sensitivity.catalog import available  # names and defaults as data: no torch
-
-    infos = available()
-    info = infos[name]
-    canonical = f"{name}-sgd" if name.endswith("-hd") and f"{name}-sgd" in infos else name
-    return canonical, dict(info.hyperparameters)
-
-
-# ---------------------------------------------------------------------------
-# the canonical config
+    return hash_identity(_canonical(_spelled(config)))
 
 
 def canonical_config(config: Mapping[str, Any]) -> dict:
     """The validated trial config that `trial_id` hashes; ValueError for a config run_trial rejects."""
-    from sensitivity.spec import check_config  # run_trial's checks and defaults, without torch
-
-    spelled = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
-    cfg = check_config({**spelled, "device": "cpu"})  # the device never changes the identity
-    out = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
-    name, defaults = optimizer_defaults(cfg["optimizer"])
-    out["optimizer"] = name
-    args = {k: v for k, v in defaults.items() if k not in _TOP_LEVEL_HP}
-    args.update(cfg["optimizer_args"])
-    out["optimizer_args"] = args
-    out["thresholds"] = sorted(cfg["thresholds"])
-    return _numbers(_canonical(out))
+    return TrialRecord.from_config({k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}).identity()
 
 
 @functools.lru_cache(maxsize=65536)
 def _id_of(spelled_text: str) -> str:
     config = json.loads(spelled_text)
     try:
-        return _hash(canonical_config(config))
+        return TrialRecord.from_config(config).trial_id
     except Exception:
         # A config the trainer rejects never runs; its error row still needs a stable id.
-        return _hash({"invalid": _numbers(_canonical(_spelled(config)))})
+        return hash_identity({"invalid": canonical_value(_spelled(config))})
 
 
-def trial_id(config: Mapping[str, Any]) -> str:
-    """Stable 16-hex-digit hash of a trial's effective config, ignoring where/how it runs."""
+def trial_id(config: Mapping[str, Any] | TrialRecord) -> str:
+    """Stable 16-hex-digit hash of a trial's effective config (a record's own id), ignoring where/how it runs."""
+    if isinstance(config, TrialRecord):
+        return config.trial_id
     text = json.dumps(_canonical({k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}),
                       sort_keys=True, separators=(",", ":"))
     return _id_of(text)
 
 
-def legacy_ids(configs) -> dict[str, str]:
-    """legacy id -> current id, for the configs whose two ids differ."""
+def legacy_ids(pairs) -> dict[str, str]:
+    """legacy id -> current id, from (spelled config, record) pairs whose two ids differ."""
     out = {}
-    for config in configs:
-        old, new = legacy_trial_id(config), trial_id(config)
-        if old != new:
-            out[old] = new
+    for spelled, record in pairs:
+        old = legacy_trial_id(spelled)
+        if old != record.trial_id:
+            out[old] = record.trial_id
     return out
 
 
@@ -142,6 +94,7 @@ def legacy_ids(configs) -> dict[str, str]:
 
 
 CURRENT = "current.json"  # beside the tables: {"study": name, "trials": {trial_id: label}}
+GROWTH = 1.25  # an Optuna search rewrites current.json once its trials grew by this factor (linear total)
 
 
 class Current:
@@ -154,16 +107,29 @@ class Current:
 
     def __init__(self, store, study: str, labels: Mapping[str, str]):
         self.store, self.study, self.labels = store, study, dict(labels)
+        self._written = -1  # how many trials the file on disk lists (-1: not written by this object)
 
     def write(self) -> None:
         text = json.dumps({"study": self.study, "trials": self.labels}, sort_keys=True, indent=0)
         self.store.write_text(CURRENT, text)
+        self._written = len(self.labels)
 
     def add(self, rows) -> None:
-        """Rows that became current while the study runs (an Optuna search's new points)."""
+        """Rows that became current while the study runs (an Optuna search's new points).
+
+        The file is rewritten whole, so it is rewritten only once the trials grew by GROWTH since
+        the last write: the bytes written stay linear in the study's size. `flush` writes the rest
+        (the driver calls it when the run ends, however it ends).
+        """
         new = {r["trial_id"]: r.get("label") or r.get("optimizer") for r in rows if r["trial_id"] not in self.labels}
         if new:
             self.labels.update(new)
+            if len(self.labels) >= GROWTH * max(self._written, 1):
+                self.write()
+
+    def flush(self) -> None:
+        """Write what `add` learnt since the last write."""
+        if len(self.labels) != self._written:
             self.write()
 
     def stale(self) -> int:

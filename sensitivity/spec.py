@@ -282,8 +282,16 @@ def check_config(config: Mapping[str, Any]) -> dict:
         thresholds = [thresholds]
     if not isinstance(thresholds, (list, tuple)):
         raise ValueError(f"thresholds must be a list of training losses, got {thresholds!r}")
-    cfg["thresholds"] = list(dict.fromkeys(checks.number("thresholds", t, low=0.0, low_open=True)
-                                           for t in thresholds))
+    values = [checks.number("thresholds", t, low=0.0, low_open=True) for t in thresholds]
+    columns: dict[str, float] = {}
+    for t in values:  # each threshold is a column iters_to_<t:g>: two that print alike would share one
+        name = f"{t:g}"
+        if name in columns:
+            same = "is given twice" if columns[name] == t else f"and {columns[name]!r} both print as {name}"
+            raise ValueError(f"thresholds: {t!r} {same} (column iters_to_{name}); give distinct values that "
+                             f"differ within 6 significant digits")
+        columns[name] = t
+    cfg["thresholds"] = values
     cfg["divergence_factor"] = checks.number("divergence_factor", cfg["divergence_factor"], low=1.0, low_open=True,
                                              finite=False)
     cfg["loss_smoothing"] = checks.number("loss_smoothing", cfg["loss_smoothing"], low=0.0, high=1.0, high_open=True)

@@ -25,7 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sensitivity import checks
-from sensitivity.identity import trial_id, value_key
+from sensitivity.identity import value_key
+from sensitivity.record import TrialRecord
 
 
 class StudyError(ValueError):
@@ -250,7 +251,7 @@ class Study:
     def __init__(self, model: StudyModel, *, base_dir: str | os.PathLike | None = None):
         self.model = model
         self.base_dir = Path(base_dir or os.getcwd())
-        self._plans = self._check()
+        self._check()
 
     # -- construction -------------------------------------------------------
 
@@ -390,25 +391,25 @@ class Study:
             if key not in used_space:
                 raise StudyError(f"search.space.{key}: not a hyperparameter of any optimizer entry")
         # every trial must be a valid run_trial config; name the entry that is not
-        train = _train()
+        self._plans = plans
+        self._cache: dict[tuple, list[TrialRecord]] = {}
         seen: dict[str, int] = {}
         for i in range(len(self.entries)):
-            for config in self._entry_configs(i, plans[i], smoke=False, probe=bool(self.search)):
-                self._check_config(i, config, train.check_config)
-                tid = trial_id(config)
+            for spelled, record in self._entry_pairs(i, plans[i], smoke=False, probe=bool(self.search)):
+                tid = record.trial_id
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
                                      f"(same optimizer, aliases included, and values); remove one")
                 if tid in seen and not self.search:
-                    values = {k: config[k] for k in ("lr", "beta", "decay") if k in config}
+                    values = {k: spelled[k] for k in ("lr", "beta", "decay") if k in spelled}
                     raise StudyError(f"optimizers[{i}]: two of its grid points are one trial "
-                                     f"({values | config.get('optimizer_args', {})}); remove one")
+                                     f"({values | spelled.get('optimizer_args', {})}); remove one")
                 seen.setdefault(tid, i)
         return plans
 
-    def _check_config(self, index: int, config: dict, check) -> None:
+    def _check_config(self, index: int, config: dict, check):
         try:
-            check(runnable(config))
+            return check(runnable(config))
         except ValueError as exc:
             raise StudyError(self._config_error(index, str(exc))) from None
         except Exception as exc:  # an optimizer that choked on a wrong-typed or wrong-sized value
@@ -425,12 +426,11 @@ class Study:
 
         seen = set()
         for i, plan in enumerate(self._plans):
-            for config in self._entry_configs(i, plan, smoke=smoke, probe=bool(self.search)):
-                key = repr((config["optimizer"], config.get("lr"), config.get("beta"),
-                            config.get("optimizer_args"), config.get("decay"), config.get("weight_decay")))
+            for spelled, record in self._entry_pairs(i, plan, smoke=smoke, probe=bool(self.search)):
+                key = repr((record.optimizer, sorted(record.hyperparameters().items()), record.decay))
                 if key not in seen:
                     seen.add(key)
-                    self._check_config(i, {**config, "device": "cpu"}, validate_config)
+                    self._check_config(i, {**spelled, "device": "cpu"}, validate_config)
 
     def _config_error(self, index: int, message: str) -> str:
         """run_trial's message ("epochs must be ...") with the study path of its key in front."""
@@ -488,8 +488,12 @@ class Study:
             task["dataset_args"] = args
         return task
 
-    def _entry_configs(self, index: int, plan: dict, *, smoke: bool, probe: bool = False) -> list[dict]:
-        """Grid configs of one entry (in search mode: one probe config per axis value, for validation)."""
+    def _entry_pairs(self, index: int, plan: dict, *, smoke: bool, probe: bool = False):
+        """(spelled config, record) of each grid trial of one entry (search mode: a probe per axis value).
+
+        Each point of the grid is checked once (`TrialRecord.from_config`, naming the entry's field
+        that is bad); its seeds are the same record with another seed.
+        """
         axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
         task = self._smoke_task(plan["task"]) if smoke else plan["task"]
         seeds = self.model.seeds[:1] if smoke else self.model.seeds
@@ -498,12 +502,19 @@ class Study:
             space = self.search.space
             axes = {**axes, **{k: [space[k].low, space[k].high] for k in plan["searched"]}}
         keys = list(axes)
-        configs = []
         for combo in itertools.product(*(axes[k] for k in keys)):
             values = dict(zip(keys, combo))
+            first = self._config(entry, task, values, seeds[0], plan["is_hd"])
+            record = self._check_config(index, first, TrialRecord.from_config)
             for seed in seeds:
-                configs.append(self._config(entry, task, values, seed, plan["is_hd"]))
-        return configs
+                yield {**first, "seed": int(seed)}, record.replace(seed=seed)
+
+    def _records(self, index: int, smoke: bool) -> list[TrialRecord]:
+        key = (index, smoke)
+        if key not in self._cache:
+            self._cache[key] = [r for _, r in self._entry_pairs(index, self._plans[index], smoke=smoke,
+                                                                 probe=bool(self.search))]
+        return self._cache[key]
 
     def _config(self, entry: Entry, task: dict, values: dict, seed: int, is_hd: bool) -> dict:
         config = {"study": self.name, **copy.deepcopy(task), "optimizer": entry.name}
@@ -522,13 +533,18 @@ class Study:
         config["label"] = entry.label or entry.name  # display name; not part of the trial's identity
         return config
 
-    def trials(self, smoke: bool = False) -> list[dict]:
-        """Every grid trial as a run_trial config (search mode: the configs the space's corners give)."""
-        return [c for i, plan in enumerate(self._plans)
-                for c in self._entry_configs(i, plan, smoke=smoke, probe=bool(self.search))]
+    def trials(self, smoke: bool = False) -> list[TrialRecord]:
+        """Every grid trial as its record (search mode: the trials the space's corners give)."""
+        return [r for i in range(len(self.entries)) for r in self._records(i, smoke)]
 
-    def entry_trials(self, index: int, smoke: bool = False) -> list[dict]:
-        return self._entry_configs(index, self._plans[index], smoke=smoke, probe=bool(self.search))
+    def entry_trials(self, index: int, smoke: bool = False) -> list[TrialRecord]:
+        return list(self._records(index, smoke))
+
+    def spelled_trials(self, smoke: bool = False):
+        """(the config as the study spells it, its record) of every grid trial: for tables whose ids
+        followed the spelling (`identity.legacy_ids`)."""
+        for i, plan in enumerate(self._plans):
+            yield from self._entry_pairs(i, plan, smoke=smoke, probe=bool(self.search))
 
     def counts(self, smoke: bool = False) -> list[int]:
         """Trials (seeded runs) per optimizer entry, as the sweep will run them."""
@@ -569,11 +585,19 @@ class Study:
     def search_trials(self, smoke: bool = False) -> int:
         return min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
 
-    def search_configs(self, index: int, values: dict, smoke: bool = False) -> list[dict]:
-        """The per-seed run_trial configs of one sampled point."""
+    def search_configs(self, index: int, values: dict, smoke: bool = False) -> list[TrialRecord]:
+        """The records of one sampled point, one per seed."""
+        return [r for _, r in self.search_pairs(index, values, smoke)]
+
+    def search_pairs(self, index: int, values: dict, smoke: bool = False):
+        """(spelled config, record) of one sampled point, one per seed."""
         plan = self.search_plan(index, smoke)
-        return [self._config(plan["entry"], plan["task"], {**plan["fixed"], **values}, seed, plan["is_hd"])
-                for seed in self.seeds(smoke)]
+        first = None
+        for seed in self.seeds(smoke):
+            config = self._config(plan["entry"], plan["task"], {**plan["fixed"], **values}, seed, plan["is_hd"])
+            if first is None:
+                first = self._check_config(index, config, TrialRecord.from_config)
+            yield config, first.replace(seed=seed)
 
     # -- output -------------------------------------------------------------
 

@@ -36,8 +36,10 @@ CONFIGS = [
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_check_config_is_validate_config_without_the_device(config):
+    from sensitivity.record import TrialRecord
+
     full = validate_config(config)
-    assert spec.check_config(config) == {**full, "device": "auto"}
+    assert TrialRecord.from_config(spec.check_config(config)).config() == {**full, "device": "auto"}
 
 
 @pytest.mark.parametrize("config, message", [

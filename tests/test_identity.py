@@ -103,15 +103,15 @@ def test_validate_exits_2_on_a_repeated_value(tmp_path, capsys):
 
 def test_tables_with_legacy_ids_are_migrated_without_rerunning(tmp_path):
     study = _study([{"name": "sgdn", "lr": [0.1, 1.0], "momentum": 0.9}], weight_decay=0)
-    configs = study.trials()
+    pairs = list(study.spelled_trials())
     store = ResultsStore(tmp_path)
-    old = [legacy_trial_id(c) for c in configs]
+    old = [legacy_trial_id(spelled) for spelled, _ in pairs]
     store.append([{"trial_id": t, "status": "ok", "min_train_loss": 1.0} for t in old[:3]],
                  [{"trial_id": t, "epoch": 1, "train_loss": 1.0} for t in old[:3]])
-    mapping = legacy_ids(configs)
+    mapping = legacy_ids(pairs)
     assert set(old) <= set(mapping)
     assert store.rename(mapping) == 3
-    new = [trial_id(c) for c in configs]
+    new = [record.trial_id for _, record in pairs]
     again = ResultsStore(tmp_path)
     assert again.done_ids() == set(new[:3])
     trials, curves = load(tmp_path)
@@ -131,7 +131,7 @@ def test_which_stored_grid_rows_are_current_after_the_study_changes(tmp_path):
 
     before = _study([{"name": "sgd", "lr": [0.1, 1.0]}])
     store = ResultsStore(tmp_path)
-    store.append([{"trial_id": trial_id(c), "status": "ok", "label": c["label"]} for c in before.trials()], [])
+    store.append([{"trial_id": trial_id(c), "status": "ok", "label": c.label} for c in before.trials()], [])
     # the default written out: the same trials, nothing stale, nothing to run again
     current = _current(_study([{"name": "sgd", "lr": [0.1, 1.0]}], weight_decay=0), store, False)
     assert current.stale() == 0 and set(current.labels) == store.done_ids()

@@ -35,36 +35,36 @@ def test_every_list_is_an_axis_and_counts_multiply():
     assert s.counts() == [9, 12, 18, 3]
     trials = s.trials()
     assert len(trials) == 42 and len({trial_id(t) for t in trials}) == 42
-    hd = [t for t in trials if t["optimizer"] == "sgd-hd"]
-    assert {(t["lr"], t["beta"], t["seed"]) for t in hd} == {
+    hd = [t for t in trials if t.optimizer == "sgd-hd-sgd"]
+    assert {(t.lr, t.beta, t.seed) for t in hd} == {
         (lr, b, seed) for lr in (1e-3, 1e-2) for b in (1e-6, 1e-5, 1e-4) for seed in range(3)}
-    assert all("beta" not in t for t in trials if t["optimizer"] != "sgd-hd")
-    decays = {str(t["decay"]) for t in trials if t["optimizer"] == "sgd"}
+    assert all(t.beta is None for t in trials if t.optimizer != "sgd-hd-sgd")
+    decays = {str(t.decay) for t in trials if t.optimizer == "sgd"}
     assert decays == {"None", str({"every_epochs": 1, "factor": 0.5}), str({"every_epochs": 2, "factor": 0.5})}
     for t in trials:  # every config is one run_trial accepts
-        validate_config(runnable(t))
+        validate_config(t.config())
 
 
 def test_sequence_hyperparameters_flat_list_is_one_value_list_of_lists_an_axis():
     s = study(seeds=1, optimizers=[{"name": "adam", "lr": 1e-3, "betas": [0.9, 0.99]},
                                    {"name": "adam", "lr": 1e-3, "betas": [[0.9, 0.999], [0.8, 0.9], [0.5, 0.9]]}])
     assert s.counts() == [1, 3]
-    assert s.trials()[0]["optimizer_args"] == {"betas": [0.9, 0.99]}
+    assert s.trials()[0].optimizer_args == {"betas": (0.9, 0.99), "eps": 1e-8}
 
 
 def test_explicit_seed_list_task_overrides_and_labels():
     s = study(seeds=[3, 7], optimizers=[{"name": "sgd", "lr": 0.1, "label": "sgd-long", "task": {"epochs": 5}},
                                         {"name": "sgd", "lr": 0.1}])
     trials = s.trials()
-    assert [t["seed"] for t in trials] == [3, 7, 3, 7]
-    assert [t["epochs"] for t in trials] == [5, 5, 2, 2]
-    assert [t["label"] for t in trials] == ["sgd-long"] * 2 + ["sgd"] * 2
-    assert all(t["study"] == "t" for t in trials)
+    assert [t.seed for t in trials] == [3, 7, 3, 7]
+    assert [t.epochs for t in trials] == [5, 5, 2, 2]
+    assert [t.label for t in trials] == ["sgd-long"] * 2 + ["sgd"] * 2
+    assert all(t.study == "t" for t in trials)
 
 
 def test_lr_defaults_to_the_optimizers_default():
     (trial, *_) = study(seeds=1, optimizers=[{"name": "adam"}]).trials()
-    assert trial["lr"] == pytest.approx(1e-3)
+    assert trial.lr == pytest.approx(1e-3)
 
 
 def test_smoke_shrinks_any_study_to_seconds():
@@ -76,19 +76,19 @@ def test_smoke_shrinks_any_study_to_seconds():
     assert s.counts() == [20, 60]
     assert s.counts(smoke=True) == [2, 2]
     trials = s.trials(smoke=True)
-    assert [t["lr"] for t in trials[:2]] == [1e-4, 0.1]  # the ends of the lr grid
+    assert [t.lr for t in trials[:2]] == [1e-4, 0.1]  # the ends of the lr grid
     for t in trials:
-        assert t["epochs"] == 1 and t["seed"] == 0 and t["batch_size"] <= 16
-        assert t["dataset"] == "synthetic" and "data_dir" not in t and not t.get("augment")
-        assert tuple(t["dataset_args"]["shape"]) == (3, 32, 32) and t["dataset_args"]["num_classes"] == 10
-        assert t["dataset_args"]["train_size"] <= 64 and t["model"] == "vgg16"
-        validate_config(runnable(t))
+        assert t.epochs == 1 and t.seed == 0 and t.batch_size <= 16
+        assert t.dataset == "synthetic" and t.data_dir is None and not t.augment
+        assert tuple(t.dataset_args["shape"]) == (3, 32, 32) and t.dataset_args["num_classes"] == 10
+        assert t.dataset_args["train_size"] <= 64 and t.model == "vgg16"
+        validate_config(t.config())
 
 
 def test_relative_data_dir_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (trial, *_) = study(task={**TASK, "data_dir": "data"}).trials()
-    assert trial["data_dir"] == str(tmp_path / "data")
+    assert trial.data_dir == str(tmp_path / "data")
 
 
 def test_optuna_plan_counts_and_per_seed_configs():
@@ -101,7 +101,7 @@ def test_optuna_plan_counts_and_per_seed_configs():
     assert set(plan["ranges"]) == {"lr", "beta"} and list(plan["choices"]) == ["decay"]
     assert set(s.search_plan(0)["ranges"]) == {"lr"}  # beta only where it is a hyperparameter
     configs = s.search_configs(1, {"lr": 0.5, "beta": 1e-3, "decay": None})
-    assert [c["seed"] for c in configs] == [0, 1, 2] and {c["lr"] for c in configs} == {0.5}
+    assert [c.seed for c in configs] == [0, 1, 2] and {c.lr for c in configs} == {0.5}
 
 
 def test_resolved_study_is_a_loadable_study_file(tmp_path):
@@ -117,7 +117,7 @@ def test_resolved_study_is_a_loadable_study_file(tmp_path):
 def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\ntask: {dataset: digits, model: mlp}\noptimizers:\n  - {name: sgd, lr: [1e-3, 5e-2]}\n")
-    assert [t["lr"] for t in load_study(path).trials()] == [1e-3, 5e-2]
+    assert [t.lr for t in load_study(path).trials()] == [1e-3, 5e-2]
 
 
 GOOD = {"name": "t", "task": dict(TASK), "seeds": 1, "optimizers": [{"name": "sgd", "lr": 0.1}]}
