@@ -10,25 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from sensitivity import train
+from sensitivity import loop, train
 from sensitivity.progress import Progress
-from sensitivity.results import ResultsStore, trial_id
+from sensitivity.record import TrialRecord
+from sensitivity.results import ResultsStore
 from sensitivity.sweep import worker
 from sensitivity.sweep.tuner import Recorder, summarize
-from sensitivity.sweep.worker import Mirror, payload, run_one
+from sensitivity.sweep.worker import Mirror, Unit, payload, run_one, run_unit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = {"study": "s", "dataset": "digits", "model": "mlp", "model_args": {"hidden": [8]},
           "dataset_args": {}, "batch_size": 256, "epochs": 3, "optimizer": "sgd", "lr": 0.1, "seed": 0}
+RECORD = TrialRecord.from_config(CONFIG)
 
 
-def _record(recorder: Recorder, row: dict, curve: list, checkpoint: str | None) -> None:
-    recorder.on_trial_result(0, [], None, {"payload": payload(row, curve, checkpoint)})
+def _record(recorder: Recorder, row: dict, curve: list) -> None:
+    recorder.on_trial_result(0, [], None, {"payload": payload([row], curve)})
 
 
 def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_path, monkeypatch):
-    checkpoints = tmp_path / "checkpoints" / trial_id(CONFIG)
-    evaluate = train._evaluate
+    checkpoints = tmp_path / "checkpoints"
+    evaluate = train.evaluate
     calls = {"evaluate": 0, "epochs": 0}
 
     def flaky(*args, **kwargs):  # a transient failure (a CUDA OOM, a lost upload) in epoch 2
@@ -37,29 +39,30 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
             raise RuntimeError("CUDA out of memory (simulated)")
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_evaluate", flaky)
-    row, curve = run_one(CONFIG, str(checkpoints))
+    monkeypatch.setattr(train, "evaluate", flaky)
+    row, curve = run_one(RECORD, str(checkpoints))
     assert row["status"] == "error" and "out of memory" in row["error"]
     store = ResultsStore(tmp_path / "s")
-    recorder = Recorder(store, Progress(1, quiet=True))
-    _record(recorder, row, curve, str(checkpoints))
+    recorder = Recorder(store, Progress(1, quiet=True), str(checkpoints))
+    _record(recorder, row, curve)
     assert list(checkpoints.glob("*.pt")), "the errored trial's checkpoint must survive its error row"
 
     # --retry-errors: the driver drops the error rows, and the trial runs again
     store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-    monkeypatch.setattr(train, "_evaluate", evaluate)
-    train_epoch = train._train_epoch
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    train_epoch = loop._Epochs.epoch
 
     def counted(*args, **kwargs):
         calls["epochs"] += 1
         return train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_epoch", counted)
-    row, curve = run_one(CONFIG, str(checkpoints))
+    monkeypatch.setattr(loop._Epochs, "epoch", counted)
+    row, curve = run_one(RECORD, str(checkpoints))
     assert row["status"] == "ok" and [c["epoch"] for c in curve] == [1, 2, 3]
     assert calls["epochs"] == 2  # epochs 2 and 3: epoch 1 came from the checkpoint
-    _record(recorder, row, curve, str(checkpoints))
-    assert not checkpoints.exists()  # a finished trial's checkpoint is removed
+    (checkpoints / f"{RECORD.trial_id}.pt").write_bytes(b"as a mirror's remote copy would still hold it")
+    _record(recorder, row, curve)
+    assert not list(checkpoints.glob("*.pt"))  # a finished trial's checkpoint is removed
     assert list(store.trials["status"]) == ["ok"]
 
 
@@ -74,7 +77,7 @@ class _ReadOnly:
 
 def test_mirror_failures_are_counted_warned_once_and_summarised(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 3600.0)
-    mirror = Mirror(f"file://{tmp_path / 'remote'}")
+    mirror = Mirror(f"file://{tmp_path / 'remote'}", ["t.pt"])
     mirror.fs = _ReadOnly()
     (Path(mirror.local) / "t.pt").write_bytes(b"epoch 1")
     mirror.sync()
@@ -87,7 +90,7 @@ def test_mirror_failures_are_counted_warned_once_and_summarised(tmp_path, monkey
     store = ResultsStore(tmp_path / "s")
     recorder = Recorder(store, Progress(1, quiet=True))
     row = {"trial_id": "a", "status": "ok", worker.MIRROR_KEY: mirror.report()}
-    _record(recorder, row, [], None)
+    _record(recorder, row, [])
     assert worker.MIRROR_KEY not in store.trials.columns  # never a column of the table
     summary = summarize(store, 1, 0, recorder, 0.0, 1, [], 0)
     assert summary.mirror_failures == 3 and "AccessDenied" in summary.mirror_error
@@ -96,7 +99,7 @@ def test_mirror_failures_are_counted_warned_once_and_summarised(tmp_path, monkey
 def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 3600.0)
     remote = tmp_path / "remote"
-    mirror = Mirror(f"file://{remote}")
+    mirror = Mirror(f"file://{remote}", ["t.pt"])
     local = Path(mirror.local)
     (local / "t.pt").write_bytes(b"epoch 1")
     (local / "t.pt.tmp-1234").write_bytes(b"half")  # a checkpoint being written is not sent
@@ -110,9 +113,10 @@ def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch):
     assert mirror.uploads == 2 and (remote / "t.pt").read_bytes() == b"epoch 2 state"
     assert mirror.failures == 0 and mirror.report() is None
     # a retried trial starts from the remote copy, and does not send it back unchanged
-    again = Mirror(f"file://{remote}")
+    again = Mirror(f"file://{remote}", ["t.pt", "u.pt"])
     again.sync()
     assert again.uploads == 0 and json.dumps(again.report()) == "null"
+    assert sorted(p.name for p in Path(again.local).iterdir()) == ["t.pt"]  # only the unit's own files
     again.close()
 
 
@@ -136,24 +140,20 @@ def test_run_reports_mirror_failures_and_stale_rows(tmp_path, monkeypatch, capsy
 
 
 def test_an_arrays_failed_uploads_reach_the_summary_once(tmp_path, monkeypatch):
-    from sensitivity.fused.sweep import run_array
-    from sensitivity.sweep.worker import payload_of
-
     class ReadOnlyMirror(Mirror):
-        def __init__(self, location):
-            super().__init__(location)
+        def __init__(self, location, names):
+            super().__init__(location, names)
             self.fs = _ReadOnly()
 
     monkeypatch.setattr(worker, "Mirror", ReadOnlyMirror)
     monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 0.001)  # uploads while the array trains
-    configs = [{**CONFIG, "lr": lr, "epochs": 8} for lr in (0.05, 0.1)]
-    results = run_array(configs, f"file://{tmp_path / 'remote'}")
-    assert [row["status"] for row, _, _ in results] == ["ok", "ok"]
-    assert sum(worker.MIRROR_KEY in row for row, _, _ in results) == 1  # counted once for the array
+    records = [TrialRecord.from_config({**CONFIG, "lr": lr, "epochs": 8}) for lr in (0.05, 0.1)]
+    (rows, curves), = run_unit(Unit(records, [{}, {}], fused=True), f"file://{tmp_path / 'remote'}")
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert sum(worker.MIRROR_KEY in row for row in rows) == 1  # counted once for the array
     store = ResultsStore(tmp_path / "s")
     recorder = Recorder(store, Progress(2, quiet=True))
-    rows = [row for row, _, _ in results]
-    recorder.on_trial_result(0, [], None, {"payload": payload_of(rows, [p for _, c, _ in results for p in c], None)})
+    recorder.on_trial_result(0, [], None, {"payload": payload(rows, curves)})
     summary = summarize(store, 2, 0, recorder, 0.0, 1, [], 0)
     assert summary.ran == 2 and summary.fused == 2 and summary.arrays == 1
     assert summary.mirror_failures >= 1 and "AccessDenied" in summary.mirror_error

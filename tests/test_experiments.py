@@ -134,7 +134,7 @@ HEAVY_MODELS = {"vgg16", "resnet18", "resnet34"}
 
 
 def _is_heavy(path: Path) -> bool:
-    return load_study(path).trials(smoke=True)[0]["model"] in HEAVY_MODELS
+    return load_study(path).trials(smoke=True)[0].model in HEAVY_MODELS
 
 
 SMOKE_RUNS = [pytest.param(p, id=i, marks=[pytest.mark.slow] + ([pytest.mark.exhaustive] if _is_heavy(p) else []))
@@ -170,10 +170,10 @@ def test_every_kind_of_heavy_smoke_trial_trains():
     kinds = {}
     for path in STUDY_FILES:
         for config in load_study(path).trials(smoke=True):
-            if config["model"] not in HEAVY_MODELS:
+            if config.model not in HEAVY_MODELS:
                 continue
-            key = (config["model"], config["optimizer"], tuple(sorted(config.get("optimizer_args") or {})),
-                   config.get("decay") is not None, bool(config.get("augment")))
+            key = (config.model, config.optimizer, tuple(sorted(config.optimizer_args)),
+                   config.decay is not None, config.augment)
             kinds.setdefault(key, config)
     assert len({k[0] for k in kinds}) == len(HEAVY_MODELS)
     threads = torch.get_num_threads()

@@ -10,6 +10,9 @@ import pytest
 import yaml
 
 import analysis
+from sensitivity.preflight import current_rows
+from sensitivity.record import TrialRecord
+from sensitivity.results import ResultsStore
 from sensitivity.study import REFINE_POINTS, Study, StudyError
 from sensitivity.sweep.refine import plan, series_key
 
@@ -93,8 +96,9 @@ def test_planner_splits_each_series_on_its_own_and_only_wide_brackets():
 
 
 def test_series_key_ignores_lr_and_seed_only():
-    base = {"optimizer": "sgd", "lr": 0.1, "seed": 0, "dataset": "digits", "beta": None}
-    assert series_key(base) == series_key({**base, "lr": 1.0, "seed": 3}) != series_key({**base, "optimizer": "adam"})
+    base = TrialRecord.from_config({"optimizer": "sgd", "lr": 0.1, "seed": 0, "dataset": "digits", "model": "mlp"})
+    assert series_key(base) == series_key(base.replace(lr=1.0, seed=3))
+    assert series_key(base) != series_key(TrialRecord.from_config({**base.config(), "optimizer": "adam"}))
 
 
 def _study(**refine):
@@ -186,16 +190,16 @@ def test_a_finished_refined_grid_is_known_done_before_ray_starts(tmp_path):
     loss = {1e-3: 2.0, 1e-2: 0.5, 1e-1: 0.52, 1.0: math.inf}  # best 1e-2, valley up to 1e-1, 1.0 diverged
 
     def rows(configs, round_):
-        return [{"trial_id": trial_id(c), "lr": c["lr"], "seed": c["seed"], "round": round_,
-                 "status": "diverged" if math.isinf(loss.get(c["lr"], 1.0)) else "ok",
-                 "min_train_loss": loss.get(c["lr"], 1.0)} for c in configs]
+        return [{"trial_id": c.trial_id, "lr": c.lr, "seed": c.seed, "round": round_,
+                 "status": "diverged" if math.isinf(loss.get(c.lr, 1.0)) else "ok",
+                 "min_train_loss": loss.get(c.lr, 1.0)} for c in configs]
 
     grid = study.trials()
     assert pending(study, store).left == 4
     store.append(rows(grid, 0), [])
     # round 1 splits the brackets around the best α0 and at both valley edges: 3.162e-3, 3.162e-2, 0.3162
     assert pending(study, store).left == 3
-    round1 = [{**grid[0], "lr": lr} for lr in (0.003162, 0.03162, 0.3162)]
+    round1 = [grid[0].replace(lr=lr) for lr in (0.003162, 0.03162, 0.3162)]
     store.append(rows(round1, 1)[:2], [])
     assert pending(study, store).left == 1
     store.append(rows(round1, 1)[2:], [])
@@ -205,3 +209,26 @@ def test_a_finished_refined_grid_is_known_done_before_ray_starts(tmp_path):
     assert set(current.labels) == {trial_id(c) for c in grid + round1} and current.stale() == 0
     two_rounds = Study.from_dict({**data, "refine": {"rounds": 2, "resolution": 0.5}})
     assert pending(two_rounds, store).left > 0  # round 2 splits the new, narrower brackets
+
+
+def test_a_refined_studys_measured_points_stay_current_after_a_grid_edit(tmp_path):
+    """The grid gains an α0 that a refinement round had measured: that round's other points are
+    still points of the same series, so they stay current (analysis keeps them) and nothing reruns."""
+    data = {"name": "refined", "task": TASK, "seeds": 1,
+            "optimizers": [{"name": "sgd", "lr": [1e-3, 1e-2, 1e-1, 1.0]}],
+            "refine": {"rounds": 1, "resolution": 0.5}}
+    study = Study.from_dict(data)
+    store = ResultsStore(tmp_path / "refined")
+    loss = {1e-3: 2.0, 1e-2: 0.5, 1e-1: 0.52, 1.0: math.inf}
+    grid = study.trials()
+    round1 = [grid[0].replace(lr=lr) for lr in (0.003162, 0.03162, 0.3162)]
+    store.append([{"trial_id": c.trial_id, "lr": c.lr, "seed": c.seed, "status": "ok",
+                   "min_train_loss": loss.get(c.lr, 1.0)} for c in grid + round1], [])
+    assert current_rows(study, store).stale() == 0
+    edited = Study.from_dict({**data, "optimizers": [{"name": "sgd", "lr": [1e-3, 1e-2, 0.03162, 1e-1, 1.0]}]})
+    current = current_rows(edited, store)
+    assert current.stale() == 0 and set(current.labels) >= {c.trial_id for c in grid + round1}
+    # another seed is another series point set: its rows would not be this study's
+    other = TrialRecord.from_config({**grid[0].config(), "seed": 9, "lr": 0.3162})
+    store.append([{"trial_id": other.trial_id, "lr": 0.3162, "seed": 9, "status": "ok", "min_train_loss": 1.0}], [])
+    assert current_rows(edited, store).stale() == 1

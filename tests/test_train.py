@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sensitivity.outcome import Tracker
 from sensitivity import data as D
 from sensitivity import train
 from sensitivity.optim import available
@@ -47,7 +48,7 @@ def _interrupt_at_eval(monkeypatch, n):
 
     Evaluation 0 is the initial model's (L0), so epoch n's is call n + 1.
     """
-    real, calls = train._evaluate, []
+    real, calls = train.evaluate, []
 
     def evaluate(*args, **kwargs):
         calls.append(1)
@@ -55,7 +56,7 @@ def _interrupt_at_eval(monkeypatch, n):
             raise KeyboardInterrupt("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_evaluate", evaluate)
+    monkeypatch.setattr(train, "evaluate", evaluate)
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_rows_carry_the_loss_at_initialization():
     assert row["min_train_loss"] < row["init_train_loss"] and row["min_test_loss"] < row["init_test_loss"]
     d = D.load("digits")
     model = train.build_model(validate_config(BASE), d.input_shape, 10)
-    assert row["init_test_loss"] == pytest.approx(train._evaluate(model, d.test_x, d.test_y)[0], rel=1e-12)
+    assert row["init_test_loss"] == pytest.approx(train.evaluate(model, d.test_x, d.test_y)[0], rel=1e-12)
 
 
 def test_hd_rows_carry_beta_and_the_learned_lr():
@@ -185,12 +186,12 @@ def test_divergence_keeps_the_minima_reached_before_it():
 
 
 def test_divergence_factor_on_a_known_trace():
-    tracker = train._Tracker([1.5], factor=2.0, smoothing=0.0)
+    tracker = Tracker([1.5], factor=2.0, smoothing=0.0)
     assert not tracker.replay([1.0, 1.9, 1.2], [4, 4, 2])
     assert tracker.end_epoch() == pytest.approx((4 * 1.0 + 4 * 1.9 + 2 * 1.2) / 10)  # weighted by batch size
     assert tracker.replay([1.4, 2.1, 0.5], [4, 4, 4]) and tracker.diverged_at == 5  # 2.1 > 2 x 1.0
     assert tracker.reached == {1.5: 1}
-    nan = train._Tracker([], factor=math.inf, smoothing=0.5)
+    nan = Tracker([], factor=math.inf, smoothing=0.5)
     assert nan.replay([3.0, 1e30, float("nan")], [1, 1, 1]) and nan.diverged_at == 3
 
 
@@ -198,7 +199,7 @@ def test_divergence_factor_on_a_known_trace():
 def test_chunked_loss_reads_decide_exactly_as_per_step(monkeypatch, every):
     configs = [{**BASE, "thresholds": [1.5, 0.6]}, _growing_lr(thresholds=[2.0, 1.0])]
     per_step = [run_trial(c) for c in configs]
-    monkeypatch.setattr(train, "_sync_every", lambda device: every)  # the accelerator path, on the CPU
+    monkeypatch.setattr(train, "sync_every", lambda device: every)  # the accelerator path, on the CPU
     chunked = [run_trial(c) for c in configs]
     for a, b in zip(per_step, chunked):
         assert _same(a.row, b.row) and a.curve == b.curve
@@ -233,7 +234,7 @@ def _strict_sgd(monkeypatch, fail_at=None):
 
 @pytest.mark.parametrize("every", [1, 64])
 def test_an_optimizer_raising_after_divergence_is_still_diverged(monkeypatch, every):
-    monkeypatch.setattr(train, "_sync_every", lambda device: every)
+    monkeypatch.setattr(train, "sync_every", lambda device: every)
     _strict_sgd(monkeypatch)
     # factor inf: the run diverges at the first non-finite loss, whose gradient makes the optimizer raise
     result = run_trial({**BASE, "lr": 1e10, "divergence_factor": math.inf})
@@ -263,7 +264,7 @@ def test_step_decay_halves_the_lr_on_the_curve(optimizer):
 def test_running_loss_on_a_known_trace():
     assert train.running_loss([4.0, 2.0, 1.0], 0.5) == pytest.approx([4.0, 2.0 / 0.75, 1.5 / 0.875])
     assert train.running_loss([3.0, 1.0], 0.0) == [3.0, 1.0]
-    tracker = train._Tracker([3.0, 2.5, 1.0], factor=10.0, smoothing=0.5)
+    tracker = Tracker([3.0, 2.5, 1.0], factor=10.0, smoothing=0.5)
     tracker.replay([4.0, 2.0, 1.0], [1, 1, 1])  # running 4, 2.67, 1.71
     assert tracker.reached == {3.0: 2, 2.5: 3, 1.0: None}
 

@@ -48,6 +48,12 @@ class FusedModel(nn.Module):
         """Member k's solo ``state_dict`` (copies)."""
         return {name.removeprefix("body."): t[k].clone() for name, t in self.state_dict().items()}
 
+    @torch.no_grad()
+    def load_member_state(self, k: int, state: dict[str, Tensor]) -> None:
+        """Set member k's slice of every tensor from its solo ``state_dict`` (as :meth:`member_state` gives it)."""
+        for name, t in self.state_dict().items():
+            t[k].copy_(state[name.removeprefix("body.")])
+
     def keep(self, index: list[int]) -> None:
         """Keep only the members at `index` (in that order); every tensor is sliced along the member axis."""
         idx = torch.as_tensor(index, dtype=torch.long, device=next(self.parameters()).device)

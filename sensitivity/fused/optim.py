@@ -1,144 +1,147 @@
 """The members' optimizers: every member its own α, hyperparameters and state, one copy of every formula.
 
-Three arrangements:
+Two arrangements:
 
-- **member axis** (sgd, sgdn, adam and the nine HD optimizers): one
-  :class:`~sensitivity.optim.hd.HypergradientOptimizer` whose single param group holds the fused
-  (K, …) tensors themselves, with α and every hyperparameter that differs between members as a
-  (K,) tensor (float64, like a solo run's python floats). Its functional core
-  (``sensitivity.optim.functional``) broadcasts each member's values over that member's slice
-  and stops every sum (the hypergradient D) at the member axis, so one foreach step updates all
-  members at once, with no host sync. The constant-step baselines run as its base optimizer
-  without the lr-optimizer (``lop=None``): torch's SGD, Nesterov SGD and Adam formulas, which
-  the HD family already holds (their solo runs keep torch's classes; the tests hold the two
-  equal to 1e-8 in float64).
-- **grouped** (RAdam): one optimizer whose param group j holds member j's parameter views and
-  hyperparameters; torch's RAdam treats param groups independently, so one ``step`` serves
-  every member.
-- **separate**: one optimizer per member, over its views. Used for CAM-HD (its global level
-  combines all the groups of one optimizer), L4 (its step size uses the loss and state shared
-  by the groups) and AdaBound (pytorch-optimizer keeps each group's base lr in a list by group
-  position, which dropping a diverged member would shift).
+- **member axis** (every optimizer that registers a member-axis form, `sensitivity.optim.members`):
+  one optimizer whose single param group holds the fused (K, …) tensors themselves, with α and
+  every hyperparameter that differs between members as a (K,) tensor. Its functional core
+  broadcasts each member's values over that member's slice and stops every sum at the member
+  axis, so one foreach step updates all members at once, with no host sync.
+- **separate**: one solo optimizer per member, over views of its slices of the fused tensors
+  (for an optimizer without a member-axis form).
+
+Members are addressed by their position among the running members (`j`); :meth:`keep` drops
+the others after the fused model dropped them.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor
 
-from sensitivity import train
+from sensitivity.optim import members as member_axis
 
-__all__ = ["GROUPED_BASELINES", "arrangement", "MemberOptimizers"]
-
-GROUPED_BASELINES = ("radam",)
+__all__ = ["arrangement", "MemberOptimizers"]
 
 
 def arrangement(name: str) -> str:
-    """"axis", "grouped" or "separate" (see the module docstring)."""
+    """"axis" or "separate" (see the module docstring)."""
     from sensitivity.optim import available
 
-    if available()[name].members is not None:
-        return "axis"
-    return "grouped" if name in GROUPED_BASELINES else "separate"
+    return "axis" if available()[name].members is not None else "separate"
 
 
-def _group(cfg: dict, named: list) -> dict:
-    hp = train._optimizer_hyperparameters(cfg)
-    return {"params": named, **{k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}}
+def _floats(metrics: dict) -> list[dict[str, float]]:
+    """{column: (K,) tensor} -> one {column: float} per member, with one host sync."""
+    keys = list(metrics)
+    values = torch.stack([metrics[k].to(torch.float64) for k in keys]).T.tolist()
+    return [dict(zip(keys, row)) for row in values]
 
 
 class MemberOptimizers:
-    """The optimizers of an array's running members (`members[j]` owns slice j of the fused tensors)."""
+    """The optimizers of an array's running members (member j owns slice j of the fused tensors)."""
 
-    def __init__(self, name: str, members: list, model):
+    def __init__(self, name: str, hyperparameters: list[dict], model):
         from sensitivity import optim
 
         self.name = name
         self.mode = arrangement(name)
-        self.grouped = self.mode == "grouped"
         self.shared = None
+        self.opts: list[torch.optim.Optimizer] = []
+        self.views: list[list[torch.Tensor]] = []
+        self.model = model
         if self.mode == "axis":
-            params = [p for _, p in model.named_parameters()]
-            hps = [train._optimizer_hyperparameters(m.cfg) for m in members]
-            self.shared = optim.create_members(name, params, hps)
-            self._positions(members)
+            self.shared = optim.create_members(name, [p for _, p in model.named_parameters()], hyperparameters)
             return
-        named = [model.member_parameters(j) for j in range(len(members))]
-        for m, pairs in zip(members, named):
-            m.params = [v for _, v in pairs]
-        if self.grouped:
-            self.shared = optim.create(name, [_group(m.cfg, pairs) for m, pairs in zip(members, named)])
-            for m, group in zip(members, self.shared.param_groups):
-                m.group = group
-        else:
-            for m, pairs in zip(members, named):
-                m.opt = optim.create(name, pairs, **train._optimizer_hyperparameters(m.cfg))
+        named = [model.member_parameters(j) for j in range(len(hyperparameters))]
+        self.views = [[v for _, v in pairs] for pairs in named]
+        self.opts = [optim.create(name, pairs, **hp) for pairs, hp in zip(named, hyperparameters)]
+        self.attach()
 
-    def _positions(self, members: list) -> None:
-        self.position = {id(m): j for j, m in enumerate(members)}
+    def attach(self) -> None:
+        """Separate optimizers: point each member's parameter and gradient views at its slices.
 
-    def lr_metrics(self, m) -> dict[str, float]:
-        """The member's curve columns (lr and any optimizer-specific ones), as its solo run reports them."""
+        The fused gradients are allocated once and zeroed before each backward, which accumulates
+        into them in place, so the members' gradient views stay valid from step to step.
+        """
         if self.mode == "axis":
-            return {"lr": float(self.shared.param_groups[0]["lr"][self.position[id(m)]])}
-        if self.grouped:
-            return {"lr": float(m.group["lr"])}
-        return train._lr_metrics(m.opt)
-
-    def decay(self, m, factor: float) -> None:
-        if self.mode == "axis":
-            self.shared.param_groups[0]["lr"][self.position[id(m)]] *= factor
             return
-        for group in ([m.group] if self.grouped else m.opt.param_groups):
+        fused = [p for _, p in self.model.named_parameters()]
+        for p in fused:
+            p.grad = torch.zeros_like(p)
+        for j, views in enumerate(self.views):
+            for view, p in zip(views, fused):
+                view.data = p.data[j]
+                view.grad = p.grad[j]
+
+    @property
+    def fresh_grads(self) -> bool:
+        """Whether the step may take new gradient tensors (the member axis) rather than the views' ones."""
+        return self.mode == "axis"
+
+    def lr_metrics(self) -> list[dict[str, float]]:
+        """Each member's curve columns (lr and any optimizer-specific ones), as its solo run reports them."""
+        if self.mode == "axis":
+            hook = getattr(self.shared, "curve_metrics", None)
+            metrics = hook() if hook is not None else {"lr": self.shared.param_groups[0]["lr"]}
+            return _floats(metrics)
+        from sensitivity.train import curve_metrics
+
+        return [curve_metrics(opt) for opt in self.opts]
+
+    def decay(self, j: int, factor: float) -> None:
+        if self.mode == "axis":
+            self.shared.param_groups[0]["lr"][j] *= factor
+            return
+        for group in self.opts[j].param_groups:
             group["lr"] *= factor
 
-    def step(self, active: list, losses: torch.Tensor, on_error, skip: set[int]) -> set[int]:
+    def step(self, losses: torch.Tensor, on_error, skip: set[int]) -> set[int]:
         """One step of every running member but those in `skip`; returns the ones `on_error` halted."""
         if self.shared is not None:
             # the closure returns the step's (K,) losses, already computed (L4 reads them; others ignore them)
-            self.shared.step(lambda: losses)  # a failure here fails the array: run_array then runs the members alone
+            self.shared.step(lambda: losses)  # a failure here fails the array: its members then run alone
             return set()
         halted = set()
-        for j, m in enumerate(active):
+        for j, opt in enumerate(self.opts):
             if j in skip:
                 continue
             try:
-                m.opt.step(lambda loss=losses[j]: loss)
+                opt.step(lambda loss=losses[j]: loss)
             except Exception:
                 if not on_error(j):
                     raise
                 halted.add(j)
         return halted
 
-    def drop(self, active: list, keep: list[int], model) -> None:
-        """Keep the members at `keep` of `active`, after ``model.keep(keep)`` replaced the fused tensors."""
+    def keep(self, index: list[int]) -> None:
+        """Keep the members at `index`, after the fused model kept them (its tensors are new)."""
         if self.mode == "axis":
-            from sensitivity.optim import members
+            member_axis.keep(self.shared, index, [p for _, p in self.model.named_parameters()])
+            return
+        self.opts = [self.opts[j] for j in index]
+        self.views = [self.views[j] for j in index]
+        self.attach()
 
-            members.keep(self.shared, keep, [p for _, p in model.named_parameters()])
-            self._positions([active[j] for j in keep])
-        elif self.grouped:
-            gone = [m for j, m in enumerate(active) if j not in set(keep)]
-            ids = {id(m.group) for m in gone}
-            self.shared.param_groups = [g for g in self.shared.param_groups if id(g) not in ids]
-            for m in gone:
-                for view in m.params:
-                    self.shared.state.pop(view, None)
+    def member_state(self, j: int) -> dict:
+        """Member j's optimizer state: a 1-member slice of the member axis, or its own optimizer's."""
+        if self.mode == "axis":
+            return member_axis.select(self.shared.state_dict(), [j])
+        return self.opts[j].state_dict()
 
-    def state_dict(self, active: list) -> dict:
-        if self.shared is not None:
-            return {"shared": self.shared.state_dict()}
-        return {"members": [m.opt.state_dict() for m in active]}
+    def load(self, states: list[dict]) -> None:
+        """Load the members' states (from :meth:`member_state`, in member order)."""
+        if self.mode == "axis":
+            self.shared.load_state_dict(member_axis.join(states))
+            return
+        for opt, state in zip(self.opts, states):
+            opt.load_state_dict(state)
 
-    def load_state_dict(self, state: dict, active: list) -> None:
-        if self.shared is not None:
-            self.shared.load_state_dict(state["shared"])
-            if self.mode != "axis":  # (the member axis's values follow its tensors' device on load)
-                for m, group in zip(active, self.shared.param_groups):
-                    m.group = group
-        else:
-            for m, s in zip(active, state["members"]):
-                m.opt.load_state_dict(s)
+    def train(self) -> None:
+        for opt in [self.shared] if self.shared is not None else self.opts:
+            if hasattr(opt, "train"):
+                opt.train()
 
+    def eval(self) -> None:
+        for opt in [self.shared] if self.shared is not None else self.opts:
+            if hasattr(opt, "eval"):
+                opt.eval()

@@ -3,10 +3,13 @@
 ``fuse`` (study file, or ``sensitivity run --fuse``) is ``off``, ``auto`` or an int N:
 
 - ``off``: every trial runs alone (``run_trial``).
-- ``auto``: fuse only where it pays on the device at hand (:func:`pays`), with as many members
-  as fit in :data:`MEMORY_FRACTION` of the device's free memory (:func:`fit`), at most
-  :data:`AUTO_MAX`.
-- ``N``: fuse every fusable group, at most N members an array (still capped by memory).
+- ``auto``: fuse only where it pays on the device the trials will run on (:func:`pays`,
+  :func:`device_kind`), at most :data:`AUTO_MAX` members an array.
+- ``N``: fuse every fusable group, at most N members an array.
+
+The driver plans this from the records alone (no device of its own is asked); the worker that
+runs an array measures its own free memory and splits the array where the members do not fit
+in :data:`MEMORY_FRACTION` of it (:func:`fit`, called by ``run_fused``).
 
 The rule of :func:`pays` comes from ``benchmarks/fused_throughput.py`` (trials per second,
 fused against solo, same configs, one process, one thread): on a CPU fusion pays for the small
@@ -24,8 +27,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_MAX_PARAMS", "check_setting", "pays", "member_bytes", "fit",
-           "cut"]
+from sensitivity.record import TrialRecord
+
+__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_MAX_PARAMS", "check_setting", "device_kind", "param_count", "pays",
+           "member_bytes", "fit", "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
 AUTO_MAX = 64  # members of one array under `auto`
@@ -41,38 +46,42 @@ def check_setting(value: Any) -> str | int:
     return value
 
 
-def _device_type(cfg: dict) -> str:
-    device = cfg.get("device", "auto")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type
+def device_kind(record: TrialRecord, gpus: float = 0.0) -> str:
+    """The kind of device ("cpu", "cuda", ...) a trial will train on, as the worker that runs it sees it.
+
+    The record's own device when it names one; under ``auto``, cuda when each trial asks the
+    cluster for GPUs (the study's ``resources.gpu``), else the CPU. Never the driver's own
+    devices: on a cluster the driver often has none of the workers' GPUs.
+    """
+    if record.device != "auto":
+        return record.device.split(":")[0]
+    return "cuda" if gpus > 0 else "cpu"
 
 
-def _param_count(cfg: dict) -> int:
-    from sensitivity import data as datamod
+def _model(record: TrialRecord):
     from sensitivity import models
+    from sensitivity.spec import dataset_info
 
-    shape, classes = datamod.dataset_info(cfg["dataset"], cfg.get("dataset_args") or {})
+    shape, classes = dataset_info(record.dataset, dict(record.dataset_args))
     with torch.device("meta"):
-        model = models.build(cfg["model"], shape, classes, cfg.get("model_args") or {})
-    return sum(p.numel() for p in model.parameters())
+        return models.build(record.model, shape, classes, dict(record.model_args)), shape
 
 
-def pays(cfg: dict) -> bool:
-    """Whether ``auto`` fuses this config's trials (see the module docstring for the rule)."""
-    if _device_type(cfg) == "cuda":
+def param_count(record: TrialRecord) -> int:
+    return sum(p.numel() for p in _model(record)[0].parameters())
+
+
+def pays(record: TrialRecord, kind: str) -> bool:
+    """Whether ``auto`` fuses this record's trials on a device of `kind` (see the module docstring for the rule)."""
+    if kind == "cuda":
         return True
-    return cfg["model"] in ("logreg", "mlp") and _param_count(cfg) <= CPU_MAX_PARAMS
+    return record.model in ("logreg", "mlp") and param_count(record) <= CPU_MAX_PARAMS
 
 
-def member_bytes(cfg: dict) -> int:
+def member_bytes(record: TrialRecord) -> int:
     """Estimated memory of one member: weights, gradients, optimizer state and activations."""
-    from sensitivity import data as datamod
-    from sensitivity import models
-
-    shape, classes = datamod.dataset_info(cfg["dataset"], cfg.get("dataset_args") or {})
+    model, shape = _model(record)
     with torch.device("meta"):
-        model = models.build(cfg["model"], shape, classes, cfg.get("model_args") or {})
         outputs = []
         hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
                  for m in model.modules() if not list(m.children())]
@@ -80,45 +89,46 @@ def member_bytes(cfg: dict) -> int:
         for h in hooks:
             h.remove()
     params = sum(p.numel() for p in model.parameters())
-    batch = int(cfg.get("batch_size", 128))
-    activations = sum(outputs) // 2 * batch * 2  # kept for backward, and their gradients
+    activations = sum(outputs) // 2 * record.batch_size * 2  # kept for backward, and their gradients
     return 4 * (params * (1 + _STATE_COPIES) + activations)
 
 
-def _free_bytes(device_type: str) -> int:
-    if device_type == "cuda":
+def _free_bytes(kind: str) -> int:
+    if kind == "cuda":
         return int(torch.cuda.mem_get_info()[0])
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def fit(cfg: dict) -> int:
-    """Members of this config's model that fit in MEMORY_FRACTION of the free device memory."""
-    kind = _device_type(cfg)
-    return max(1, int(MEMORY_FRACTION[kind] * _free_bytes(kind) // member_bytes(cfg)))
+def fit(record: TrialRecord, kind: str) -> int:
+    """Members of this record's model that fit in MEMORY_FRACTION of the free memory of this process's
+    device of `kind` (measured where the array runs)."""
+    fraction = MEMORY_FRACTION.get(kind, MEMORY_FRACTION["cuda"])
+    return max(1, int(fraction * _free_bytes(kind) // member_bytes(record)))
 
 
-def cut(configs: list[dict], setting: str | int, slots: int = 1) -> tuple[list[list[dict]], list[dict]]:
-    """(arrays, solo trials): `configs` grouped by fusion key and cut into arrays of similar sizes.
+def cut(records: list[TrialRecord], setting: str | int, slots: int = 1, gpus: float = 0.0
+        ) -> tuple[list[list[TrialRecord]], list[TrialRecord]]:
+    """(arrays, solo trials): `records` grouped by fusion key and cut into arrays of similar sizes.
 
-    Groups that ``auto`` does not fuse, and groups of one trial, are returned as solo trials.
-    Under ``auto`` a group is split into at least `slots` arrays while each keeps MIN_SPLIT members,
-    so that parallel slots are not left idle.
+    Groups that ``auto`` does not fuse on the workers' device, and groups of one trial, are returned
+    as solo trials. Arrays hold at most AUTO_MAX members under ``auto`` (N under an int setting);
+    the worker splits an array further when its members do not fit in its free memory. Under
+    ``auto`` a group is split into at least `slots` arrays while each keeps MIN_SPLIT members, so
+    that parallel slots are not left idle.
     """
-    from .array import fusion_key
-
     check_setting(setting)
     if setting == "off":
-        return [], list(configs)
-    groups: dict[tuple, list[dict]] = {}
-    for cfg in configs:
-        groups.setdefault(fusion_key(_runnable(cfg)), []).append(cfg)
+        return [], list(records)
+    groups: dict[tuple, list[TrialRecord]] = {}
+    for record in records:
+        groups.setdefault(record.fusion_key(), []).append(record)
     arrays, solo = [], []
     for members in groups.values():
         first = members[0]
-        if len(members) < 2 or (setting == "auto" and not pays(first)):
+        if len(members) < 2 or (setting == "auto" and not pays(first, device_kind(first, gpus))):
             solo.extend(members)
             continue
-        cap = min(fit(first), AUTO_MAX if setting == "auto" else setting)
+        cap = AUTO_MAX if setting == "auto" else setting
         parts = math.ceil(len(members) / cap)
         if setting == "auto":
             parts = max(parts, min(slots, len(members) // MIN_SPLIT))
@@ -127,9 +137,3 @@ def cut(configs: list[dict], setting: str | int, slots: int = 1) -> tuple[list[l
             chunk = members[k::parts]  # interleaved: cheap (early-diverging) and costly trials mix
             (arrays.append(chunk) if len(chunk) > 1 else solo.extend(chunk))
     return arrays, solo
-
-
-def _runnable(cfg: dict) -> dict:
-    from sensitivity.study import runnable
-
-    return runnable({k: v for k, v in cfg.items() if k != "_extra"})

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from sensitivity.results import trial_id
+from sensitivity.record import TrialRecord
 
 __all__ = ["plan", "series_key", "refine_rounds"]
 
@@ -68,34 +68,35 @@ def plan(rows: pd.DataFrame, *, resolution: float, tolerance: float, metric: str
     return out
 
 
-def series_key(config: dict) -> str:
+def series_key(record: TrialRecord) -> str:
     """One series: the trial's identity without α0 and seed."""
-    return trial_id({k: v for k, v in config.items() if k not in ("lr", "seed")})
+    return record.series_key()
 
 
-def refine_rounds(refine, store, grid: list[dict], run: Callable[[list[dict], int], None]) -> list[dict]:
+def refine_rounds(refine, store, grid: list[TrialRecord], run: Callable[[list[TrialRecord], int], None]
+                  ) -> list[TrialRecord]:
     """Run up to ``refine.rounds`` rounds after ``grid``; return the configs they added.
 
     ``run(configs, round)`` runs the configs not yet in the store (resume and exactly-once as for
     the grid). Round k is planned from the rows of the grid and rounds < k only, so a resumed run
     plans the same points; refinement stops where a planned trial did not finish (rerun to resume).
     """
-    known = {trial_id(c): series_key(c) for c in grid}
-    seeds: dict[str, dict[int, dict]] = {}
-    for c in grid:
-        seeds.setdefault(known[trial_id(c)], {}).setdefault(c["seed"], c)
-    added: list[dict] = []
+    known = {r.trial_id: r.series_key() for r in grid}
+    seeds: dict[str, dict[int, TrialRecord]] = {}
+    for r in grid:
+        seeds.setdefault(known[r.trial_id], {}).setdefault(r.seed, r)
+    added: list[TrialRecord] = []
     for round_ in range(1, refine.rounds + 1):
         trials = store.trials
         if trials is None or not set(known) <= set(trials["trial_id"]):
             break  # a trial of an earlier round is missing: resume it first
         rows = trials[trials["trial_id"].isin(known)].assign(series=lambda t: t["trial_id"].map(known))
         points = plan(rows, resolution=refine.resolution, tolerance=refine.tolerance, metric=refine.metric)
-        batch = [{**template, "lr": lr} for series, lrs in points.items() for lr in lrs
+        batch = [template.replace(lr=lr) for series, lrs in points.items() for lr in lrs
                  for template in seeds[series].values()]
         if not batch:
             break
         run(batch, round_)
-        known.update({trial_id(c): series_key(c) for c in batch})
+        known.update({r.trial_id: r.series_key() for r in batch})
         added.extend(batch)
     return added

@@ -1,13 +1,15 @@
-"""The worker side: run one trial (or a bundle) and report rows and curves to the driver.
+"""The worker side: train one unit (a trial, a bundle of trials or a fused array) and report to the driver.
 
-A trial never raises here: a failure becomes a row with status `error`.  Long trials
-checkpoint each epoch; on remote storage a `Mirror` keeps the node-local checkpoint
-directory copied to the URI so that a retried task resumes where the lost one stopped.
+The Ray-side wrapping of training lives here once, for a trial and an array alike: threads,
+node identity, the sweep's annotations on each row, checkpoint mirroring, the training log the
+tests count, and reporting to Tune. A trial never raises here: a failure becomes a row with
+status `error`. Long trials checkpoint each epoch (one file per trial under the checkpoint
+root); on remote storage a `Mirror` keeps the unit's files copied to the URI so that a
+retried task resumes where the lost one stopped.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -18,35 +20,24 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
 import ray
 from ray import tune
 
-from sensitivity.results import join, resolve, trial_id
-from sensitivity.study import runnable
+from sensitivity import outcome
+from sensitivity.record import TrialRecord
+from sensitivity.results import resolve
 from sensitivity.sweep.objective import mean_metric, metric_value  # noqa: F401 (importable from here)
 
 TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
 MIRROR_KEY = "_mirror"  # run_one's note of failed checkpoint uploads, never a column
-LOSS_KEYS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 
 
-def error_row(config: dict, exc: BaseException, wall: float) -> dict:
-    """A row for a trial that raised: its identity, status `error` and the message."""
-    row = {k: config.get(k) for k in ("study", "dataset", "model", "optimizer", "lr", "beta",
-                                      "seed", "batch_size", "epochs", "weight_decay")}
-    from sensitivity.train import decay_label
-
-    row["label"] = config.get("label") or config.get("optimizer")
-    row["decay"] = decay_label(config.get("decay"))
-    for key, value in (config.get("optimizer_args") or {}).items():
-        row[key] = value
-    message = f"{type(exc).__name__}: {exc}".strip()
-    row.update({"status": "error", "error": " ".join(message.split())[:2000], "wall_time_s": wall,
-                "epochs_completed": 0, "steps": 0,
-                **{k: math.inf for k in LOSS_KEYS}})
-    return row
+def error_row(record: TrialRecord, exc: BaseException, wall: float) -> dict:
+    """The row of a trial that raised: its record's identity columns, status `error` and the message."""
+    return outcome.error_row(record, f"{type(exc).__name__}: {exc}".strip(), wall)
 
 
 def node_identity() -> tuple[str, str]:
@@ -65,18 +56,19 @@ class Mirror:
     reports them.
     """
 
-    def __init__(self, remote: str):
+    def __init__(self, remote: str, names: list[str]):
         self.fs, self.remote = resolve(remote)
         self.local = tempfile.mkdtemp(prefix="sensitivity-ckpt-")
         self.failures, self.error, self.uploads = 0, None, 0
         self._sent: dict[str, tuple[int, int]] = {}  # file name -> (size, mtime) last uploaded
-        info = self.fs.get_file_info(self.remote)
-        if info.type.name == "Directory":  # resume a trial a lost worker (or an error) left behind
-            import pyarrow.fs as pafs
-
-            pafs.copy_files(self.remote, self.local, source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
-            self._sent = {name: self._signature(name) for name in os.listdir(self.local)}
+        # resume the trials a lost worker (or an error) left behind: their files only
+        for name in names:
+            source = self.remote.rstrip("/") + "/" + name
+            if self.fs.get_file_info(source).type.name != "File":
+                continue
+            with self.fs.open_input_stream(source) as src, open(os.path.join(self.local, name), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            self._sent[name] = self._signature(name)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -127,37 +119,78 @@ class Mirror:
         return {"failures": self.failures, "error": self.error} if self.failures else None
 
 
-def run_one(config: dict, checkpoint: str | None = None) -> tuple[dict, list[dict]]:
-    """Run one trial; never raises: a failing trial becomes a row with status `error`."""
+class Unit(NamedTuple):
+    """What one Ray task trains: trials with the sweep's annotations beside each (``round``,
+    ``search_entry``/``search_point``), as one fused array or one after the other."""
+
+    records: list[TrialRecord]
+    extras: list[dict]
+    fused: bool = False
+
+
+def checkpoint_names(records: list[TrialRecord]) -> list[str]:
+    """The checkpoint files of `records` under a checkpoint root: one file per trial."""
+    return [f"{r.trial_id}.pt" for r in records]
+
+
+def run_unit(unit: Unit, checkpoint_root: str | None):
+    """Train a unit; yield (rows, curves) as they finish: once for an array, once per trial otherwise.
+
+    Never raises for a failing trial: it becomes an error row. An array that fails for any reason
+    runs its members again alone, so a failure is recorded against the trial that causes it.
+    Each row carries the node that ran it and the unit's annotations. On remote storage (s3://,
+    gs://) the unit's checkpoint files are mirrored from a node-local folder (`Mirror`).
+    """
+    from sensitivity.fused import run_fused
     from sensitivity.train import run_trial
 
-    config = copy.deepcopy(config)
-    extra = config.pop("_extra", {})
-    tid = trial_id(config)
-    label = config.get("label") or config["optimizer"]
-    start = time.time()
-    mirror = None
-    if os.environ.get(TRAINING_LOG):
-        _log_training(os.environ[TRAINING_LOG], tid)
+    records, extras = list(unit.records), list(unit.extras)
+    mirror, local = None, checkpoint_root
+    if checkpoint_root and "://" in checkpoint_root:
+        mirror = Mirror(checkpoint_root, checkpoint_names(records))
+        local = mirror.local
+    node, host = node_identity()
+    log = os.environ.get(TRAINING_LOG)
+
+    def stamped(done: list[tuple[dict, list[dict]]]):
+        rows, curves = [], []
+        for (row, curve), extra in done:
+            rows.append({**row, "node": node, "host": host, **extra})
+            curves.extend(curve)
+        if mirror is not None and mirror.report():  # failed uploads, for the driver's summary
+            rows[0][MIRROR_KEY] = mirror.report()
+        return rows, curves
+
     try:
-        if checkpoint and "://" in checkpoint:
-            mirror = Mirror(checkpoint)
-            checkpoint = mirror.local
-        result = run_trial(runnable(config), checkpoint_dir=checkpoint)
-        row, curve = dict(result.row), [dict(c) for c in result.curve]
-    except Exception as exc:  # the sweep goes on; the message is kept in the row
-        row, curve = error_row(config, exc, time.time() - start), []
+        if unit.fused and len(records) > 1:
+            for record in records if log else ():
+                _log_training(log, record.trial_id)
+            try:
+                results = run_fused(records, checkpoint_dir=local)
+            except Exception:
+                results = None  # every member alone: an error then belongs to its own trial
+            if results is not None:
+                yield stamped([((r.row, r.curve), e) for r, e in zip(results, extras)])
+                return
+        for record, extra in zip(records, extras):
+            if log:
+                _log_training(log, record.trial_id)
+            start = time.time()
+            try:
+                result = run_trial(record, checkpoint_dir=local)
+                done = (result.row, result.curve)
+            except Exception as exc:  # the sweep goes on; the message is kept in the row
+                done = (error_row(record, exc, time.time() - start), [])
+            yield stamped([(done, extra)])
     finally:
         if mirror is not None:
             mirror.close()
-    node, host = node_identity()
-    row.update({"trial_id": tid, "node": node, "host": host, **extra})
-    if mirror is not None and mirror.report():
-        row[MIRROR_KEY] = mirror.report()  # for the driver's summary; `payload` moves it out of the row
-    row.setdefault("label", label)
-    row.setdefault("study", config.get("study"))
-    for point in curve:
-        point["trial_id"] = tid
+
+
+def run_one(record: TrialRecord, checkpoint_root: str | None = None, extra: dict | None = None
+            ) -> tuple[dict, list[dict]]:
+    """One trial alone (a unit of one): its row and curve; never raises."""
+    ((row,), curve), = run_unit(Unit([record], [extra or {}]), checkpoint_root)
     return row, curve
 
 
@@ -166,20 +199,16 @@ def _log_training(folder: str, tid: str) -> None:
         pass
 
 
-def payload(row: dict, curve: list[dict], checkpoint: str | None) -> str:
-    return payload_of([row], curve, checkpoint)
-
-
-def payload_of(rows: list[dict], curves: list[dict], checkpoint: str | None) -> str:
-    """One Tune result's payload: trials finished together (an array's members), their curves and
-    the checkpoint directory the driver removes once it holds them."""
+def payload(rows: list[dict], curves: list[dict]) -> str:
+    """One Tune result's payload: trials finished together (an array's members, or one trial) and
+    their curves; the driver removes their checkpoints once it holds them."""
     rows = [dict(r) for r in rows]
     mirrors = [m for m in (r.pop(MIRROR_KEY, None) for r in rows) if m]
     mirror = None
     if mirrors:
         mirror = {"failures": sum(m["failures"] for m in mirrors),
                   "error": next((m["error"] for m in mirrors if m["error"]), None)}
-    return json.dumps({"rows": rows, "curves": curves, "checkpoint": checkpoint, "mirror": mirror}, default=str)
+    return json.dumps({"rows": rows, "curves": curves, "mirror": mirror}, default=str)
 
 
 def set_threads(cpu: float) -> None:
@@ -225,36 +254,16 @@ class Reported:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def grid_task(config: dict, bundles: list, checkpoint_root: str | None, cpu: float, arrays: int = 0) -> None:
-    """Ray Tune trainable: run one bundle of trials, reporting each as it finishes.
-
-    The first `arrays` bundles are fused arrays (sensitivity.fused): trained as one, reported
-    trial by trial.  A retried bundle or array skips the trials the driver already holds (`Reported`).
-    """
+def grid_task(config: dict, units: list, checkpoint_root: str | None, cpu: float) -> None:
+    """Ray Tune trainable: train one unit (a fused array, or a bundle of trials one after the other),
+    reporting its trials as they finish (an array's together: one Tune result and one saved
+    checkpoint for all of them). A retried unit skips the trials the driver already holds (`Reported`)."""
     set_threads(cpu)
-    bundle = bundles[config["bundle"]]
-    reported = Reported(len(bundle))
-    if config["bundle"] < arrays:
-        from sensitivity.fused.sweep import run_array
-
-        members = [c for c in bundle if trial_id(c) not in reported]
-        results = run_array(members, checkpoint_root) if members else []
-        # The members trained as one array finish together: one Tune result (and one saved
-        # checkpoint) for all of them rather than one each, which cost about 40 ms a member.
-        # Members that fell back to running alone (the array failed) report one by one.
-        together = [r for r in results if r[0].get("array_id")]
-        if together:
-            rows = [row for row, _, _ in together]
-            curves = [point for _, curve, _ in together for point in curve]
-            ckpt = next((c for _, _, c in together if c), None)
-            reported.report({"payload": payload_of(rows, curves, ckpt), "trials": len(rows)}, rows)
-        for row, curve, ckpt in (r for r in results if not r[0].get("array_id")):
-            reported.report({"payload": payload(row, curve, ckpt), "trials": 1}, [row])
+    unit = units[config["bundle"]]
+    reported = Reported(len(unit.records))
+    todo = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in reported]
+    if not todo:
         return
-    for trial in bundle:
-        tid = trial_id(trial)
-        if tid in reported:
-            continue
-        ckpt = join(checkpoint_root, tid) if checkpoint_root else None
-        row, curve = run_one(trial, ckpt)
-        reported.report({"payload": payload(row, curve, ckpt), "trials": 1}, [row])
+    unit = Unit([r for r, _ in todo], [e for _, e in todo], unit.fused)
+    for rows, curves in run_unit(unit, checkpoint_root):
+        reported.report({"payload": payload(rows, curves), "trials": len(rows)}, rows)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from sensitivity.outcome import Tracker
 from sensitivity import data as datamod
 from sensitivity import train
 from sensitivity.fused import fusion_key, run_fused
@@ -37,7 +38,7 @@ def float64(monkeypatch):
 def step_losses(monkeypatch):
     """Every _Tracker's per-step minibatch losses, in creation order, as the trackers replay them."""
     logs: dict[int, list[float]] = {}
-    replay = train._Tracker.replay
+    replay = Tracker.replay
 
     def spy(self, losses, sizes):
         before = self.steps
@@ -45,7 +46,7 @@ def step_losses(monkeypatch):
         logs.setdefault(id(self), []).extend(losses[: self.steps - before])
         return stop
 
-    monkeypatch.setattr(train._Tracker, "replay", spy)
+    monkeypatch.setattr(Tracker, "replay", spy)
     return logs
 
 

@@ -34,23 +34,73 @@ def test_checkpoint_resumes_an_array(name, tmp_path, monkeypatch):
     configs = [{**base, "lr": lr, "seed": 3} for lr in (0.01, 0.05, 1e4)]
     whole = run_fused(configs)
 
-    from sensitivity.fused import array
+    from sensitivity import loop
 
-    real = array._Runner.epoch
+    real = loop._Epochs.epoch
 
     def crash_at_2(self, active, epoch):
         if epoch == 2:
             raise KeyboardInterrupt("killed")
         return real(self, active, epoch)
 
-    monkeypatch.setattr(array._Runner, "epoch", crash_at_2)
+    monkeypatch.setattr(loop._Epochs, "epoch", crash_at_2)
     with pytest.raises(KeyboardInterrupt):
         run_fused(configs, checkpoint_dir=str(tmp_path))
-    assert len(list(tmp_path.iterdir())) == 1
-    monkeypatch.setattr(array._Runner, "epoch", real)
+    assert len(list(tmp_path.iterdir())) == 2  # one file per running member (lr 1e4 diverged in epoch 1)
+    monkeypatch.setattr(loop._Epochs, "epoch", real)
     resumed = run_fused(configs, checkpoint_dir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
     for a, b in zip(whole, resumed):
         assert a.row["status"] == b.row["status"] and a.row["steps"] == b.row["steps"]
+        assert a.row["init_test_loss"] == pytest.approx(b.row["init_test_loss"], rel=1e-6)  # float32 round-off
+        assert a.row["final_lr"] == b.row["final_lr"]
         assert [c["train_loss"] for c in a.curve] == [c["train_loss"] for c in b.curve]
         assert [c["lr"] for c in a.curve] == [c["lr"] for c in b.curve]
+
+
+@pytest.mark.parametrize("name", ["adam-hd", "sgdn"])
+def test_a_re_cut_array_resumes_every_member_that_has_a_checkpoint(name, tmp_path, monkeypatch):
+    """Killed after epoch 2 of 4, then run again with one more seed (the array is cut anew): the old
+    members train epochs 3 and 4 only, the new one epochs 1 to 4, and every result equals an
+    uninterrupted run's; a member that last trained alone resumes alone."""
+    from sensitivity import loop
+
+    base = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "optimizer": name,
+            "batch_size": 128, "epochs": 4, "device": "cpu", "dataset_args": {"train_size": 512}}
+    configs = [{**base, "lr": lr, "seed": s} for lr in (0.01, 0.03) for s in (0, 1)]
+    grown = configs + [{**base, "lr": 0.01, "seed": 2}]
+    whole = run_fused(grown)
+    real = loop._Epochs.epoch
+    trained: list[tuple[int, int]] = []  # (epoch, seed) of every member epoch trained
+
+    def counted(self, active, epoch):
+        if epoch == 3 and stop[0]:
+            raise KeyboardInterrupt("killed")
+        trained.extend((epoch, m.record.seed) for m in active)
+        return real(self, active, epoch)
+
+    stop = [True]
+    monkeypatch.setattr(loop._Epochs, "epoch", counted)
+    with pytest.raises(KeyboardInterrupt):
+        run_fused(configs, checkpoint_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    stop[0] = False
+    trained.clear()
+    resumed = run_fused(grown, checkpoint_dir=str(tmp_path))
+    assert sorted(trained) == sorted([(e, s) for e in (3, 4) for s in (0, 0, 1, 1)]
+                                     + [(e, 2) for e in (1, 2, 3, 4)])
+    assert list(tmp_path.iterdir()) == []
+    for a, b in zip(whole, resumed):
+        assert a.row["status"] == b.row["status"] and a.row["steps"] == b.row["steps"]
+        assert [c["train_loss"] for c in a.curve] == pytest.approx([c["train_loss"] for c in b.curve], rel=1e-5)
+        assert b.row["init_test_loss"] == pytest.approx(a.row["init_test_loss"], rel=1e-6)
+    # a member whose last epochs ran in an array, now run alone, resumes from its array's checkpoint
+    stop[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        run_fused(configs, checkpoint_dir=str(tmp_path))
+    stop[0] = False
+    trained.clear()
+    alone = train.run_trial(configs[0], checkpoint_dir=str(tmp_path))
+    assert trained == [(3, 0), (4, 0)]
+    assert [c["train_loss"] for c in alone.curve] == pytest.approx([c["train_loss"] for c in whole[0].curve],
+                                                                   rel=1e-5)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from sensitivity.fused import plan
+from sensitivity.record import TrialRecord
 from sensitivity.results import trial_id
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep import run_study
@@ -27,15 +28,17 @@ def test_cut_groups_by_fusion_key_and_caps():
     arrays, solo = plan.cut(configs, "auto", slots=1)
     assert not solo and len(arrays) == 2  # sgd with and without decay share one array; adam-hd another
     assert sorted(len(a) for a in arrays) == [8, 8]
-    assert {c["optimizer"] for c in arrays[0]} in ({"sgd"}, {"adam-hd"})
+    assert {c.optimizer for c in arrays[0]} in ({"sgd"}, {"adam-hd-sgd"})
     capped, solo = plan.cut(configs, 3, slots=1)
     assert all(2 <= len(a) <= 3 for a in capped) and not solo
     assert sorted(trial_id(c) for a in capped for c in a) == sorted(trial_id(c) for c in configs)
     assert plan.cut(configs, "off") == ([], configs)
-    wide = [{**c, "model_args": {"hidden": [1000, 1000]}} for c in configs]
+    wide = [TrialRecord.from_config({**c.config(), "model_args": {"hidden": [1000, 1000]}, "device": "auto"})
+            for c in configs]
     assert plan.cut(wide, "auto")[0] == []  # auto: a compute-bound model does not fuse on a CPU
-    lenet = [{**c, "dataset": "synthetic", "dataset_args": {"shape": [1, 12, 12]}, "model": "lenet5",
-              "model_args": {}} for c in configs]
+    assert len(plan.cut(wide, "auto", gpus=1)[0]) == 2  # ... but it does on the workers' GPUs
+    lenet = [TrialRecord.from_config({**c.config(), "dataset": "synthetic", "dataset_args": {"shape": [1, 12, 12]},
+                                      "model": "lenet5", "model_args": {}}) for c in configs]
     assert plan.cut(lenet, "auto")[0] == [] and len(plan.cut(lenet, 4)[0]) == 4
 
 
@@ -102,3 +105,37 @@ def test_cli_rejects_a_bad_fuse_before_ray(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "s", "task": TASK, "optimizers": [{"name": "sgd"}]}))
     assert main(["run", str(path), "--fuse", "0", "--out", str(tmp_path)]) == 2
     assert "--fuse" in capsys.readouterr().err
+
+
+def test_the_plan_follows_the_workers_not_the_driver(monkeypatch):
+    """A CPU head planning for GPU workers (the cluster.yaml layout): the driver never asks its own
+    torch about CUDA; `auto` fuses by the kind of device the workers train on, which the study's
+    resources say; a trial pinned to cuda is bad input only where no node of the cluster has a GPU."""
+    import torch
+
+    from sensitivity.preflight import plan_run
+    from sensitivity.results import ResultsStore
+    from sensitivity.sweep import driver
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("the driver asked its own torch about CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
+    wide = {**TASK, "model_args": {"hidden": [1000, 1000]}}
+    pinned = Study.from_dict({"name": "gpu", "task": {**wide, "device": "cuda"}, "seeds": 2, "fuse": "auto",
+                              "resources": {"cpu": 1, "gpu": 1}, "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}]})
+    arrays, solo = plan.cut(pinned.trials(), "auto", slots=1, gpus=1)
+    assert len(arrays) == 1 and len(arrays[0]) == 4 and not solo  # cuda workers: every model fuses
+    anywhere = [TrialRecord.from_config({**r.config(), "device": "auto"}) for r in pinned.trials()]
+    assert len(plan.cut(anywhere, "auto", slots=1, gpus=1)[0]) == 1  # auto on GPU workers: as on cuda
+    assert plan.cut(anywhere, "auto", slots=1, gpus=0)[0] == []  # auto on CPU workers: this MLP runs alone
+
+    store = ResultsStore("/nonexistent/never-written")
+    run_plan = plan_run(pinned, store, write=False)
+    monkeypatch.setattr(driver, "launchable", lambda: {})
+    monkeypatch.setattr(driver, "cluster_totals", lambda: (16.0, 4.0, 8.0, 1.0))  # CPU head, GPU workers
+    driver.check_devices(pinned, run_plan)
+    monkeypatch.setattr(driver, "cluster_totals", lambda: (2.0, 0.0, 2.0, 0.0))  # a laptop
+    with pytest.raises(StudyError, match=r"^task\.device: cuda requested but no node of the Ray cluster has a GPU"):
+        driver.check_devices(pinned, run_plan)
