@@ -126,14 +126,29 @@ def _run(args) -> int:
         study.set_fuse(args.fuse)
     from sensitivity.lease import Lease, study_location
 
-    Lease(study_location(args.out, args.storage, study.name)).probe()  # a held location fails before slow imports
-    earlier = _left(study, args)
-    if earlier is None:
-        return 0  # nothing left to run: said so, Ray never started
-    from sensitivity.sweep import run_study
+    with Lease(study_location(args.out, args.storage, study.name)) as lease:  # held: exit 2, before slow imports
+        if lease.note:
+            print(lease.note, file=sys.stderr)
+        from sensitivity.preflight import check_local_data, finish, plan_run
+        from sensitivity.results import ResultsStore
 
-    summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
-                        max_concurrent=args.max_concurrent, quiet=args.quiet, retry_errors=args.retry_errors)
+        store = ResultsStore(lease.location)
+        store.guard = lease.check
+        plan = plan_run(study, store, args.smoke, args.retry_errors)  # the smoke guard first: nothing written before
+        if plan.rewritten and not args.quiet:
+            print(f"{study.name}: {plan.rewritten} stored rows given their current id or canonical spelling "
+                  f"(nothing rerun)")
+        if not plan.left:
+            finish(plan)
+            _nothing_left(study, plan, args)
+            return 0
+        check_local_data(study, args.smoke, args.address)  # before Ray is even imported
+        study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before Ray starts
+        from sensitivity.sweep import run_study
+
+        summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
+                            max_concurrent=args.max_concurrent, quiet=args.quiet, retry_errors=args.retry_errors,
+                            plan=plan, lease=lease)
     if not args.quiet:
         how = [f"{summary.fused} in {summary.arrays} fused arrays"] if summary.fused else []
         if summary.ran > summary.fused:
@@ -149,7 +164,7 @@ def _run(args) -> int:
     if summary.mirror_failures:
         print(f"sensitivity: {summary.mirror_failures} checkpoint upload(s) failed (trials went on; a lost worker "
               f"restarts them from scratch); first: {summary.mirror_error}", file=sys.stderr)
-    _report_errors(summary.failures, earlier, args)
+    _report_errors(summary.failures, plan.errored, args)
     if summary.missing:
         first = f"; first Ray error: {summary.errors[0]}" if summary.errors else ""
         print(f"sensitivity: {summary.missing} of {summary.total} trials did not finish{first}; "
@@ -158,38 +173,15 @@ def _run(args) -> int:
     return 1 if summary.errored else 0
 
 
-def _left(study, args) -> int | None:
-    """Errored rows kept from earlier runs; None (after saying so) when nothing is left to run.
-
-    Missing dataset files of a local run raise StudyError here, before Ray is imported.
-    """
-    from sensitivity.preflight import check_local_data, location, pending
-    from sensitivity.results import ResultsStore
-
-    store = ResultsStore(location(study, args.out, args.storage))
-    todo = pending(study, store, args.smoke, args.retry_errors)
-    if todo.left:
-        check_local_data(study, args.smoke, args.address)  # before Ray is even imported
-        study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before the lease
-        return todo.errored
-    from sensitivity.lease import Lease
-    from sensitivity.preflight import current_rows
-
-    with Lease(store.location) as lease:  # the study may have changed (a renamed label): say what is current
-        if lease.note:
-            print(lease.note, file=sys.stderr)
-        store = ResultsStore(store.location)
-        store.guard = lease.check
-        current = current_rows(study, store, args.smoke)
-        current.write()
-        store.write_text("study.yaml", study.to_yaml(args.smoke))
+def _nothing_left(study, plan, args) -> None:
+    """Say that nothing was left to run (the tables are compacted and current.json written)."""
     if not args.quiet:
-        print(f"{study.name}: nothing to run; all {todo.total} trials are in {store.location}")
-        if current.stale():
-            print(f"  {current.stale()} stale rows (an earlier version of the study) kept in the table; "
+        print(f"{study.name}: nothing to run; all {plan.total} trials are in {plan.location}")
+        stale = plan.current.stale()
+        if stale:
+            print(f"  {stale} stale rows (an earlier version of the study) kept in the table; "
                   f"analysis leaves them out (include_stale=True brings them back)")
-    _report_errors([], todo.errored, args)
-    return None
+    _report_errors([], plan.errored, args)
 
 
 def _report_errors(failures, earlier: int, args) -> None:
@@ -205,13 +197,12 @@ def _compact(args) -> int:
     from sensitivity.lease import Lease
     from sensitivity.results import ResultsStore
 
-    store = ResultsStore(args.results)
-    if store.trials is None:
-        return _bad(f"results: no trials.parquet and no parts in {args.results}")
-    with Lease(args.results) as lease:  # a writer like a run: never beside one
+    with Lease(args.results) as lease:  # a writer like a run: never beside one (held: exit 2 naming the holder)
         if lease.note:
             print(lease.note, file=sys.stderr)
         store = ResultsStore(args.results)
+        if store.trials is None:
+            return _bad(f"results: no trials.parquet and no parts in {args.results}")
         store.guard = lease.check
         store.compact()
     print(f"{len(store.done_ids())} trials in {store.trials_path} and {store.curves_path}")
@@ -235,7 +226,7 @@ def _plot(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from sensitivity.storage import ResultsWriteError
+    from sensitivity.storage import CorruptTableError, ResultsWriteError
     from sensitivity.study import StudyError
 
     handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot,
@@ -245,7 +236,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("sensitivity: interrupted; run the same command again to resume", file=sys.stderr)
         return 1
-    except StudyError as exc:  # bad input: one line naming the field (or a study's lease held by another run)
+    except (StudyError, CorruptTableError) as exc:  # bad input: one line naming the field or file (or a held lease)
         return _bad(exc)
     except ResultsWriteError as exc:  # a read-only or full destination: one line naming the path
         print(f"sensitivity: {exc}", file=sys.stderr)

@@ -217,6 +217,11 @@ class Lease:
 
     def acquire(self) -> "Lease":
         """Take the lease or raise LeaseHeld; start renewing it."""
+        self._created = []  # folders this lease creates: removed again when released empty
+        folder = self.dir
+        while self.local and folder and not os.path.isdir(folder):
+            self._created.append(folder)
+            folder = os.path.dirname(folder)
         with writing(self.dir):
             self.fs.create_dir(self.dir, recursive=True)
         for _ in range(5):
@@ -303,6 +308,9 @@ class Lease:
             if holder is not None and holder.token == self.me.token:
                 self.fs.delete_file(self.path)
                 self._clean_markers(None)  # the takeover that gave this run the lease is over
+            for folder in getattr(self, "_created", []):  # innermost first
+                if os.path.isdir(folder) and not os.listdir(folder):
+                    os.rmdir(folder)  # a run stopped by bad input before writing anything leaves nothing behind
         except OSError:
             pass  # a lease left behind is taken over as stale
 

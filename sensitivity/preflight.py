@@ -1,20 +1,35 @@
-"""What a run will do, known before Ray starts (no torch, no ray): trials left, earlier errors, data files.
+"""The run plan: what a run will do, computed once, before Ray starts (no ray; torch only to check optimizers).
 
-`sensitivity run` asks this first, so a run with nothing left returns in seconds, and missing
-dataset files stop it before Ray starts; `sensitivity validate` warns about the same files.
+`sensitivity run` and `sweep.run_study` both take the :class:`RunPlan` of :func:`plan_run`:
+
+1. the smoke guard: a `--smoke` run and a full run never share one table (checked before
+   anything is written);
+2. migrations of the stored rows (a write: the caller holds the study's lease): rows stored
+   under the earlier id rule get their current ids, and rows of the current study spelt another
+   way (an alias, a default left out, an int for a float) get the record's canonical identity
+   columns, so one trial is one series however the study was written; nothing is rerun;
+3. which stored rows are current (``current.json``): the study's trials, a refined grid's
+   rounds, and in a refined study any stored α0 point of a current series;
+4. what is left to run, and the errored rows that stay.
+
+A plan with nothing left ends the way a run ends (:func:`finish`): both tables compacted,
+``current.json`` and ``study.yaml`` written.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from sensitivity.results import ResultsStore, trial_id
+from sensitivity.identity import Current, legacy_ids
+from sensitivity.record import TrialRecord
+from sensitivity.results import STUDY, ResultsStore
 from sensitivity.spec import missing_files
 from sensitivity.study import Study, StudyError
 
-__all__ = ["Pending", "location", "pending", "refined_trials", "current_rows", "missing_data", "check_local_data",
-           "errored_rows"]
+__all__ = ["Pending", "RunPlan", "plan_run", "finish", "location", "pending", "refined_trials", "current_rows",
+           "missing_data", "check_local_data", "errored_rows", "smoke_guard"]
 
 
 @dataclass
@@ -26,11 +41,46 @@ class Pending:
     errored: int  # rows with status error that stay (a run without --retry-errors skips them)
 
 
+@dataclass
+class RunPlan:
+    """What a run of `study` on `store` does: `left` of `total` trials to start, `errored` rows that stay."""
+
+    study: Study
+    store: ResultsStore
+    smoke: bool
+    retry_errors: bool
+    records: list[TrialRecord]  # the grid's trials (search mode: the space's corners)
+    total: int
+    left: int
+    errored: int  # rows with status error that stay (a run without --retry-errors skips them)
+    current: Current
+    rewritten: int = 0  # stored rows given their canonical spelling or current id
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+
 def location(study: Study, out: str | os.PathLike = "results", storage: str | None = None) -> str:
     """``<storage or out>/<study name>``: where the study's tables live (StudyError for an --out URI)."""
     from sensitivity.lease import study_location
 
     return study_location(out, storage, study.name)
+
+
+def smoke_guard(store: ResultsStore, smoke: bool) -> None:
+    """StudyError when the location holds rows of the other kind (a --smoke run against a full one)."""
+    if store.trials is None or not len(store.trials):
+        return
+    text = store.read_text(STUDY)
+    match = re.search(r"smoke: (true|false)", (text or "")[:300])
+    if match is None:
+        return
+    saved = match.group(1) == "true"
+    if saved != bool(smoke):
+        kind = "a --smoke run" if saved else "a full run"
+        raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
 
 
 def errored_rows(store: ResultsStore):
@@ -41,16 +91,54 @@ def errored_rows(store: ResultsStore):
     return trials[trials["status"] == "error"]
 
 
+def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
+             write: bool = True) -> RunPlan:
+    """The plan of a run (module docstring). With `write` (the caller holds the lease) the stored rows
+    are migrated first; without, nothing is written and the counts are what a run would start."""
+    smoke_guard(store, smoke)
+    rewritten = 0
+    if write:
+        rewritten += store.rename(legacy_ids(study.spelled_trials(smoke)) if not study.search else {})
+    current = current_rows(study, store, smoke, rename=write)
+    if write:
+        rewritten += store.respell(_current_records(study, store, smoke, current))
+    todo = pending(study, store, smoke, retry_errors)
+    return RunPlan(study, store, smoke, retry_errors, study.trials(smoke), todo.total, todo.left, todo.errored,
+                   current, rewritten)
+
+
+def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Current) -> dict[str, TrialRecord]:
+    """trial_id -> record of each stored current row whose record the plan knows (grid, rounds, points)."""
+    known: dict[str, TrialRecord] = {}
+    if study.search:
+        from sensitivity.sweep.points import current_search_records  # Ray-free
+
+        known = current_search_records(study, store, smoke)
+    else:
+        known = {r.trial_id: r for r in study.trials(smoke)}
+        if study.refine:
+            known.update({r.trial_id: r for r in refined_trials(study, store, study.trials(smoke))})
+            known.update(_series_rows(study, store, smoke))
+    return {tid: r for tid, r in known.items() if tid in current.labels and tid in store}
+
+
+def finish(plan: RunPlan, *, write_study: bool = True) -> None:
+    """End a run with nothing (more) to run as every run ends: the tables compacted, the record of the study written."""
+    plan.store.ensure_tables()
+    plan.current.write()
+    if write_study:
+        plan.store.write_text(STUDY, plan.study.to_yaml(plan.smoke))
+
+
 def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False) -> Pending:
-    """How many of the study's trials a run would start, given the stored rows; writes nothing.
+    """How many of the study's trials a run would start, given the stored rows.
 
     Rows are matched as the run matches them: by trial_id (rows stored under the earlier id rule
     count under it too), and in search mode points by configuration, never by entry position.
     In search mode every seed of a point short of its seeds counts (an upper bound: a rerun
-    finishes only the missing seeds); zero means zero in both modes.  A finished grid with
+    finishes only the missing seeds); zero means zero in both modes. A finished grid with
     ``refine:`` counts the trials of its refinement rounds (:func:`refined_trials`), planned from
-    the stored rows exactly as the run plans them (rows stored under the earlier id rule are
-    migrated by the run first: such a grid counts as having rounds left).
+    the stored rows exactly as the run plans them.
     """
     from sensitivity.identity import legacy_trial_id
 
@@ -59,17 +147,20 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     n_errors = 0 if errors is None else len(errors)
     retried = set(errors["trial_id"]) if retry_errors and n_errors else set()
     done = store.done_ids() - retried
+    errored = 0 if retry_errors else n_errors
     if not study.search:
-        grid = study.trials(smoke)
-        left = sum(trial_id(c) not in done and legacy_trial_id(c) not in done for c in grid)
+        left = 0
+        for spelled, record in study.spelled_trials(smoke):
+            left += record.trial_id not in done and legacy_trial_id(spelled) not in done
         if study.refine and not left:
-            if all(trial_id(c) in done for c in grid):
+            grid = study.trials(smoke)
+            if all(r.trial_id in done for r in grid):
                 rounds = refined_trials(study, store, grid)
                 total += len(rounds)
-                left = sum(trial_id(c) not in done for c in rounds)
+                left = sum(r.trial_id not in done for r in rounds)
             else:
                 left = 1  # the run migrates the old ids first, then plans the rounds
-        return Pending(total, left, 0 if retry_errors else n_errors)
+        return Pending(total, left, errored)
     from sensitivity.sweep.points import match_points  # Ray-free
 
     n_points, seeds = study.search_trials(smoke), set(study.seeds(smoke))
@@ -78,10 +169,10 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
         complete = sum(seeds <= {seed for seed, (tid, _) in p["done"].items() if tid not in retried}
                        for p in points.values())
         left += max(0, n_points - complete) * len(seeds)
-    return Pending(total, left, 0 if retry_errors else n_errors)
+    return Pending(total, left, errored)
 
 
-def refined_trials(study: Study, store: ResultsStore, grid: list[dict]) -> list[dict]:
+def refined_trials(study: Study, store: ResultsStore, grid: list[TrialRecord]) -> list[TrialRecord]:
     """The refinement rounds' trials as the run plans them from the stored rows: every round whose
     trials are all stored, and the first one that is not (its missing trials are what a run starts)."""
     from sensitivity.sweep.refine import refine_rounds  # Ray-free
@@ -89,20 +180,39 @@ def refined_trials(study: Study, store: ResultsStore, grid: list[dict]) -> list[
     return refine_rounds(study.refine, store, grid, lambda batch, round_: None)
 
 
-def current_rows(study: Study, store: ResultsStore, smoke: bool = False):
-    """The current study's stored trials (`identity.Current`, written as ``current.json``); rows
-    stored under the old id rule get their current ids first (a write: hold the lease)."""
-    from sensitivity.identity import Current, legacy_ids
+def _series_rows(study: Study, store: ResultsStore, smoke: bool) -> dict[str, TrialRecord]:
+    """In a refined study, every stored α0 point of a current series on one of the study's seeds.
 
+    Refinement places α0 points from the rows it finds, so after a grid edit (a point added that a
+    round had measured, a resolution changed) the rounds are planned anew; the points measured
+    before still describe the same series and stay current.
+    """
+    trials = store.trials
+    if trials is None or "lr" not in trials or not len(trials):
+        return {}
+    lrs = sorted({float(v) for v in trials["lr"].dropna().unique()})
+    ids = set(trials["trial_id"])
+    out = {}
+    for template in study.trials(smoke):
+        for lr in lrs:
+            record = template.replace(lr=lr)
+            if record.trial_id in ids:
+                out[record.trial_id] = record
+    return out
+
+
+def current_rows(study: Study, store: ResultsStore, smoke: bool = False, *, rename: bool = True) -> Current:
+    """The current study's stored trials (`identity.Current`, written as ``current.json``)."""
     if study.search:
         from sensitivity.sweep.points import current_search_ids  # Ray-free
 
-        return Current(store, study.name, current_search_ids(study, store, smoke))
-    configs = study.trials(smoke)
-    store.rename(legacy_ids(configs))
+        return Current(store, study.name, current_search_ids(study, store, smoke, rename=rename))
+    records = study.trials(smoke)
+    labels = {r.trial_id: r.display for r in records}
     if study.refine:  # the rounds' α0 points belong to the study as much as the grid's
-        configs = configs + refined_trials(study, store, configs)
-    return Current(store, study.name, {trial_id(c): c["label"] for c in configs})
+        labels.update({r.trial_id: r.display for r in refined_trials(study, store, records)})
+        labels.update({tid: r.display for tid, r in _series_rows(study, store, smoke).items()})
+    return Current(store, study.name, labels)
 
 
 def missing_data(study: Study, smoke: bool = False) -> list[str]:
@@ -113,12 +223,12 @@ def missing_data(study: Study, smoke: bool = False) -> list[str]:
     if smoke:
         return []
     seen, out = set(), []
-    for config in study.trials(smoke):  # search mode: the configs of each entry's corners
-        key = (config.get("dataset"), config.get("data_dir"), bool(config.get("download")))
+    for record in study.trials(smoke):  # search mode: the trials of each entry's corners
+        key = (record.dataset, record.data_dir, record.download)
         if key in seen:
             continue
         seen.add(key)
-        message = missing_files(config)
+        message = missing_files(record.config())
         if message:
             out.append(message)
     return out

@@ -34,20 +34,22 @@ class Progress:
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def add(self, rows: Iterable[Mapping]) -> None:
-        if self._first is None:
-            self._first = time.monotonic()
-            self._first_done = self.done
+        """Count one finished unit of work: a trial, or a fused array's trials, which arrive together."""
         for row in rows:
             self.done += 1
             self.diverged += row.get("status") == "diverged"
             self.errored += row.get("status") == "error"
+        if self._first is None:  # the rate is measured from the first arrival on, excluding it
+            self._first = time.monotonic()
+            self._first_done = self.done
         self.show()
 
     def line(self) -> str:
         now = time.monotonic()
         elapsed, left = now - self.start, self.total - self.done
-        # the rate since the first result: the startup before it says little about what is left
-        since = self.done - self._first_done - 1
+        # the rate since the first arrival (the startup before it says little about what is left; an
+        # array's trials arrive at once, so the rate needs a second arrival): "?" until then
+        since = self.done - self._first_done
         if left <= 0:
             eta = "0:00"
         elif self._first is not None and since > 0 and now > self._first:

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
-    ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now, through_of, write_atomic,
+    CorruptTableError, ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now, through_of, write_atomic,
     write_error, writing)
 
 from sensitivity.identity import NON_IDENTITY_KEYS, _canonical, trial_id  # noqa: F401 (re-exported)
@@ -68,6 +68,23 @@ def clean_row(row: Mapping[str, Any]) -> dict:
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _same_cells(got: pd.Series, want: pd.Series) -> pd.Series:
+    """Cell by cell: equal values, or both missing (a text "1" is not the number 1)."""
+    missing = got.isna().to_numpy() & want.isna().to_numpy()
+    a, b = got.to_numpy(dtype=object), want.to_numpy(dtype=object)
+    same = [_same(x, y) for x, y in zip(a, b)]
+    return pd.Series(missing | same, index=got.index)
+
+
+def _same(x: Any, y: Any) -> bool:
+    x, y = (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v for v in (x, y))
+    if isinstance(x, bool) or isinstance(y, bool):
+        return type(x) is type(y) and x == y
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return x == y
+    return type(x) is type(y) and x == y
 
 
 def _column(key: str, values: list) -> pa.Array:
@@ -276,7 +293,12 @@ class ResultsStore:
                 seen.add(tid)
         if not fresh:
             return 0
-        curve_rows = [c for c in curves if c.get("trial_id") in seen]
+        self._write_part(fresh, [c for c in curves if c.get("trial_id") in seen])
+        return len(fresh)
+
+    def _write_part(self, fresh: list[Mapping[str, Any]], curve_rows: list[Mapping[str, Any]]) -> None:
+        """One new pair of parts (rows of stored ids replace theirs: a read keeps the newest row)."""
+        seen = {row["trial_id"] for row in fresh}
         self._check()
         seq = self._seq + 1
         if curve_rows:  # curves first: a trial is done once its trials part exists
@@ -288,7 +310,6 @@ class ResultsStore:
         self._has_trials = True
         self._trials_frames.append(table.to_pandas())
         self._curves_cache = None
-        return len(fresh)
 
     def compact(self, exclude: Iterable[str] = ()) -> None:
         """Fold every part into ``trials.parquet`` and ``curves.parquet``, then delete the parts.
@@ -369,6 +390,54 @@ class ResultsStore:
         self.append(records, moved.to_dict("records"))
         self.compact(exclude=moving)
         return len(moving)
+
+    def respell(self, records: Mapping[str, Any]) -> int:
+        """Give stored rows their record's identity columns where they were spelt another way; returns how many.
+
+        `records` maps trial_id -> `TrialRecord`. A row written by an older version (an optimizer
+        alias, a default left out, an int where the record has a float, an error row with only a
+        few columns) gets the record's `columns()`, its outcome kept; its curve stays. Crash-safe
+        like `rename`: the rows are appended as a part (a read keeps the newest row of an id), then
+        the tables are compacted; nothing is rerun.
+        """
+        trials = self.trials
+        if not records or trials is None or "trial_id" not in trials:
+            return 0
+        rows = trials[trials["trial_id"].isin(list(records))]
+        if rows.empty:
+            return 0
+        expected = pd.DataFrame([records[t].columns() for t in rows["trial_id"]], index=rows.index)
+        differ = pd.Series(False, index=rows.index)
+        for column in expected.columns:
+            if column in ("trial_id", "label"):  # labels come from current.json
+                continue
+            want = expected[column]
+            if column not in rows:
+                differ |= want.notna()
+                continue
+            differ |= ~_same_cells(rows[column], want)
+        changed = rows[differ]
+        if changed.empty:
+            return 0
+        fresh = []
+        for row in changed.to_dict("records"):
+            columns = records[row["trial_id"]].columns()
+            columns.pop("label")
+            fresh.append({**{k: v for k, v in row.items() if not _is_missing(v)}, **columns})
+        self._write_part(fresh, [])
+        self.compact()
+        return len(fresh)
+
+    def read_text(self, name: str) -> str | None:
+        """A text file beside the tables (study.yaml, current.json), or None."""
+        path = self.path.rstrip("/") + "/" + name
+        try:
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                return None
+            with self.fs.open_input_stream(path) as handle:
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return None
 
     def write_text(self, name: str, text: str) -> None:
         self._check()

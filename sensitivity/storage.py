@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 THROUGH_KEY = b"sensitivity.through"  # schema metadata of a compacted table: last part it holds
 
 
+class CorruptTableError(ValueError):
+    """A results table that cannot be read as parquet (bad input: exit 2, the file named)."""
+
+
 class ResultsWriteError(OSError):
     """The results location cannot be written (read-only, full, a path under a file); one line."""
 
@@ -106,7 +110,12 @@ def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
         if not exists(fs, path):
             return None
         raise
-    return pq.read_table(pa.BufferReader(data))
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:  # pyarrow raises several types for a corrupt file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CorruptTableError(f"results: {path} is not a readable parquet table ({reason}); move it away "
+                                f"(its rows would be lost) or restore it") from None
 
 
 def through_of(table: pa.Table | None) -> int:

@@ -203,7 +203,7 @@ def test_pending_counts_search_points_still_short_of_seeds(tmp_path):
         # rows as a run stores them: real trial ids, the point as its values; matched by
         # configuration, whatever entry position the row recorded
         values = {"lr": lr}
-        configs = [c for c in study.search_configs(entry, values) if c["seed"] in seeds]
+        configs = [c for c in study.search_configs(entry, values) if c.seed in seeds]
         return [{"trial_id": trial_id(c), "status": status, "search_point": point_text(values),
                  "search_entry": entry if position is None else position} for c in configs]
 

@@ -41,8 +41,8 @@ def simulate(s: Study, store: ResultsStore, stop_after: int | None = None, stora
         asked += 1
         index = proposal["entry"]
         values, point = _point_values(s, index, proposal["point"], False)
-        rows = [{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c["lr"], "label": c["label"],
-                 "optimizer": c["optimizer"], "lr": c["lr"], "seed": c["seed"], "epochs": c["epochs"],
+        rows = [{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c.lr, "label": c.label,
+                 "optimizer": c.optimizer, "lr": c.lr, "seed": c.seed, "epochs": c.epochs,
                  "search_entry": index, "search_point": point}
                 for c in s.search_configs(index, values)]
         store.append(rows, [])
@@ -101,8 +101,8 @@ def test_with_the_journal_a_resume_that_meets_old_points_completes_its_budget(tm
     entries = make_entries(s, plan_entries(s, store, False), False, limit=1, storage=storage)
     values, point = _point_values(s, 0, entries.suggest("killed")["point"], False)
     c = s.search_configs(0, values)[0]
-    store.append([{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c["lr"], "label": c["label"],
-                   "optimizer": c["optimizer"], "lr": c["lr"], "seed": c["seed"], "epochs": c["epochs"],
+    store.append([{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c.lr, "label": c.label,
+                   "optimizer": c.optimizer, "lr": c.lr, "seed": c.seed, "epochs": c.epochs,
                    "search_entry": 0, "search_point": point}], [])
     save()
     storage, _ = optuna_storage(str(tmp_path))
@@ -168,9 +168,10 @@ def test_a_table_of_the_old_format_is_matched_and_migrated(tmp_path):
     store = ResultsStore(tmp_path)
     # before: points as Optuna's choice indices, ids hashed from the config as spelt
     old_point = json.dumps({"lr": 0.01, "momentum__choice": 1}, sort_keys=True)
-    configs = s.search_configs(0, {"lr": 0.01, "momentum": 0.9})
-    store.append([{"trial_id": legacy_trial_id(c), "status": "ok", "min_train_loss": 1.0, "seed": c["seed"],
-                   "search_entry": 0, "search_point": old_point} for c in configs], [])
+    pairs = list(s.search_pairs(0, {"lr": 0.01, "momentum": 0.9}))
+    configs = [c for _, c in pairs]
+    store.append([{"trial_id": legacy_trial_id(spelled), "status": "ok", "min_train_loss": 1.0, "seed": c.seed,
+                   "search_entry": 0, "search_point": old_point} for spelled, c in pairs], [])
     plan = plan_entries(s, store, False)[0]
     assert plan["budget"] == 1 and len(plan["complete"]) == 1
     assert ResultsStore(tmp_path).done_ids() == {trial_id(c) for c in configs}  # renamed, not rerun

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from sensitivity.progress import Progress
+from sensitivity.record import TrialRecord
 from sensitivity.results import ResultsStore, load, trial_id
 from sensitivity.study import Study, StudyError, load_study
 from sensitivity.sweep import bundle_size, error_row, is_short, make_bundles, mean_metric, run_one, run_study
@@ -61,41 +62,48 @@ def assert_exactly_once(results: Path, study: Study, smoke: bool = False):
 # fast: the pieces
 
 
+def _records(configs) -> list[TrialRecord]:
+    return [TrialRecord.from_config(c) for c in configs]
+
+
 def test_bundles_only_short_trials_and_interleave():
-    short = [{"dataset": "digits", "model": "mlp", "epochs": 15, "i": i} for i in range(40)]
+    short = _records({"dataset": "digits", "model": "mlp", "optimizer": "sgd", "epochs": 15, "seed": i}
+                     for i in range(40))
     assert all(is_short(c) for c in short)
     assert bundle_size("auto", short, slots=2) == 5
     assert bundle_size("auto", short[:2], slots=2) == 1
     assert bundle_size(3, short, slots=2) == 3
-    long = [{"dataset": "cifar10", "model": "resnet18", "epochs": 200}]
+    long = _records([{"dataset": "cifar10", "model": "resnet18", "optimizer": "sgd", "epochs": 200}])
     assert not is_short(long[0]) and bundle_size("auto", short + long, slots=2) == 1
     bundles = make_bundles(short, 5)
-    assert len(bundles) == 8 and sorted(c["i"] for b in bundles for c in b) == list(range(40))
-    assert [c["i"] for c in bundles[0][:3]] == [0, 8, 16]  # neighbours in the grid spread over tasks
+    assert len(bundles) == 8 and sorted(c.seed for b in bundles for c in b) == list(range(40))
+    assert [c.seed for c in bundles[0][:3]] == [0, 8, 16]  # neighbours in the grid spread over tasks
 
 
 def test_error_row_keeps_identity_and_never_nan():
     config = {"study": "s", "dataset": "digits", "model": "mlp", "optimizer": "adam", "lr": 0.1, "seed": 3,
               "decay": {"every_epochs": 5, "factor": 0.5}, "optimizer_args": {"betas": [0.9, 0.99]}}
-    row = error_row(config, RuntimeError("boom\nsecond line"), 1.5)
+    record = TrialRecord.from_config(config)
+    row = error_row(record, RuntimeError("boom\nsecond line"), 1.5)
     assert row["status"] == "error" and row["error"] == "RuntimeError: boom second line"
-    assert row["decay"] == "step:5:0.5" and row["betas"] == [0.9, 0.99] and row["lr"] == 0.1
+    assert row["decay"] == "step:5:0.5" and row["betas"] == "[0.9, 0.99]" and row["lr"] == 0.1
     assert all(row[k] == math.inf for k in LOSSES)
+    assert {k: row[k] for k in record.columns()} == record.columns()  # spelt as every row of the trial
 
 
 def test_long_trials_checkpoint_beside_the_tables_or_mirrored_to_a_uri(tmp_path, monkeypatch):
     from sensitivity.sweep import worker
 
-    config = {"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": 0}
-    local = tmp_path / "checkpoints" / trial_id(config)
-    row, curve = run_one(config, str(local))
+    record = TrialRecord.from_config({"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": 0})
+    local = tmp_path / "checkpoints"
+    row, curve = run_one(record, str(local))
     assert row["status"] == "ok" and len(curve) == 2 and not list(local.glob("*.pt"))  # removed when done
 
     monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 0.05)
-    remote = tmp_path / "remote" / "t1"
+    remote = tmp_path / "remote"
     remote.mkdir(parents=True)
     (remote / "t1.pt").write_bytes(b"epoch 3")
-    mirror = worker.Mirror(f"file://{remote}")
+    mirror = worker.Mirror(f"file://{remote}", ["t1.pt"])
     assert (Path(mirror.local) / "t1.pt").read_bytes() == b"epoch 3"  # a retried trial starts from it
     (Path(mirror.local) / "t1.pt").write_bytes(b"epoch 4")
     deadline = time.monotonic() + 10
@@ -118,6 +126,21 @@ def test_progress_line():
     progress.add([{"status": "ok"}, {"status": "diverged"}, {"status": "error"}])
     line = stream.getvalue().strip().splitlines()[-1]
     assert line.startswith("s: 3/4 trials | 1 diverged | 1 errored |") and "ETA" in line
+
+
+def test_the_eta_waits_for_a_second_arrival(monkeypatch):
+    """A fused array's 50 trials arrive at once: no rate (and no 'ETA 0:00') until the next arrival."""
+    from sensitivity import progress as progress_module
+
+    now = [100.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    progress = Progress(900, name="s", stream=io.StringIO(), every=0)
+    now[0] = 110.0
+    progress.add([{"status": "ok"}] * 50)
+    assert progress.line().endswith("ETA ?")
+    now[0] = 120.0
+    progress.add([{"status": "ok"}] * 50)  # 50 trials in 10 s: 800 left take 160 s
+    assert progress.line().endswith("ETA 2:40")
     quiet = io.StringIO()
     Progress(4, quiet=True, stream=quiet).add([{"status": "ok"}])
     assert quiet.getvalue() == ""
@@ -162,7 +185,7 @@ def test_a_trial_that_raises_becomes_an_error_row(tmp_path):
     empty.mkdir()
     config = {"study": "s", "label": "mnist-missing", **TASK, "dataset": "mnist", "data_dir": str(empty),
               "optimizer": "sgd", "lr": 0.1, "seed": 0, "epochs": 1}
-    row, curve = run_one(config)
+    row, curve = run_one(TrialRecord.from_config(config))
     assert row["status"] == "error" and str(empty) in row["error"] and curve == []
     assert row["trial_id"] == trial_id(config) and row["label"] == "mnist-missing"
     assert all(row[k] == math.inf for k in LOSSES) and "host" in row and "node" in row
@@ -173,24 +196,30 @@ def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkey
 
     from sensitivity.sweep import worker
 
-    configs = [{"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": k} for k in range(4)]
+    configs = _records({"study": "s", **TASK, "optimizer": "sgd", "lr": 0.1, "seed": k} for k in range(4))
     reports, trained = [], []
     monkeypatch.setattr(worker, "set_threads", lambda cpu: None)
-    monkeypatch.setattr(worker, "run_one", lambda c, ckpt=None: (trained.append(trial_id(c)) or
-                                                                 ({"trial_id": trial_id(c)}, [])))
+
+    def run_unit(unit, checkpoint_root):
+        for record in unit.records:
+            trained.append(record.trial_id)
+            yield [{"trial_id": record.trial_id}], []
+
+    monkeypatch.setattr(worker, "run_unit", run_unit)
 
     def report(metrics, checkpoint=None):  # Tune persists the checkpoint's folder before report returns
         reports.append(tune.Checkpoint.from_directory(shutil.copytree(checkpoint.path, tmp_path / str(len(reports)))))
 
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    unit = worker.Unit(configs, [{}] * 4)
+    worker.grid_task({"bundle": 0}, [unit], None, 1)
     assert trained == [trial_id(c) for c in configs] and all(reports)
     # the worker is lost after its second report reached the driver: Tune restarts from that checkpoint
     second = reports[1]
     trained.clear()
     monkeypatch.setattr(tune, "get_checkpoint", lambda: second)
-    worker.grid_task({"bundle": 0}, [configs], None, 1)
+    worker.grid_task({"bundle": 0}, [unit], None, 1)
     assert trained == [trial_id(c) for c in configs[2:]]
 
 

@@ -3,74 +3,83 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
 import ray
 
 from sensitivity.lease import Lease, results_root, study_location  # noqa: F401 (results_root: importable here)
-from sensitivity.preflight import check_local_data, current_rows as _current, pending
+from sensitivity.preflight import RunPlan, check_local_data, current_rows, finish, plan_run
 from sensitivity.results import CURVES, STUDY, TRIALS, ResultsStore, join
 from sensitivity.study import Study, StudyError
-from sensitivity.sweep.cluster import connect, trial_resources
+from sensitivity.sweep.cluster import cluster_totals, connect, launchable, trial_resources
 from sensitivity.sweep.grid import run_grid
 from sensitivity.sweep.search import run_search
 from sensitivity.sweep.tuner import Summary, remove_dir
 
 
-def _smoke_mismatch(store: ResultsStore, smoke: bool) -> None:
-    """Refuse to mix --smoke trials and real ones in one table."""
-    path = store.path.rstrip("/") + "/" + STUDY
-    try:
-        if store.fs.get_file_info(path).type.name != "File":
-            return
-        with store.fs.open_input_stream(path) as handle:
-            head = handle.read(200).decode(errors="replace")
-    except OSError:
+def check_devices(study: Study, plan: RunPlan) -> None:
+    """StudyError (bad input) when a trial names a CUDA device and no node of the cluster has a GPU."""
+    named = sorted({r.device for r in plan.records if r.device.startswith("cuda")})
+    if not named:
         return
-    match = re.search(r"smoke: (true|false)", head)
-    if match is None or store.trials is None or not len(store.trials):
+    _, gpus, _, _ = cluster_totals()
+    if gpus > 0 or launchable().get("GPU", 0.0) > 0:
         return
-    saved = match.group(1) == "true"
-    if saved != bool(smoke):
-        kind = "a --smoke run" if saved else "a full run"
-        raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
+    field = "task.device"
+    for i, entry in enumerate(study.entries):
+        if "device" in entry.task and str(entry.task["device"]).startswith("cuda"):
+            field = f"optimizers[{i}].task.device"
+            break
+    raise StudyError(f"{field}: {named[0]} requested but no node of the Ray cluster has a GPU; use device: auto "
+                     f"(cuda where the worker has one) or cpu, or pass --address of a cluster with GPU workers")
+
+
+def _nothing_left(plan: RunPlan) -> Summary:
+    finish(plan)
+    location = plan.location
+    return Summary(location=location, trials_path=join(location, TRIALS), curves_path=join(location, CURVES),
+                   total=plan.total, skipped=plan.total, stale=plan.current.stale())
 
 
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
-              quiet: bool = False, retry_errors: bool = False) -> Summary:
+              quiet: bool = False, retry_errors: bool = False, *, plan: RunPlan | None = None,
+              lease: Lease | None = None) -> Summary:
     """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
 
-    Holds the location's lease while it runs (`sensitivity.lease`). Raises StudyError for bad
-    input (no GPU for a GPU study, results of another kind in the directory, a lease held by
-    another run), ResultsWriteError when the location cannot be written; returns a Summary
-    whose `missing` counts trials that did not finish.
+    Holds the location's lease while it runs (`sensitivity.lease`): `lease`, when the caller took
+    it, else one taken here. `plan` is the run's plan (`preflight.plan_run`), when the caller made
+    it under that lease; else it is made here. Raises StudyError for bad input (no GPU for a GPU
+    study, results of another kind in the directory, a lease held by another run),
+    ResultsWriteError when the location cannot be written; returns a Summary whose `missing`
+    counts trials that did not finish.
     """
-    location = study_location(out, storage, study.name)
-    lease = Lease(location).acquire()  # before anything runs: a second run on this location stops here
-    if lease.note:
-        print(lease.note, file=sys.stderr)
+    location = study_location(out, storage, study.name) if plan is None else plan.location
+    own_lease = lease is None
+    if own_lease:
+        lease = Lease(location).acquire()  # before anything runs: a second run on this location stops here
+        if lease.note:
+            print(lease.note, file=sys.stderr)
     started = False
     store = None
     try:
-        store = ResultsStore(location)
-        store.guard = lease.check
-        _smoke_mismatch(store, smoke)
-        current = _current(study, store, smoke)
-        todo = pending(study, store, smoke, retry_errors)
-        if not todo.left:  # nothing to run: Ray stays down
-            current.write()
-            return Summary(location=location, trials_path=join(location, TRIALS), curves_path=join(location, CURVES),
-                           total=todo.total, skipped=todo.total, stale=current.stale())
+        if plan is None:
+            store = ResultsStore(location)
+            store.guard = lease.check
+            plan = plan_run(study, store, smoke, retry_errors)
+        store = plan.store
+        if not plan.left:  # nothing to run: Ray stays down
+            return _nothing_left(plan)
         check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
         study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
         if retry_errors and store.trials is not None and "status" in store.trials:
             store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
         started = connect(address)
         resources = trial_resources(study, smoke, quiet)
+        check_devices(study, plan)
         store.write_text(STUDY, study.to_yaml(smoke))
+        current = plan.current
         current.write()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ray_storage = join(location, "ray")
@@ -78,12 +87,12 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         checkpoint_root = join(location, "checkpoints")
         if study.search:
             summary = run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
-                                  max_concurrent, quiet, current=current)
+                                 max_concurrent, quiet, current=current)
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
-                                max_concurrent, quiet)
+                               max_concurrent, quiet, records=plan.records)
         if study.search or study.refine:
-            current = _current(study, store, smoke)  # what this run added, matched like the rest
+            current = current_rows(study, store, smoke)  # what this run added, matched like the rest
             current.write()
         summary.stale = current.stale()
         store.compact()  # the run's parts become trials.parquet and curves.parquet
@@ -96,7 +105,8 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     finally:
         if started:
             ray.shutdown()
-        lease.release()
+        if own_lease:
+            lease.release()
 
 
 def _compact_quietly(store: ResultsStore | None, lease: Lease) -> None:

@@ -13,7 +13,7 @@ import json
 
 from sensitivity import checks
 from sensitivity.identity import _canonical, legacy_trial_id, value_key
-from sensitivity.results import ResultsStore, trial_id
+from sensitivity.results import ResultsStore
 from sensitivity.study import Study
 from sensitivity.sweep.objective import metric_value
 
@@ -89,13 +89,15 @@ def _stored_values(point: str, entry, study: Study, smoke: bool) -> dict | None:
     return values
 
 
-def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, rename: bool = True) -> list[dict]:
+def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, rename: bool = True,
+                 records: dict | None = None) -> list[dict]:
     """Each entry's stored points, matched by configuration (never by position).
 
     A stored row belongs to entry i when its point is a point of entry i's space and its
     trial_id is the id that entry gives that point and seed now: a changed task, an inserted
     entry or a narrowed range leaves old rows to no entry (they are stale).  Returns, per
-    entry, {point text: {"values", "params", "done": {seed: (trial_id, metric)}}}; rows stored under the
+    entry, {point text: {"values", "params", "done": {seed: (trial_id, metric)}}} (and in `records`, when
+    given, trial_id -> record of every matched row); rows stored under the
     old id rule are renamed to their current ids on the way (in the tables too unless `rename`
     is False: a look before the run holds the lease writes nothing).
     """
@@ -114,13 +116,15 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, re
             if params is None:
                 continue
             found = {}
-            for config in study.search_configs(index, values, smoke):
-                tid, old = trial_id(config), legacy_trial_id(config)
+            for spelled, record in study.search_pairs(index, values, smoke):
+                tid, old = record.trial_id, legacy_trial_id(spelled)
                 if old in stored and tid not in stored:
                     renames[old] = tid
                     stored[tid] = stored[old]
                 if tid in stored:
-                    found[config["seed"]] = (tid, metric_value(stored[tid], metric))
+                    found[record.seed] = (tid, metric_value(stored[tid], metric))
+                    if records is not None:
+                        records[tid] = record
             if found:
                 key = point_text(values)
                 entry_points = out[index].setdefault(key, {"values": values, "params": params, "done": {}})
@@ -153,11 +157,18 @@ def plan_entries(study: Study, store: ResultsStore, smoke: bool) -> list[dict]:
     return plans
 
 
-def current_search_ids(study: Study, store: ResultsStore, smoke: bool) -> dict[str, str]:
+def current_search_ids(study: Study, store: ResultsStore, smoke: bool, rename: bool = True) -> dict[str, str]:
     """trial_id -> label of the stored rows that belong to the current study's entries."""
     out = {}
-    for index, points in enumerate(match_points(study, store, smoke, study.search.metric)):
+    for index, points in enumerate(match_points(study, store, smoke, study.search.metric, rename=rename)):
         for point in points.values():
             for tid, _ in point["done"].values():
                 out[tid] = study.label(index)
     return out
+
+
+def current_search_records(study: Study, store: ResultsStore, smoke: bool) -> dict:
+    """trial_id -> record of the stored rows that belong to the current study's entries."""
+    records: dict = {}
+    match_points(study, store, smoke, study.search.metric, rename=False, records=records)
+    return records

@@ -14,49 +14,61 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sensitivity.progress import Progress
-from sensitivity.results import join, trial_id
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
 from sensitivity.sweep.journal import _known_points, optuna_storage, optuna_study_name
 from sensitivity.sweep.points import _optuna_space, _point_values, plan_entries
 from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
-from sensitivity.sweep.worker import Reported, mean_metric, metric_value, payload, run_one, set_threads
+from sensitivity.sweep.worker import Reported, Unit, mean_metric, metric_value, payload, run_unit, set_threads
 
 
 def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict,
-                 checkpoint_root: str | None, cpu: float) -> None:
-    """Ray Tune trainable of one Optuna trial: the sampled point on every seed, in turn."""
+                checkpoint_root: str | None, cpu: float, gpus: float = 0.0) -> None:
+    """Ray Tune trainable of one Optuna trial: the sampled point on every seed, in turn (or as one array)."""
     set_threads(cpu)
     index = config["entry"]
     values, point = _point_values(study, index, config["point"], smoke)
-    configs = study.search_configs(index, values, smoke)
-    reported = Reported(len(configs))  # a retried Ray trial skips the seeds the driver holds
-    found = [done[trial_id(c)] if trial_id(c) in done else reported.values[trial_id(c)]
-             for c in configs if trial_id(c) in done or trial_id(c) in reported]  # seeds run before
-    todo = [{**c, "_extra": {"search_entry": index, "search_point": point}} for c in configs
-            if trial_id(c) not in done and trial_id(c) not in reported]
-    for row, curve, ckpt in _seed_results(study, todo, checkpoint_root):
-        found.append(metric_value(row, metric))
-        # every result carries the running mean: OptunaSearch reads the metric of each one
-        reported.report({"objective": mean_metric(found), "payload": payload(row, curve, ckpt), "trials": 1},
-                        [row], [found[-1]])
-    if not any(trial_id(c) not in done and trial_id(c) not in reported for c in configs):
+    records = study.search_configs(index, values, smoke)
+    reported = Reported(len(records))  # a retried Ray trial skips the seeds the driver holds
+    found = [done[r.trial_id] if r.trial_id in done else reported.values[r.trial_id]
+             for r in records if r.trial_id in done or r.trial_id in reported]  # seeds run before
+    todo = [r for r in records if r.trial_id not in done and r.trial_id not in reported]
+    extra = {"search_entry": index, "search_point": point}
+    for unit in seed_units(study, todo, extra, gpus):
+        for rows, curves in run_unit(unit, checkpoint_root):
+            values_now = [metric_value(row, metric) for row in rows]
+            found.extend(values_now)
+            # every result carries the running mean: OptunaSearch reads the metric of each one
+            reported.report({"objective": mean_metric(found), "payload": payload(rows, curves), "trials": len(rows)},
+                            rows, values_now)
+    if not todo:
         tune.report({"objective": mean_metric(found), "trials": 0})
 
 
-def _seed_results(study: Study, configs: list[dict], checkpoint_root: str | None):
-    """(row, curve, checkpoint) of each seed: one fused array when the study fuses them, else in turn."""
-    if study.fuse != "off" and len(configs) > 1:
-        from sensitivity.fused.plan import cut
-        from sensitivity.fused.sweep import run_array
+def seed_units(study: Study, records: list, extra: dict, gpus: float = 0.0) -> list[Unit]:
+    """A point's seeds as units: one fused array when the study fuses them, else one bundle."""
+    from sensitivity.fused.plan import cut
 
-        arrays, solo = cut(configs, study.fuse)
-        for array in arrays:
-            yield from run_array(array, checkpoint_root)
-        configs = solo
-    for trial in configs:
-        ckpt = join(checkpoint_root, trial_id(trial)) if checkpoint_root else None
-        yield (*run_one(trial, ckpt), ckpt)
+    arrays, solo = cut(records, study.fuse, gpus=gpus) if len(records) > 1 else ([], list(records))
+    units = [Unit(a, [extra] * len(a), fused=True) for a in arrays]
+    return units + ([Unit(solo, [extra] * len(solo))] if solo else [])
+
+
+def point_failures(study: Study, store, smoke: bool, failed: list[tuple[dict, str]]) -> list[dict]:
+    """Error rows for the seeds a failed Optuna trial left without a row (its worker died each time)."""
+    from sensitivity import outcome
+    from sensitivity.sweep.grid import worker_died
+
+    rows = []
+    for config, message in failed:
+        if "entry" not in config or "point" not in config:
+            continue
+        values, point = _point_values(study, config["entry"], config["point"], smoke)
+        for record in study.search_configs(config["entry"], values, smoke):
+            if record.trial_id not in store:
+                rows.append({**outcome.error_row(record, worker_died(message), 0.0),
+                             "search_entry": config["entry"], "search_point": point})
+    return rows
 
 
 def _sampler(kind: str, seed: int):
@@ -185,10 +197,11 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
     storage, save_storage = optuna_storage(store.location)
     entries = make_entries(study, plans, smoke, limit, storage=storage)
     long = any(not is_short(study.entry_trials(i, smoke)[0]) for i in entries.searchers)
+    recorder_root = checkpoint_root if long else None
     already = sum(min(n_points, len(p["complete"])) * len(seeds) + sum(len(q["done"]) for q in p["partial"])
                   for p in plans)
     progress = Progress(total - already, name=study.name, quiet=quiet)
-    recorder = Recorder(store, progress)
+    recorder = Recorder(store, progress, recorder_root)
     if current is not None:
         recorder.current = current  # search rows become current as they arrive
     errors = []
@@ -196,14 +209,20 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
         if entries.searchers:
             progress.show()
             trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric,
-                                             done=done, checkpoint_root=checkpoint_root if long else None,
-                                             cpu=resources["cpu"])
-            errors = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
-                                callback=recorder, search_alg=entries,
-                                num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
+                                             done=done, checkpoint_root=recorder_root, cpu=resources["cpu"],
+                                             gpus=resources.get("gpu", 0.0))
+            failed = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
+                               callback=recorder, search_alg=entries,
+                               num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
+            rows = point_failures(study, store, smoke, failed)
+            if rows:
+                recorder.record(rows, [])
+            errors = [e for c, e in failed if "entry" not in c]
             progress.show(final=True)
     finally:
         save_storage()  # also after Ctrl-C: the points that finished stay in the journal
+        if current is not None:
+            current.flush()
     missing = 0
     for plan in plan_entries(study, store, smoke):
         complete = len(plan["complete"])

@@ -46,8 +46,9 @@ class Recorder(tune.Callback):
     `failure`: `tuner_run` then stops the whole run and raises it; earlier flushes stay.
     """
 
-    def __init__(self, store: ResultsStore, progress: Progress):
+    def __init__(self, store: ResultsStore, progress: Progress, checkpoint_root: str | None = None):
         self.store, self.progress = store, progress
+        self.checkpoint_root = checkpoint_root  # where the trials' checkpoint files are (removed once recorded)
         self.rows: list[dict] = []
         self.mirror_failures, self.mirror_error = 0, None
         self.current = None  # an identity.Current that learns the rows as they arrive (Optuna search)
@@ -56,8 +57,8 @@ class Recorder(tune.Callback):
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
-        return {"store": None, "progress": None, "rows": [], "current": None, "mirror_failures": 0,
-                "mirror_error": None, "failure": None}
+        return {"store": None, "progress": None, "checkpoint_root": None, "rows": [], "current": None,
+                "mirror_failures": 0, "mirror_error": None, "failure": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get("payload")
@@ -67,9 +68,13 @@ class Recorder(tune.Callback):
         if data.get("mirror"):
             self.mirror_failures += data["mirror"]["failures"]
             self.mirror_error = self.mirror_error or data["mirror"]["error"]
-        new = [r for r in data["rows"] if r["trial_id"] not in self.store]
+        self.record(data["rows"], data["curves"])
+
+    def record(self, rows: list[dict], curves: list[dict]) -> None:
+        """Store rows (and their curves) that are new; count them; remove the checkpoints of finished trials."""
+        new = [r for r in rows if r["trial_id"] not in self.store]
         try:
-            fresh = self.store.append(data["rows"], data["curves"])
+            fresh = self.store.append(rows, curves)
         except Exception as exc:  # raised by tuner_run once Tune has stopped
             self.failure = exc
             return
@@ -78,9 +83,21 @@ class Recorder(tune.Callback):
             self.progress.add(new)
             if self.current is not None:
                 self.current.add(new)
-            # an errored trial keeps its checkpoint: --retry-errors resumes from it
-            if data.get("checkpoint") and all(r.get("status") != "error" for r in data["rows"]):
-                remove_dir(data["checkpoint"])
+            if self.checkpoint_root:  # an errored trial keeps its checkpoint: --retry-errors resumes from it
+                for row in new:
+                    if row.get("status") != "error":
+                        remove_checkpoint(self.checkpoint_root, row["trial_id"])
+
+
+def remove_checkpoint(root: str, tid: str) -> None:
+    """A finished trial's checkpoint file (and the folder of the layout before one file per trial)."""
+    fs, path = resolve(join(root, f"{tid}.pt"))
+    try:
+        if fs.get_file_info(path).type.name == "File":
+            fs.delete_file(path)
+    except OSError:
+        pass
+    remove_dir(join(root, tid))
 
 
 class _StopOnFailure(tune.Stopper):
@@ -107,8 +124,8 @@ def remove_dir(location: str) -> None:
 
 def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: Recorder,
                param_space: dict | None = None, search_alg=None, num_samples: int = 1,
-               max_concurrent: int | None = None) -> list[str]:
-    """Fit one Tuner; return the errors of Ray trials that failed for good."""
+               max_concurrent: int | None = None) -> list[tuple[dict, str]]:
+    """Fit one Tuner; return (config, error) of each Ray trial that failed for good."""
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space or {},
@@ -124,11 +141,11 @@ def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: 
     grid = tuner.fit()
     if callback.failure is not None:
         raise callback.failure
-    errors = []
+    failed = []
     for result in grid:
         if result.error is not None:
-            errors.append(" ".join(str(result.error).split())[:500])
-    return errors
+            failed.append((dict(result.config or {}), " ".join(str(result.error).split())[:2000]))
+    return failed
 
 
 def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder, start: float,
