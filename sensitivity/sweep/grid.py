@@ -43,8 +43,9 @@ def plan_units(study, records: list[TrialRecord], extras: list[dict], resources:
 def worker_died(message: str) -> str:
     """The error of a trial whose worker died: what Ray said of it, on one line."""
     text = " ".join(str(message).split())
+    at = text.find("Worker exit type")  # Ray's own words on how the process ended, when it says
     return (f"WorkerDied: the worker process died while training this trial, each of the {MAX_FAILURES + 1} "
-            f"times Ray Tune ran it; Ray: {text[:600]}")
+            f"times Ray Tune ran it; Ray: {text[at if at >= 0 else 0:][:500]}")
 
 
 def after_failures(store, units: list[Unit], failed: list[tuple[int, str]]) -> tuple[list[Unit], list[dict]]:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -31,6 +32,9 @@ from sensitivity.results import resolve
 from sensitivity.sweep.objective import mean_metric, metric_value  # noqa: F401 (importable from here)
 
 TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
+# fault injection for the tests: trial ids (comma-separated) whose worker process is killed (SIGKILL)
+# when it starts training them, as an out-of-memory kill or a segfault would
+FAULT_KILL = "SENSITIVITY_FAULT_KILL"
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
 MIRROR_KEY = "_mirror"  # run_one's note of failed checkpoint uploads, never a column
 
@@ -151,6 +155,7 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
         local = mirror.local
     node, host = node_identity()
     log = os.environ.get(TRAINING_LOG)
+    doomed = set(filter(None, os.environ.get(FAULT_KILL, "").split(",")))
 
     def stamped(done: list[tuple[dict, list[dict]]]):
         rows, curves = [], []
@@ -163,8 +168,8 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
 
     try:
         if unit.fused and len(records) > 1:
-            for record in records if log else ():
-                _log_training(log, record.trial_id)
+            for record in records:
+                _start_training(record, log, doomed)
             try:
                 results = run_fused(records, checkpoint_dir=local)
             except Exception:
@@ -173,8 +178,7 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
                 yield stamped([((r.row, r.curve), e) for r, e in zip(results, extras)])
                 return
         for record, extra in zip(records, extras):
-            if log:
-                _log_training(log, record.trial_id)
+            _start_training(record, log, doomed)
             start = time.time()
             try:
                 result = run_trial(record, checkpoint_dir=local)
@@ -194,9 +198,12 @@ def run_one(record: TrialRecord, checkpoint_root: str | None = None, extra: dict
     return row, curve
 
 
-def _log_training(folder: str, tid: str) -> None:
-    with open(os.path.join(folder, f"{tid}.{os.getpid()}.{uuid.uuid4().hex[:6]}"), "w"):
-        pass
+def _start_training(record: TrialRecord, log: str | None, doomed: set[str]) -> None:
+    if log:
+        with open(os.path.join(log, f"{record.trial_id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"), "w"):
+            pass
+    if record.trial_id in doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def payload(rows: list[dict], curves: list[dict]) -> str:
