@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from sensitivity.record import TrialRecord
 from sensitivity.fused import plan, run_fused
 from sensitivity.train import run_trial
 
@@ -67,7 +68,7 @@ def measure(case: str, device: str, rounds: int) -> dict:
         sw, sc = _timed(lambda: [run_trial(c) for c in configs])
         walls.append(sw / fw)
         cpus.append(sc / fc)
-    fuses = plan.pays(configs[0])
+    fuses = plan.pays(TrialRecord.from_config(configs[0]), torch.device(device).type)
     wall, cpu = statistics.median(walls), statistics.median(cpus)
     return {"case": case, "K": len(configs), "wall": wall, "cpu": cpu, "auto": "fuses" if fuses else "solo",
             "auto_cpu": cpu if fuses else 1.0, "solo_trials_per_s": len(configs) / sw, "fused_trials_per_s":

@@ -37,12 +37,13 @@ from sensitivity.study import Study
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
 
 
-def _study(epochs: int, seeds: int, bundle, entries: int | None = None) -> Study:
+def _study(epochs: int, seeds: int, bundle, entries: int | None = None, fuse="off") -> Study:
     data = yaml.safe_load(QUICKSTART.read_text())
     data["optimizers"] = data["optimizers"][:entries]
     data["task"]["epochs"] = epochs
     data["seeds"] = seeds
     data["bundle"] = bundle
+    data["fuse"] = fuse  # bundles of solo trials, unless the row measures fused arrays
     data["resources"] = {"cpu": 1, "gpu": 0}
     return Study.from_dict(data)
 
@@ -71,18 +72,19 @@ def main() -> None:
         # warm-up: the first Tuner pays for imports and Ray's worker pool once
         _run(_study(1, 1, 32), reuse=True)
         rows = []
-        for name, bundle, reuse, entries in (("one per task", 1, False, args.baseline_entries),
-                                             ("one per task, reused", 1, True, None),
-                                             ("bundled (default)", "auto", True, None)):
-            elapsed, trials, size = _run(_study(args.epochs, args.seeds, bundle, entries), reuse)
+        for name, bundle, reuse, entries, fuse in (("one per task", 1, False, args.baseline_entries, "off"),
+                                                   ("one per task, reused", 1, True, None, "off"),
+                                                   ("bundled (fuse: off)", "auto", True, None, "off"),
+                                                   ("fused arrays (default)", "auto", True, None, "auto")):
+            elapsed, trials, size = _run(_study(args.epochs, args.seeds, bundle, entries, fuse), reuse)
             rows.append((name, trials, size, elapsed, trials / elapsed))
             print(f"{name:<22} {trials:4d} trials  bundle {size:2d}  {elapsed:7.1f} s  {trials / elapsed:6.2f} trials/s",
                   flush=True)
     finally:
         ray.shutdown()
-    base, reused, bundled = (r[4] for r in rows)
+    base, reused, bundled, fused = (r[4] for r in rows)
     print(f"bundling speedup: {bundled / base:.1f}x over one trial per task (target >= 3x), "
-          f"{bundled / reused:.1f}x over one trial per reused task")
+          f"{bundled / reused:.1f}x over one trial per reused task; fused arrays {fused / bundled:.1f}x over bundles")
 
 
 if __name__ == "__main__":

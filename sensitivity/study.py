@@ -104,7 +104,7 @@ class StudyModel(_Strict):
     refine: Refine | None = None
     resources: Resources = Field(default_factory=Resources)
     bundle: Union[Literal["auto"], int] = "auto"
-    fuse: Union[Literal["auto", "off"], int] = "off"  # fused trial arrays (sensitivity.fused.plan)
+    fuse: Union[Literal["auto", "off"], int] = "auto"  # fused trial arrays where they pay (sensitivity.fused.plan)
 
     @field_validator("seeds")
     @classmethod

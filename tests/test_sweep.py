@@ -296,7 +296,7 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
                  "t10k-labels-idx1-ubyte"):
         (empty / "MNIST" / "raw" / name).write_bytes(b"not an idx file")
     path = write_study(tmp_path / "kill.yaml", {
-        "name": "kill", "task": {**TASK, "epochs": 3}, "seeds": 4, "bundle": 4,
+        "name": "kill", "task": {**TASK, "epochs": 3}, "seeds": 4, "bundle": 4, "fuse": "off",
         "optimizers": [{"name": "sgd", "lr": [0.01, 0.1, 1.0]}, {"name": "adam", "lr": 1e-3},
                        # trials that raise: recorded with status error, and the sweep goes on
                        {"name": "sgd", "lr": 0.1, "label": "mnist-missing",
@@ -431,7 +431,7 @@ class _TwoNodes:
 @pytest.mark.slow
 def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
     path = write_study(tmp_path / "two.yaml", {
-        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4,
+        "name": "two-nodes", "task": {**TASK, "epochs": 2}, "seeds": 4, "fuse": "off",
         "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
     with _TwoNodes(tmp_path) as cluster:
         run = subprocess.run([str(BIN / "sensitivity"), "run", str(path), "--smoke", "--out", str(tmp_path / "out"),
@@ -447,7 +447,7 @@ def test_two_ray_nodes_on_one_machine_both_run_trials(tmp_path):
 @pytest.mark.exhaustive  # about a minute on 2 cores; the test above covers two nodes running trials
 def test_a_lost_node_loses_only_its_running_trials(tmp_path):
     path = write_study(tmp_path / "two.yaml", {
-        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2,
+        "name": "two-nodes", "task": {**TASK, "epochs": 4}, "seeds": 3, "bundle": 2, "fuse": "off",
         "optimizers": [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam", "lr": [1e-3, 1e-2]}]})
     study = load_study(path)
     location = tmp_path / "out" / "two-nodes"
