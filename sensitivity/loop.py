@@ -55,6 +55,7 @@ __all__ = ["TrialResult", "Member", "SYNC_EVERY", "resolve_device", "build_model
 
 SYNC_EVERY = 32  # steps between reads of the minibatch losses where reading costs a device sync
 CHECKPOINT_VERSION = 2
+BN_BATCHES = 50  # training batches that re-estimate batch-norm statistics at an optimizer's eval point
 
 
 class TrialResult(NamedTuple):
@@ -109,6 +110,40 @@ class Member:
     epoch: int = 0  # epochs completed
 
 
+class evaluation_point:
+    """Evaluate where the optimizer says the model is: its ``eval()`` before, its ``train()`` after.
+
+    Schedule-Free keeps two sequences and trains at y but is evaluated at x: its ``.eval()`` swaps
+    the parameters to x and ``.train()`` back, as its authors' README requires. A batch-norm
+    model's running statistics were gathered at y, so at x they are estimated again from the first
+    `BN_BATCHES` training batches in the split's own order, in train mode without grad (their
+    README's recipe; the same batches for every member and every run, no RNG drawn). Optimizers
+    without ``eval()`` are evaluated as they are.
+    """
+
+    def __init__(self, model, optimizers: list, data, batch_size: int, forward):
+        self.model, self.optimizers, self.data, self.batch_size = model, optimizers, data, batch_size
+        self.forward = forward  # forward(model, x) for the training split's batch x
+        self.swaps = [o for o in optimizers if callable(getattr(o, "eval", None))]
+
+    def __enter__(self):
+        for opt in self.swaps:
+            opt.eval()
+        if self.swaps and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            x = self.data.train_x
+            self.model.train()
+            with torch.no_grad():
+                for start in range(0, min(len(x), BN_BATCHES * self.batch_size), self.batch_size):
+                    self.forward(self.model, x[start:start + self.batch_size])
+        return self
+
+    def __exit__(self, *exc):
+        for opt in self.swaps:
+            opt.train()
+        self.model.train()
+        return False
+
+
 def checkpoint_path(checkpoint_dir, tid: str):
     return ckpt.path_for(checkpoint_dir, tid)
 
@@ -156,7 +191,7 @@ def train(records: list[TrialRecord], strategy_type, *, checkpoint_dir=None,
     data = datamod.train_subset(data, first.train_fraction)
     members = [Member(r, Tracker.of(r)) for r in records]
     models = [build_model(r, data.input_shape, data.num_classes) for r in records]
-    strategy = strategy_type(records, models, device)
+    strategy = strategy_type(records, models, device, data)
     resumed = states[0] is not None
     cuda = [device] if device.type == "cuda" else []
     rest_seed = seeds(first.seed)[2]

@@ -100,6 +100,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return total / len(y), right / len(y)
 
 
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
 def sync_every(device: torch.device) -> int:
     """Steps between host reads of a solo trial's losses: every step on the CPU, where reading is free."""
     return 1 if device.type == "cpu" else SYNC_EVERY
@@ -110,10 +114,11 @@ class Solo:
 
     kind = "solo"
 
-    def __init__(self, records: list[TrialRecord], models: list[torch.nn.Module], device: torch.device):
+    def __init__(self, records: list[TrialRecord], models: list[torch.nn.Module], device: torch.device, data=None):
         from sensitivity import optim
 
         (record,) = records
+        self.data, self.batch_size = data, record.batch_size
         self.name = record.optimizer
         self.model = models[0].to(device)
         self.opt = optim.create(record.optimizer, self.model.named_parameters(), **record.hyperparameters())
@@ -161,7 +166,8 @@ class Solo:
         return (logits.argmax(1) == targets).sum().view(1)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y)]
+        with loop.evaluation_point(self.model, [self.opt], self.data, self.batch_size, _forward):
+            return [evaluate(self.model, x, y)]
 
     def lr_metrics(self) -> list[dict[str, float]]:
         return [curve_metrics(self.opt)]

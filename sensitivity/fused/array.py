@@ -72,14 +72,20 @@ def _predictions(out: torch.Tensor) -> torch.Tensor:
     return out.max(-1).indices
 
 
+def _all_members(model, x: torch.Tensor) -> torch.Tensor:
+    """The fused model on one batch of the training split, the same for every member."""
+    return model(x.unsqueeze(0).expand(model.size, *x.shape))
+
+
 class Stacked:
     """The loop's strategy for K members: one fused model and the members' optimizers."""
 
     kind = "stacked"
     every = SYNC_EVERY  # each read is a python pass over the members: every SYNC_EVERY steps on the CPU too
 
-    def __init__(self, records: list[TrialRecord], models: list[torch.nn.Module], device: torch.device):
+    def __init__(self, records: list[TrialRecord], models: list[torch.nn.Module], device: torch.device, data=None):
         self.model = fuse(models).to(device)
+        self.data, self.batch_size = data, records[0].batch_size
         self.opts = MemberOptimizers(records[0].optimizer, [r.hyperparameters() for r in records], self.model)
         self.size = len(records)
         self.device = device
@@ -115,8 +121,13 @@ class Stacked:
         self._correct = torch.zeros_like(out)
         return out
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+        """Per member (mean cross-entropy, accuracy) over (x, y) in eval mode, at the optimizers' eval point."""
+        with loop.evaluation_point(self.model, self.opts.optimizers(), self.data, self.batch_size, _all_members):
+            return self._evaluate(x, y)
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         """Per member (mean cross-entropy, accuracy) over (x, y) in eval mode; one host sync."""
         model, k = self.model, self.model.size
         model.eval()

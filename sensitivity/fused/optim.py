@@ -136,12 +136,6 @@ class MemberOptimizers:
         for opt, state in zip(self.opts, states):
             opt.load_state_dict(state)
 
-    def train(self) -> None:
-        for opt in [self.shared] if self.shared is not None else self.opts:
-            if hasattr(opt, "train"):
-                opt.train()
-
-    def eval(self) -> None:
-        for opt in [self.shared] if self.shared is not None else self.opts:
-            if hasattr(opt, "eval"):
-                opt.eval()
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizer objects (one for the member axis, one per member otherwise)."""
+        return [self.shared] if self.shared is not None else list(self.opts)
