@@ -97,14 +97,21 @@ def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_error
     are migrated first; without, nothing is written and the counts are what a run would start."""
     smoke_guard(store, smoke)
     rewritten = 0
-    if write:
-        rewritten += store.rename(legacy_ids(study.spelled_trials(smoke)) if not study.search else {})
+    if write and not study.search and _others(study, store, smoke):  # rows the study's ids do not name
+        rewritten += store.rename(legacy_ids(study.spelled_trials(smoke)))
     current = current_rows(study, store, smoke, rename=write)
     if write:
         rewritten += store.respell(_current_records(study, store, smoke, current))
     todo = pending(study, store, smoke, retry_errors)
     return RunPlan(study, store, smoke, retry_errors, study.trials(smoke), todo.total, todo.left, todo.errored,
                    current, rewritten)
+
+
+def _others(study: Study, store: ResultsStore, smoke: bool) -> bool:
+    """Whether some stored rows are not trials of the study's grid (an earlier version's, or stored
+    under the earlier id rule): only then are the spelled configs' legacy ids worth computing."""
+    done = store.done_ids()
+    return bool(done) and not done <= {r.trial_id for r in study.trials(smoke)}
 
 
 def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Current) -> dict[str, TrialRecord]:
@@ -149,9 +156,10 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     done = store.done_ids() - retried
     errored = 0 if retry_errors else n_errors
     if not study.search:
-        left = 0
-        for spelled, record in study.spelled_trials(smoke):
-            left += record.trial_id not in done and legacy_trial_id(spelled) not in done
+        left = sum(r.trial_id not in done for r in study.trials(smoke))
+        if left and _others(study, store, smoke):  # rows stored under the earlier id rule count too
+            left = sum(record.trial_id not in done and legacy_trial_id(spelled) not in done
+                       for spelled, record in study.spelled_trials(smoke))
         if study.refine and not left:
             grid = study.trials(smoke)
             if all(r.trial_id in done for r in grid):

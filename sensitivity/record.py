@@ -37,6 +37,7 @@ RUN_FIELDS = ("device", "data_dir", "download", "study", "label")
 # What every member of one fused array shares (everything else may differ per member).
 SHARED_FIELDS = ("dataset", "dataset_args", "data_dir", "download", "train_fraction", "model", "model_args",
                  "batch_size", "epochs", "augment", "optimizer", "optimizer_args.levels", "device")
+_SORTED_IDENTITY = tuple(sorted(IDENTITY_FIELDS))
 _TOP_LEVEL_HP = ("lr", "beta", "weight_decay")  # hyperparameters a record holds outside optimizer_args
 _EXACT_INT = 2 ** 53  # ints up to here are exact as floats
 
@@ -56,6 +57,11 @@ def canonical_value(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return value  # json writes floats by repr: 1e-3 and 0.001 are one spelling
     return str(value)
+
+
+def _encode(value: Any) -> str:
+    """One value as the canonical JSON text an identity holds."""
+    return json.dumps(canonical_value(value), sort_keys=True, separators=(",", ":"))
 
 
 def hash_identity(identity: Mapping[str, Any]) -> str:
@@ -162,9 +168,18 @@ class TrialRecord:
     study: str | None = None
     label: str | None = None
     trial_id: str = dataclasses.field(init=False, default="")
+    # each identity field as canonical JSON: what trial_id hashes, kept so that a record derived
+    # with `replace` (a seed, an α0: most of a large grid) re-encodes only the fields it changes
+    _json: dict = dataclasses.field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "trial_id", hash_identity(self.identity()))
+        object.__setattr__(self, "_json", {key: _encode(getattr(self, key)) for key in IDENTITY_FIELDS})
+        object.__setattr__(self, "trial_id", self._hash())
+
+    def _hash(self) -> str:
+        """hash_identity(self.identity()), from the fields' JSON: the same text json.dumps writes."""
+        text = "{" + ",".join(f'"{key}":{self._json[key]}' for key in _SORTED_IDENTITY) + "}"
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -203,7 +218,19 @@ class TrialRecord:
                 changes[key] = float(changes[key])
         if "seed" in changes:
             changes["seed"] = int(changes["seed"])
-        return dataclasses.replace(self, **changes)
+        unknown = set(changes) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"replace: not a field of a trial record: {', '.join(sorted(unknown))}")
+        new = object.__new__(TrialRecord)
+        for key in _FIELDS:
+            object.__setattr__(new, key, changes[key] if key in changes else getattr(self, key))
+        encoded = dict(self._json)
+        for key in changes:
+            if key in encoded:
+                encoded[key] = _encode(changes[key])
+        object.__setattr__(new, "_json", encoded)
+        object.__setattr__(new, "trial_id", new._hash())
+        return new
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -232,8 +259,12 @@ class TrialRecord:
         """Records with equal keys may train in one fused array (what every member shares)."""
         out = []
         for key in SHARED_FIELDS:
-            value = self.optimizer_args.get("levels") if key == "optimizer_args.levels" else getattr(self, key)
-            out.append((key, json.dumps(canonical_value(value), sort_keys=True)))
+            if key in self._json:
+                text = self._json[key]
+            else:
+                value = self.optimizer_args.get("levels") if key == "optimizer_args.levels" else getattr(self, key)
+                text = _encode(value)
+            out.append((key, text))
         return tuple(out)
 
     # -- what the trainer and the tables take ----------------------------------------------------
@@ -265,3 +296,6 @@ class TrialRecord:
         row.update({"train_fraction": self.train_fraction, "augment": self.augment,
                     "divergence_factor": self.divergence_factor, "loss_smoothing": self.loss_smoothing})
         return row
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.init)

@@ -395,7 +395,9 @@ class Study:
         self._cache: dict[tuple, list[TrialRecord]] = {}
         seen: dict[str, int] = {}
         for i in range(len(self.entries)):
+            records = self._cache.setdefault((i, False), [])
             for spelled, record in self._entry_pairs(i, plans[i], smoke=False, probe=bool(self.search)):
+                records.append(record)
                 tid = record.trial_id
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "

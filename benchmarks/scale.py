@@ -1,0 +1,170 @@
+"""A 100,000-trial study end to end through `sensitivity run` on local Ray, against the in-process ceiling.
+
+The study: digits logistic regression, 1 epoch, four entries (sgd, sgd-hd, adam, adam-hd), each over
+an α0 grid × 10 seeds, ``fuse: auto``. Printed:
+
+- `validate` time (target ≤ 5 s);
+- the time from the command to its first stored trial (target ≤ 15 s);
+- trials/s over each tenth of the run (target: the last tenth ≥ 0.9× the second);
+- the driver's peak memory (target ≤ 1.5 GB);
+- end-to-end trials/s against the ceiling: the same arrays trained in-process with ``run_fused``
+  on the same cores (target ≥ 0.8×);
+- every trial once in the tables; the `plot` time.
+
+    .venv/bin/python benchmarks/scale.py                   # 100,000 trials (about half an hour on 2 cores)
+    .venv/bin/python benchmarks/scale.py --trials 10000    # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+
+BIN = Path(sys.executable).parent
+ENTRIES = ["sgd", "sgd-hd", "adam", "adam-hd"]
+SEEDS = 10
+PART = re.compile(r"^(\d{8,})-[0-9a-z]+\.trials\.parquet$")
+
+
+def study(trials: int, cpus: int) -> dict:
+    per_entry = max(1, trials // (len(ENTRIES) * SEEDS))
+    lrs = [float(f"{v:.6g}") for v in np.logspace(-5, 1, per_entry)]
+    return {"name": "scale", "task": {"dataset": "digits", "model": "logreg", "batch_size": 64, "epochs": 1,
+                                      "device": "cpu"},
+            "seeds": SEEDS, "fuse": "auto", "resources": {"cpu": 1, "gpu": 0},
+            "optimizers": [{"name": name, "lr": lrs} for name in ENTRIES]}
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _stored(parts: Path, seen: dict[str, int]) -> int:
+    """Trials stored so far: rows of every trials part (the parts of this run; the tables come at the end)."""
+    try:
+        names = os.listdir(parts)
+    except FileNotFoundError:
+        return sum(seen.values())
+    for name in names:
+        if name not in seen and PART.match(name):
+            try:
+                seen[name] = pq.read_metadata(parts / name).num_rows
+            except OSError:
+                continue
+    return sum(seen.values())
+
+
+def run(path: Path, out: Path, total: int) -> dict:
+    """The run, watched from outside: (time, stored trials) samples and the driver's peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts, seen, samples, peak = out / "scale" / "parts", {}, [], 0
+    while proc.poll() is None:
+        peak = max(peak, _rss(proc.pid))
+        samples.append((time.perf_counter() - start, _stored(parts, seen)))
+        time.sleep(0.25)
+    elapsed = time.perf_counter() - start
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"sensitivity run failed ({proc.returncode}): {err[-2000:]}")
+    samples.append((elapsed, total))
+    return {"samples": samples, "elapsed": elapsed, "peak": peak}
+
+
+def tenths(samples: list[tuple[float, int]], total: int) -> list[float]:
+    """Trials/s over each tenth of the trials (the time from k/10 to (k+1)/10 of them stored)."""
+    times = []
+    for k in range(11):
+        goal = math.ceil(total * k / 10)
+        times.append(next(t for t, n in samples if n >= goal) if k else next(t for t, n in samples if n > 0))
+    return [(total / 10) / max(b - a, 1e-9) for a, b in zip(times, times[1:])]
+
+
+def _train(arrays):
+    import torch
+
+    from sensitivity.fused import run_fused
+    from sensitivity.train import run_trial
+
+    torch.set_num_threads(1)
+    done = 0
+    for array in arrays:
+        done += len(run_fused(array)) if len(array) > 1 else len([run_trial(array[0])])
+    return done
+
+
+def ceiling(path: Path, cpus: int) -> float:
+    """Trials/s of the same arrays trained in-process with run_fused, one process per core."""
+    from sensitivity.fused.plan import cut
+    from sensitivity.study import load_study
+
+    records = load_study(path).trials()
+    arrays, solo = cut(records, "auto", slots=cpus)
+    work = arrays + [[r] for r in solo]
+    shares = [work[k::cpus] for k in range(cpus)]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(cpus) as pool:
+        done = sum(pool.map(_train, shares))
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100_000)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sensitivity-scale-") as tmp:
+        tmp = Path(tmp)
+        path = tmp / "scale.yaml"
+        path.write_text(yaml.safe_dump(study(args.trials, args.cpus)))
+        start = time.perf_counter()
+        subprocess.run([str(BIN / "sensitivity"), "validate", str(path)], check=True, capture_output=True)
+        validate = time.perf_counter() - start
+        from sensitivity.study import load_study
+
+        total = sum(load_study(path).counts())
+        print(f"{total} trials: {len(ENTRIES)} entries x {total // len(ENTRIES) // SEEDS} lr x {SEEDS} seeds; "
+              f"{args.cpus} cores")
+        print(f"validate              {validate:8.1f} s    (target <= 5 s)")
+        result = run(path, tmp / "out", total)
+        first = next(t for t, n in result["samples"] if n > 0)
+        print(f"first trial stored    {first:8.1f} s    (target <= 15 s)")
+        rates = tenths(result["samples"], total)
+        print("trials/s per tenth    " + " ".join(f"{r:.0f}" for r in rates))
+        print(f"last / second tenth   {rates[-1] / rates[1]:8.2f}      (target >= 0.9)")
+        print(f"driver peak RSS       {result['peak'] / 2**30:8.2f} GB   (target <= 1.5 GB)")
+        end_to_end = total / result["elapsed"]
+        table = pq.read_table(tmp / "out" / "scale" / "trials.parquet", columns=["trial_id"])
+        once = table.num_rows == total and len(set(table.column("trial_id").to_pylist())) == total
+        print(f"run                   {result['elapsed']:8.1f} s    {end_to_end:.0f} trials/s; every trial once: {once}")
+        limit = ceiling(path, args.cpus)
+        print(f"in-process ceiling    {limit:8.0f} trials/s; end to end / ceiling {end_to_end / limit:.2f} "
+              f"(target >= 0.8)")
+        start = time.perf_counter()
+        subprocess.run([str(BIN / "sensitivity"), "plot", str(tmp / "out" / "scale")], check=True,
+                       capture_output=True)
+        print(f"plot                  {time.perf_counter() - start:8.1f} s")
+
+
+if __name__ == "__main__":
+    main()
