@@ -123,10 +123,10 @@ class DAdaptSGD(LRFreeOptimizer):
         active = sk_sq != 0
         d = torch.where(active, F.dadapt_estimate(d, 2 * numerator / torch.sqrt(sk_sq), first["growth_rate"], live), d)
         numerator = torch.where(active, numerator, first["numerator_weighted"])
-        ck = F.gate(active, 1 - first["momentum"], 0.0)
         for group, params, grads, states in gathered:
-            if params:
-                F.dadapt_sgd_apply(params, [s["s"] for s in states], [s["x0"] for s in states], ck=ck)
+            if params:  # (a skipped step, Σ‖s‖² = 0, has s = 0 and an all-zero g_0: dadaptation raises there)
+                F.dadapt_sgd_apply(params, [s["s"] for s in states], [s["x0"] for s in states],
+                                   ck=1 - first["momentum"], ws=self.workspace)
         for group in self.param_groups:
             group.update(d=d, numerator_weighted=numerator, g0_norm=g0_norm, dlr=dlr, k=k + 1)
         return loss
@@ -237,7 +237,8 @@ class DAdaptAdam(LRFreeOptimizer):
             exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
             if members or group["lr"] > 0:
                 num, l1 = F.dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, [s["s"] for s in states], dlr=dlr,
-                                                   beta1=beta1, beta2=beta2, eps=group["eps"], like=d, live=live)
+                                                   beta1=beta1, beta2=beta2, eps=group["eps"], like=d, live=live,
+                                                   ws=self.workspace)
                 acc, sk_l1 = acc + num, sk_l1 + l1
             gathered.append((group, params, exp_avgs, exp_avg_sqs))
 
@@ -248,7 +249,8 @@ class DAdaptAdam(LRFreeOptimizer):
         numerator = torch.where(active, numerator, first["numerator_weighted"])
         for group, params, exp_avgs, exp_avg_sqs in gathered:
             F.dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, dlr=dlr, eps=group["eps"],
-                                weight_decay=group["weight_decay"], decouple=decouple, active=active)
+                                weight_decay=group["weight_decay"], decouple=decouple, active=active,
+                                ws=self.workspace)
         k = first["k"] + active.to(first["k"].dtype)
         for group in self.param_groups:
             group.update(d=d, numerator_weighted=numerator, k=k, dlr=dlr)

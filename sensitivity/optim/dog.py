@@ -110,7 +110,7 @@ class DoG(LRFreeOptimizer):
             init_eta = group["init_eta"]
             eta = F.dog_eta(first, params, grads, [self.state[p]["x0"] for p in params], group, lr=group["lr"],
                             reps_rel=0.0 if init_eta is not None else group["reps_rel"], eps=group["eps"],
-                            layerwise=self.layerwise, like=self._number(group, 0.0))
+                            layerwise=self.layerwise, like=self._number(group, 0.0), ws=self.workspace)
             if first and init_eta is not None:
                 eta = eta * 0 + (init_eta[:, None] if self.layerwise and isinstance(init_eta, Tensor) else init_eta)
             group["eta"] = eta

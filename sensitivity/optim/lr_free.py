@@ -57,6 +57,7 @@ class LRFreeOptimizer(Optimizer):
     def __init__(self, params, defaults: dict):
         if self.positive_lr:
             checks.number("lr", defaults["lr"], low=0, low_open=True)
+        self.workspace = F.Workspace()  # memory for the temporaries of a step (kept on CPU; not state)
         super().__init__(params, defaults)
 
     @staticmethod

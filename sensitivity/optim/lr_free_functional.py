@@ -32,7 +32,7 @@ from .members import member_dtype
 
 __all__ = [
     "Scalar", "coef", "scale_", "axpy_", "ema_sq_", "py_max", "py_min", "gate", "safe_div", "total", "l1",
-    "sq_norms", "distances",
+    "sq_norms", "distances", "total_of_differences", "Workspace",
     "d_step_size", "prodigy_accumulate", "prodigy_estimate", "prodigy_apply",
     "dadapt_sgd_accumulate", "dadapt_estimate", "dadapt_sgd_apply", "dadapt_adam_accumulate", "dadapt_adam_apply",
     "schedule_free_weights", "schedule_free_step", "schedule_free_adamw_grads_", "schedule_free_swap",
@@ -59,10 +59,86 @@ def coef(value: Scalar, tensors: list[Tensor]):
     return [cast[t.dtype] for t in tensors]
 
 
+def _arg(value: Scalar, tensors: list[Tensor]):
+    """`value` for the foreach ops that take one tensor as well as a list (mul_, div_, add_): a 0-dim tensor
+    stays one tensor when the tensors share its dtype (one fused kernel on an accelerator)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and all(t.dtype == value.dtype for t in tensors):
+        return value
+    if isinstance(value, Tensor) and value.dim() == 0 and len({t.dtype for t in tensors}) == 1:
+        return value.to(tensors[0].dtype)
+    return coef(value, tensors)
+
+
 def scale_(xs: list[Tensor], a: Scalar) -> None:
     """x ← a·x in place."""
     if xs:
-        torch._foreach_mul_(xs, coef(a, xs))
+        torch._foreach_mul_(xs, _arg(a, xs))
+
+
+class Workspace:
+    """Memory for a step's temporaries (differences, denominators), kept between steps on CPU.
+
+    On CPU a fresh large tensor costs new pages (about one more pass over it) every step, so the
+    tensors are taken in ranges of about a million elements (:meth:`spans`) and each range's
+    temporaries are written into memory kept here. On an accelerator the caching allocator keeps
+    freed memory, so there is one range and the temporaries are fresh foreach results (one fused
+    kernel per op). `keep` forces either way (None: by the tensors' device). Not state: nothing in
+    it outlives the op that fills it.
+    """
+
+    SPAN = 1 << 20  # elements
+
+    def __init__(self, keep: bool | None = None) -> None:
+        self.keep = keep
+        self._flat: dict[tuple, Tensor] = {}
+
+    def _keeps(self, tensors: list[Tensor]) -> bool:
+        return self.keep if self.keep is not None else bool(tensors) and tensors[0].device.type == "cpu"
+
+    def spans(self, tensors: list[Tensor]) -> list[slice]:
+        """Ranges of `tensors` whose temporaries are made together."""
+        if not self._keeps(tensors):
+            return [slice(0, len(tensors))]
+        out, start, size = [], 0, 0
+        for i, t in enumerate(tensors):
+            size += t.numel()
+            if size >= self.SPAN:
+                out.append(slice(start, i + 1))
+                start, size = i + 1, 0
+        if start < len(tensors):
+            out.append(slice(start, len(tensors)))
+        return out
+
+    def _views(self, tensors: list[Tensor], slot: int) -> list[Tensor]:
+        """Tensors shaped like `tensors` in kept memory (`slot`: which of an op's temporaries)."""
+        need: dict[tuple, int] = {}
+        for t in tensors:
+            need[(t.dtype, t.device)] = need.get((t.dtype, t.device), 0) + t.numel()
+        for (dtype, device), n in need.items():
+            flat = self._flat.get((dtype, device, slot))
+            if flat is None or flat.numel() < n:
+                self._flat[(dtype, device, slot)] = torch.empty(n, dtype=dtype, device=device)
+        out, offsets = [], {}
+        for t in tensors:
+            key = (t.dtype, t.device)
+            start = offsets.get(key, 0)
+            offsets[key] = start + t.numel()
+            out.append(self._flat[(*key, slot)][start:start + t.numel()].view(t.shape))
+        return out
+
+    def apply(self, op: str, *args, slot: int = 0) -> list[Tensor]:
+        """``torch.<op>`` (sub, mul, div, sqrt) of the lists as new tensors: per tensor into kept memory,
+        or one ``torch._foreach_<op>``."""
+        if not self._keeps(args[0]):
+            return list(getattr(torch, f"_foreach_{op}")(*args))
+        out = self._views(args[0], slot)
+        fn = getattr(torch, op)
+        for o, *xs in zip(out, *(a if isinstance(a, list) else [a] * len(out) for a in args)):
+            fn(*xs, out=o)
+        return out
+
+
+_FRESH = Workspace()  # for callers that keep none (nothing outlives an op, so sharing it is safe)
 
 
 def axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
@@ -75,11 +151,12 @@ def axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
         torch._foreach_add_(ys, xs, alpha=a)
 
 
-def ema_sq_(vs: list[Tensor], grads: list[Tensor], beta: Scalar, c: Scalar) -> None:
-    """v ← β·v + c·g² in place (``v.mul_(β).addcmul_(g, g, value=c)``)."""
+def ema_sq_(vs: list[Tensor], grads: list[Tensor], beta: Scalar, c: Scalar, ws: Workspace = _FRESH) -> None:
+    """v ← β·v + c·g² in place (``v.mul_(β).addcmul_(g, g, value=c)``; a per-member c needs c·g first)."""
     scale_(vs, beta)
     if isinstance(c, Tensor):
-        torch._foreach_addcmul_(vs, torch._foreach_mul(grads, coef(c, grads)), grads)
+        for r in ws.spans(vs):
+            torch._foreach_addcmul_(vs[r], ws.apply("mul", grads[r], coef(c, grads[r])), grads[r])
     elif vs:
         torch._foreach_addcmul_(vs, grads, grads, value=c)
 
@@ -137,9 +214,16 @@ def _norms(xs: list[Tensor], like: Tensor, order: float) -> Tensor:
                         for x in xs], dim=1)
 
 
-def l1(xs: list[Tensor], like: Tensor) -> Tensor:
-    """Σ_i Σ|x_i| (``sum(x.abs().sum())``)."""
-    return _norms(xs, like, 1).sum(-1) if xs else torch.zeros_like(like)
+def l1(xs: list[Tensor], like: Tensor, ws: Workspace = _FRESH) -> Tensor:
+    """Σ_i Σ|x_i| (``sum(x.abs().sum())``): foreach 1-norms, or on CPU |x| into kept memory and summed
+    (CPU's 1-norm kernel is several times slower than the two passes)."""
+    if not xs:
+        return torch.zeros_like(like)
+    if not ws._keeps(xs):
+        return _norms(xs, like, 1).sum(-1)
+    parts = [a.sum() if like.dim() == 0 else a.reshape(a.shape[0], -1).sum(1)
+             for r in ws.spans(xs) for a in ws.apply("abs", xs[r])]
+    return torch.stack([_like(part, like) for part in parts]).sum(0)
 
 
 def sq_norms(xs: list[Tensor], like: Tensor) -> Tensor:
@@ -147,9 +231,18 @@ def sq_norms(xs: list[Tensor], like: Tensor) -> Tensor:
     return _norms(xs, like, 2).square()
 
 
-def distances(xs: list[Tensor], x0s: list[Tensor], like: Tensor) -> Tensor:
+def distances(xs: list[Tensor], x0s: list[Tensor], like: Tensor, ws: Workspace = _FRESH) -> Tensor:
     """‖x_i − x0_i‖ of each tensor: (n,) solo, (K, n) with a member axis."""
-    return _norms(list(torch._foreach_sub(xs, x0s)), like, 2)
+    return torch.cat([_norms(ws.apply("sub", xs[r], x0s[r]), like, 2) for r in ws.spans(xs)], dim=-1)
+
+
+def total_of_differences(gs: list[Tensor], xs: list[Tensor], ys: list[Tensor], like: Tensor,
+                         ws: Workspace = _FRESH) -> Tensor:
+    """Σ_i ⟨g_i, x_i − y_i⟩ (the difference formed, not ⟨g, x⟩ − ⟨g, y⟩, which cancels)."""
+    out = torch.zeros_like(like)
+    for r in ws.spans(gs):
+        out = out + total(gs[r], ws.apply("sub", xs[r], ys[r]), like)
+    return out
 
 
 # -- Prodigy (prodigyopt.Prodigy.step) --------------------------------------------------------------------------
@@ -162,29 +255,29 @@ def d_step_size(d: Tensor, lr, k: Tensor, beta1, beta2, bias_correction: bool) -
 
 
 def prodigy_accumulate(params, grads, p0s, exp_avgs, exp_avg_sqs, ss, *, d, dlr, d0, beta1, beta2, beta3,
-                       safeguard_warmup: bool, live=True) -> tuple[Tensor, Tensor]:
+                       safeguard_warmup: bool, live=True, ws: Workspace = _FRESH) -> tuple[Tensor, Tensor]:
     """The first loop over one param group (its lr > 0; with a member axis, `live` marks the members whose is).
 
-    Returns (Σ (d/d0)·dlr·⟨g, p0 − p⟩, Σ|s|) after the moment updates
-    m ← β1·m + d(1−β1)·g, v ← β2·v + d²(1−β2)·g², s ← β3·s + (d/d0)·dlr·g (``safeguard_warmup``: (d/d0)·d·g).
-    `grads` hold coupled weight decay already; a None in `p0s` is an all-zero start (the authors keep a
-    scalar 0 there); ``exp_avgs`` is None when β1 = 0.
+    Returns (Σ (d/d0)·dlr·⟨g, p0 − p⟩, Σ|s|) after the updates s ← β3·s + (d/d0)·dlr·g
+    (``safeguard_warmup``: (d/d0)·d·g), m ← β1·m + d(1−β1)·g and v ← β2·v + d²(1−β2)·g², the last
+    two as m ← β1·m + (1−β1)·(d·g), v ← β2·v + (1−β2)·(d·g)² with `grads` scaled by d in place
+    (they hold coupled weight decay already; :func:`prodigy_apply` reads them so). A None in `p0s`
+    is an all-zero start (the authors keep a scalar 0 there); ``exp_avgs`` is None when β1 = 0.
     """
     full = [i for i, p0 in enumerate(p0s) if p0 is not None]
     zero = [i for i, p0 in enumerate(p0s) if p0 is None]
-    diffs = torch._foreach_sub([p0s[i] for i in full], [params[i] for i in full]) if full else []
-    dot = total([grads[i] for i in full], list(diffs), d)
-    del diffs
+    dot = total_of_differences([grads[i] for i in full], [p0s[i] for i in full], [params[i] for i in full], d, ws)
     if zero:  # p0 = 0: ⟨g, 0 − p⟩ = −⟨g, p⟩ exactly, without the difference
         dot = dot - total([grads[i] for i in zero], [params[i] for i in zero], d)
     numerator = gate(live, (d / d0) * dlr * dot, 0.0)
-    if exp_avgs is not None:
-        scale_(exp_avgs, gate(live, beta1, 1.0))
-        axpy_(exp_avgs, grads, gate(live, d * (1 - beta1), 0.0))
-    ema_sq_(exp_avg_sqs, grads, gate(live, beta2, 1.0), gate(live, d * d * (1 - beta2), 0.0))
     scale_(ss, gate(live, beta3, 1.0))
     axpy_(ss, grads, gate(live, (d / d0) * (d if safeguard_warmup else dlr), 0.0))
-    return numerator, l1(ss, d)
+    scale_(grads, d)
+    if exp_avgs is not None:
+        scale_(exp_avgs, gate(live, beta1, 1.0))
+        axpy_(exp_avgs, grads, gate(live, 1 - beta1, 0.0))
+    ema_sq_(exp_avg_sqs, grads, gate(live, beta2, 1.0), gate(live, 1 - beta2, 0.0), ws)
+    return numerator, l1(ss, d, ws)
 
 
 def prodigy_estimate(d, d_max, d_numerator, numerator, denom, *, d0, d_coef, growth_rate, beta3, live=True):
@@ -204,17 +297,28 @@ def prodigy_estimate(d, d_max, d_numerator, numerator, denom, *, d0, d_coef, gro
             torch.where(active, numerator, d_numerator), active)
 
 
-def prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, *, d, dlr, eps, weight_decay, decouple: bool, active) -> None:
-    """The step: p ← p − λ·dlr·p (decoupled), then p ← p − dlr·m/(√v + d·ε) (β1 = 0: dlr·d·g in place of
-    dlr·m), with d the updated estimate and dlr the step's d·lr·bias-correction; inactive members stay."""
+def prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, *, d, d_before, dlr, eps, weight_decay, decouple: bool,
+                  active, ws: Workspace = _FRESH) -> None:
+    """The step: p ← (1 − λ·dlr)·p (decoupled), then p ← p − dlr·m/(√v + d·ε) (β1 = 0: dlr·d·g), with d
+    the updated estimate and dlr the step's d·lr·bias-correction; inactive members stay. `grads` are
+    as :func:`prodigy_accumulate` left them, d_before·g."""
     dlr = torch.where(active, dlr, 0.0)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denom, coef(d * eps, denom))
     if decouple and (isinstance(weight_decay, Tensor) or weight_decay != 0):
-        axpy_(params, params, -weight_decay * dlr)
-    step = dlr if exp_avgs is not None else dlr * d
-    torch._foreach_div_(denom, coef(-step, denom))
-    torch._foreach_addcdiv_(params, exp_avgs if exp_avgs is not None else grads, denom)
+        scale_(params, 1 - weight_decay * dlr)
+    step = -dlr if exp_avgs is not None else -dlr * d / d_before
+    _adam_step(params, exp_avgs if exp_avgs is not None else grads, exp_avg_sqs, d * eps, step, ws)
+
+
+def _adam_step(params, exp_avgs, exp_avg_sqs, eps: Scalar, step: Scalar, ws: Workspace) -> None:
+    """p ← p + step·m/(√v + ε), a range of tensors at a time (see :meth:`Workspace.spans`)."""
+    for r in ws.spans(params):
+        denom = ws.apply("sqrt", exp_avg_sqs[r])
+        torch._foreach_add_(denom, _arg(eps, denom))
+        if isinstance(step, Tensor):  # a device number: into the denominator (addcdiv takes python values only)
+            torch._foreach_div_(denom, _arg(step, denom))
+            torch._foreach_addcdiv_(params[r], exp_avgs[r], denom)
+        else:
+            torch._foreach_addcdiv_(params[r], exp_avgs[r], denom, value=step)
 
 
 # -- D-Adaptation (dadaptation.DAdaptSGD / DAdaptAdam .step) -----------------------------------------------------
@@ -232,41 +336,45 @@ def dadapt_estimate(d, d_hat, growth_rate, live=True):
     return gate(live, py_max(d, py_min(d_hat, d * growth_rate)), d)
 
 
-def dadapt_sgd_apply(params, ss, x0s, *, ck) -> None:
-    """z = x0 − s; p ← (1 − ck)·p + ck·z (ck = 1 − momentum; the authors keep z, a function of x0 and s)."""
-    z = torch._foreach_sub(x0s, ss)
-    torch._foreach_lerp_(params, z, coef(ck, params))
+def dadapt_sgd_apply(params, ss, x0s, *, ck, ws: Workspace = _FRESH) -> None:
+    """z = x0 − s; p ← (1 − ck)·p + ck·z (ck = 1 − momentum; the authors keep z, a function of x0 and s:
+    with ck = 1, p = z)."""
+    if not isinstance(ck, Tensor) and ck == 1:
+        for p, x0, s in zip(params, x0s, ss):
+            torch.sub(x0, s, out=p)
+        return
+    for r in ws.spans(params):
+        torch._foreach_lerp_(params[r], ws.apply("sub", x0s[r], ss[r]), coef(ck, params[r]))
 
 
-def dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, ss, *, dlr, beta1, beta2, eps, like, live=True):
+def dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, ss, *, dlr, beta1, beta2, eps, like, live=True,
+                           ws: Workspace = _FRESH):
     """One group's sums: returns (dlr·⟨g, s/(√v + ε)⟩ with s, v before the step, Σ|s| after it).
 
     m ← β1·m + dlr(1−β1)·g, v ← β2·v + (1−β2)·g², s ← √β2·s + dlr(1−√β2)·g; `live` as in Prodigy.
     """
     sqrt_beta2 = beta2 ** 0.5
-    scaled = torch._foreach_sqrt(exp_avg_sqs)  # → s/(√v + ε)
-    torch._foreach_add_(scaled, coef(eps, scaled))
-    torch._foreach_reciprocal_(scaled)
-    torch._foreach_mul_(scaled, ss)
-    numerator = gate(live, dlr * total(grads, scaled, like), 0.0)
-    del scaled
+    dot = torch.zeros_like(like)
+    for r in ws.spans(grads):
+        denom = ws.apply("sqrt", exp_avg_sqs[r])
+        torch._foreach_add_(denom, _arg(eps, denom))
+        dot = dot + total(grads[r], ws.apply("div", ss[r], denom, slot=1), like)
+    numerator = gate(live, dlr * dot, 0.0)
     scale_(exp_avgs, gate(live, beta1, 1.0))
     axpy_(exp_avgs, grads, gate(live, dlr * (1 - beta1), 0.0))
-    ema_sq_(exp_avg_sqs, grads, gate(live, beta2, 1.0), gate(live, 1 - beta2, 0.0))
+    ema_sq_(exp_avg_sqs, grads, gate(live, beta2, 1.0), gate(live, 1 - beta2, 0.0), ws)
     scale_(ss, gate(live, sqrt_beta2, 1.0))
     axpy_(ss, grads, gate(live, dlr * (1 - sqrt_beta2), 0.0))
-    return numerator, l1(ss, like)
+    return numerator, l1(ss, like, ws)
 
 
-def dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, *, dlr, eps, weight_decay, decouple: bool, active) -> None:
-    """p ← p − λ·dlr·p (decoupled), then p ← p − m/(√v + ε) (dlr is inside m); inactive members stay
+def dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, *, dlr, eps, weight_decay, decouple: bool, active,
+                      ws: Workspace = _FRESH) -> None:
+    """p ← (1 − λ·dlr)·p (decoupled), then p ← p − m/(√v + ε) (dlr is inside m); inactive members stay
     (their ε is +∞ here, so m/(√v + ε) = 0)."""
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denom, coef(gate(active, eps, math.inf), denom))
     if decouple and (isinstance(weight_decay, Tensor) or weight_decay != 0):
-        axpy_(params, params, -weight_decay * torch.where(active, dlr, 0.0))
-    torch._foreach_div_(denom, -1.0)
-    torch._foreach_addcdiv_(params, exp_avgs, denom)
+        scale_(params, 1 - weight_decay * torch.where(active, dlr, 0.0))
+    _adam_step(params, exp_avgs, exp_avg_sqs, gate(active, eps, math.inf), -1.0, ws)
 
 
 # -- Schedule-Free (schedulefree.SGDScheduleFree / AdamWScheduleFree .step, foreach branch) ---------------------
@@ -300,13 +408,15 @@ def schedule_free_step(ys, zs, grads, *, lr, beta, ckp1) -> None:
     axpy_(zs, grads, -lr)
 
 
-def schedule_free_adamw_grads_(grads, exp_avg_sqs, ys, *, k: int, beta2, eps, weight_decay) -> None:
+def schedule_free_adamw_grads_(grads, exp_avg_sqs, ys, *, k: int, beta2, eps, weight_decay,
+                               ws: Workspace = _FRESH) -> None:
     """AdamW's gradients, in place: v ← β2·v + (1−β2)·g²; g ← g/(√(v/(1−β2^{k+1})) + ε) + λ·y."""
-    ema_sq_(exp_avg_sqs, grads, beta2, 1 - beta2)
-    denom = torch._foreach_div(exp_avg_sqs, coef(1 - beta2 ** (k + 1), exp_avg_sqs))
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, coef(eps, denom))
-    torch._foreach_div_(grads, denom)
+    ema_sq_(exp_avg_sqs, grads, beta2, 1 - beta2, ws)
+    for r in ws.spans(grads):
+        denom = ws.apply("sqrt", exp_avg_sqs[r])  # √v/√(1−β2^{k+1}): the authors' √(v/(1−β2^{k+1}))
+        torch._foreach_div_(denom, coef((1 - beta2 ** (k + 1)) ** 0.5, denom))
+        torch._foreach_add_(denom, coef(eps, denom))
+        torch._foreach_div_(grads[r], denom)
     if isinstance(weight_decay, Tensor) or weight_decay != 0:
         axpy_(grads, ys, weight_decay)
 
@@ -320,7 +430,8 @@ def schedule_free_swap(params, zs, weight) -> None:
 # -- DoG / LDoG (dog.DoG / LDoG .step) --------------------------------------------------------------------------
 
 
-def dog_eta(first: bool, params, grads, x0s, state: dict, *, lr, reps_rel, eps, layerwise: bool, like) -> Tensor:
+def dog_eta(first: bool, params, grads, x0s, state: dict, *, lr, reps_rel, eps, layerwise: bool, like,
+            ws: Workspace = _FRESH) -> Tensor:
     """η of the step; updates ``state["rbar"]`` and ``state["G"]`` (per tensor with `layerwise`).
 
     First step: r̄ = reps_rel·(1 + ‖x_0‖), G = Σ‖g‖² + ε; then r̄ ← max(r̄, ‖x − x_0‖), G ← G + Σ‖g‖²; η = lr·r̄/√G.
@@ -345,7 +456,7 @@ def dog_eta(first: bool, params, grads, x0s, state: dict, *, lr, reps_rel, eps, 
         state["rbar"] = col(reps_rel) * (1 + (norms if layerwise else torch.linalg.vector_norm(norms, dim=-1)))
         state["G"] = sq + col(eps)
     else:
-        dist = distances(params, x0s, like)
+        dist = distances(params, x0s, like, ws)
         state["rbar"] = torch.maximum(state["rbar"], dist if layerwise else torch.linalg.vector_norm(dist, dim=-1))
         state["G"] = state["G"] + sq
     return col(lr) * state["rbar"] / torch.sqrt(state["G"])

@@ -150,16 +150,20 @@ class Prodigy(LRFreeOptimizer):
                 num, den = F.prodigy_accumulate(
                     params, grads, p0s, exp_avgs, exp_avg_sqs, [s["s"] for s in states], d=d, dlr=dlr,
                     d0=group["d0"], beta1=beta1, beta2=beta2, beta3=beta3,
-                    safeguard_warmup=group["safeguard_warmup"], live=live)
+                    safeguard_warmup=group["safeguard_warmup"], live=live, ws=self.workspace)
                 numerator, denom = numerator + num, denom + den
+            elif exp_avgs is None:
+                F.scale_(grads, d)  # (β1 = 0 steps with d·g, which prodigy_accumulate leaves in grads)
             gathered.append((group, params, grads, states, exp_avgs, exp_avg_sqs))
 
+        d_before = d
         d, d_max, d_numerator, active = F.prodigy_estimate(
             d, first["d_max"], first["d_numerator"], numerator, denom, d0=self.param_groups[-1]["d0"],
             d_coef=first["d_coef"], growth_rate=first["growth_rate"], beta3=beta3, live=live)
         for group, params, grads, states, exp_avgs, exp_avg_sqs in gathered:
-            F.prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, d=d, dlr=dlr, eps=group["eps"],
-                            weight_decay=group["weight_decay"], decouple=decouple, active=active)
+            F.prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, d=d, d_before=d_before, dlr=dlr, eps=group["eps"],
+                            weight_decay=group["weight_decay"], decouple=decouple, active=active,
+                            ws=self.workspace)
         k = first["k"] + active.to(first["k"].dtype)
         for group in self.param_groups:
             group.update(d=d, d_max=d_max, d_numerator=d_numerator, k=k, dlr=dlr)

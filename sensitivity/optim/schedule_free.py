@@ -198,7 +198,8 @@ class AdamWScheduleFree(_ScheduleFree):
 
     def _gradients(self, group, ys, grads, states) -> None:
         F.schedule_free_adamw_grads_(grads, [s["exp_avg_sq"] for s in states], ys, k=group["k"],
-                                     beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"])
+                                     beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"],
+                                     ws=self.workspace)
 
 
 # descriptions, papers and defaults: sensitivity/catalog.py

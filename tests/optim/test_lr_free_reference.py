@@ -17,6 +17,7 @@ import torch
 from lr_free_cases import AWAY, NAMES, SCHEDULE_FREE, cases, quadratic_grads, reference
 
 from sensitivity.optim import create
+from sensitivity.optim.lr_free_functional import Workspace
 
 SHAPES = [(5, 4), (4,), (3, 2, 2), ()]
 STEPS = 120
@@ -107,6 +108,19 @@ def test_equals_the_authors_code_after_every_step(name, hp):
     ours, theirs = _start(), _start()
     opt, ref = create(name, ours, **hp), reference(name)(theirs, **hp)
     _run(name, ours, theirs, opt, ref, STEPS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("keep", [False, True], ids=["fresh", "kept-in-ranges"])
+def test_either_workspace_equals_the_authors_code(name, keep):
+    """Temporaries as accelerators make them (one range, fresh foreach results), and in kept memory a few
+    tensors at a time (CPU's default, here with ranges of 16 elements so that there are several)."""
+    ours, theirs = _start(), _start()
+    opt, ref = create(name, ours, **AWAY[name][-1]), reference(name)(theirs, **AWAY[name][-1])
+    opt.workspace = Workspace(keep=keep)
+    opt.workspace.SPAN = 16
+    _run(name, ours, theirs, opt, ref, 40)
+    assert len(opt.workspace.spans(ours)) == (3 if keep else 1)
 
 
 @pytest.mark.parametrize("name", NAMES)
