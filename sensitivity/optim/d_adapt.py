@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sensitivity import checks
 
+from . import d_adapt_functional as D
 from . import lr_free_functional as F
 from .lr_free import LRFreeOptimizer, flag, register_rule
 
@@ -50,8 +51,11 @@ class DAdaptSGD(LRFreeOptimizer):
     needs g_0), ``d`` the estimate after it. Group entries: d, r (``numerator_weighted``), ‖g_0‖
     (``g0_norm``), tensors on the device (0-dim; (K,) with a member axis), and the step count
     ``k`` (a python int). Per tensor: ``s`` and ``x0``; z = x_0 − s is formed in the step instead of
-    being kept. Differences from dadaptation: an all-zero first gradient (‖g_0‖ = 0) makes the
-    step non-finite instead of raising ZeroDivisionError, and a skipped step still counts in k.
+    being kept. Differences from dadaptation, in corner cases only: an all-zero first
+    gradient (‖g_0‖ = 0) makes the step non-finite instead of raising ZeroDivisionError; a step
+    with Σ‖s‖² = 0 (s = 0: only an lr of 0 from the start, or exactly zero gradients) keeps d and
+    r as dadaptation does but still counts in k and sets θ ← (1 − c)θ + c·x_0 (θ = x_0 then, unless
+    moved before), where dadaptation returns.
 
     Args:
         params: tensors or param-group dicts.
@@ -118,14 +122,14 @@ class DAdaptSGD(LRFreeOptimizer):
             if _decays(decay):
                 F.axpy_(grads, params, decay)  # coupled, into p.grad as dadaptation does
             if members or group["lr"] > 0:
-                num, sq = F.dadapt_sgd_accumulate(grads, [s["s"] for s in states], dlr=dlr, like=d)
+                num, sq = D.dadapt_sgd_accumulate(grads, [s["s"] for s in states], dlr=dlr, like=d)
                 numerator, sk_sq = numerator + num, sk_sq + sq
         active = sk_sq != 0
-        d = torch.where(active, F.dadapt_estimate(d, 2 * numerator / torch.sqrt(sk_sq), first["growth_rate"], live), d)
+        d = torch.where(active, D.dadapt_estimate(d, 2 * numerator / torch.sqrt(sk_sq), first["growth_rate"], live), d)
         numerator = torch.where(active, numerator, first["numerator_weighted"])
         for group, params, grads, states in gathered:
-            if params:  # (a skipped step, Σ‖s‖² = 0, has s = 0 and an all-zero g_0: dadaptation raises there)
-                F.dadapt_sgd_apply(params, [s["s"] for s in states], [s["x0"] for s in states],
+            if params:  # (also when Σ‖s‖² = 0: see the class docstring)
+                D.dadapt_sgd_apply(params, [s["s"] for s in states], [s["x0"] for s in states],
                                    ck=1 - first["momentum"], ws=self.workspace)
         for group in self.param_groups:
             group.update(d=d, numerator_weighted=numerator, g0_norm=g0_norm, dlr=dlr, k=k + 1)
@@ -236,7 +240,7 @@ class DAdaptAdam(LRFreeOptimizer):
                 F.axpy_(grads, params, group["weight_decay"])  # coupled, into p.grad as dadaptation does
             exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
             if members or group["lr"] > 0:
-                num, l1 = F.dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, [s["s"] for s in states], dlr=dlr,
+                num, l1 = D.dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, [s["s"] for s in states], dlr=dlr,
                                                    beta1=beta1, beta2=beta2, eps=group["eps"], like=d, live=live,
                                                    ws=self.workspace)
                 acc, sk_l1 = acc + num, sk_l1 + l1
@@ -245,10 +249,10 @@ class DAdaptAdam(LRFreeOptimizer):
         numerator = sqrt_beta2 * first["numerator_weighted"] + (1 - sqrt_beta2) * acc
         active = (sk_l1 != 0) & live
         d_hat = numerator / ((1 - sqrt_beta2) * sk_l1)
-        d = torch.where(active, F.dadapt_estimate(d, d_hat, first["growth_rate"]), d)
+        d = torch.where(active, D.dadapt_estimate(d, d_hat, first["growth_rate"]), d)
         numerator = torch.where(active, numerator, first["numerator_weighted"])
         for group, params, exp_avgs, exp_avg_sqs in gathered:
-            F.dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, dlr=dlr, eps=group["eps"],
+            D.dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, dlr=dlr, eps=group["eps"],
                                 weight_decay=group["weight_decay"], decouple=decouple, active=active,
                                 ws=self.workspace)
         k = first["k"] + active.to(first["k"].dtype)

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from sensitivity import checks
 
+from . import d_adapt_functional as D
 from . import lr_free_functional as F
 from .hd import _to_device
 from .members import member_count, member_dtype, member_group, member_values
@@ -130,7 +131,7 @@ class LRFreeOptimizer(Optimizer):
 
     def _step_size(self, group: dict, lr) -> Tensor:
         """η = d·lr·b of the coming step (Prodigy, D-Adapt Adam)."""
-        return F.d_step_size(group["d"], lr, group["k"], *group["betas"], group["use_bias_correction"])
+        return D.d_step_size(group["d"], lr, group["k"], *group["betas"], group["use_bias_correction"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sensitivity import checks
 
+from . import d_adapt_functional as D
 from . import lr_free_functional as F
 from .lr_free import LRFreeOptimizer, flag, register_rule
 
@@ -51,7 +52,11 @@ class Prodigy(LRFreeOptimizer):
 
     Weight decay: ``decouple=True`` (the default) is AdamW-style, θ ← θ − λ·η·θ before the Adam
     step; ``decouple=False`` adds λθ to the gradient (written into ``p.grad``, as prodigyopt does),
-    so it enters the moments and d's numerator.
+    so it enters the moments and d's numerator. The step leaves d·g in ``p.grad`` (the moments are
+    updated from it, m ← β_1 m + (1−β_1)(d g), v ← β_2 v + (1−β_2)(d g)², which saves a temporary).
+
+    growth_rate bounds d's growth from the second move on: while d = d_0 the estimate jumps straight
+    to d̂, as in prodigyopt.
 
     ``curve_metrics()``: ``lr`` is η = d·lr·b of the latest step (before any step: the first
     step's, d_0·lr·b), ``d`` the estimate after it. The running numbers d, d_max, r (``d_numerator``)
@@ -147,7 +152,7 @@ class Prodigy(LRFreeOptimizer):
             exp_avg_sqs = [s["exp_avg_sq"] for s in states]
             if members or group["lr"] > 0:
                 p0s = [s["p0"] if s["p0"].shape == p.shape else None for p, s in zip(params, states)]
-                num, den = F.prodigy_accumulate(
+                num, den = D.prodigy_accumulate(
                     params, grads, p0s, exp_avgs, exp_avg_sqs, [s["s"] for s in states], d=d, dlr=dlr,
                     d0=group["d0"], beta1=beta1, beta2=beta2, beta3=beta3,
                     safeguard_warmup=group["safeguard_warmup"], live=live, ws=self.workspace)
@@ -157,11 +162,11 @@ class Prodigy(LRFreeOptimizer):
             gathered.append((group, params, grads, states, exp_avgs, exp_avg_sqs))
 
         d_before = d
-        d, d_max, d_numerator, active = F.prodigy_estimate(
+        d, d_max, d_numerator, active = D.prodigy_estimate(
             d, first["d_max"], first["d_numerator"], numerator, denom, d0=self.param_groups[-1]["d0"],
             d_coef=first["d_coef"], growth_rate=first["growth_rate"], beta3=beta3, live=live)
         for group, params, grads, states, exp_avgs, exp_avg_sqs in gathered:
-            F.prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, d=d, d_before=d_before, dlr=dlr, eps=group["eps"],
+            D.prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, d=d, d_before=d_before, dlr=dlr, eps=group["eps"],
                             weight_decay=group["weight_decay"], decouple=decouple, active=active,
                             ws=self.workspace)
         k = first["k"] + active.to(first["k"].dtype)
