@@ -19,10 +19,6 @@ from .lr_free import LRFreeOptimizer, flag, register_rule
 __all__ = ["DAdaptSGD", "DAdaptAdam"]
 
 
-def _decays(value) -> bool:
-    return isinstance(value, Tensor) or value != 0
-
-
 class DAdaptSGD(LRFreeOptimizer):
     r"""D-Adaptation SGD: dual averaging with the step size d·lr/‖g_0‖, d a lower bound on the distance to a solution.
 
@@ -93,13 +89,7 @@ class DAdaptSGD(LRFreeOptimizer):
         state["x0"] = p.detach().clone()
         state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step(self) -> None:
         first = self.param_groups[0]
         members = self._members(first)
         lr, live = self._shared_lr()
@@ -119,7 +109,7 @@ class DAdaptSGD(LRFreeOptimizer):
         for group, params, grads, states in gathered:
             if not params:
                 continue
-            if _decays(decay):
+            if F.nonzero(decay):
                 F.axpy_(grads, params, decay)  # coupled, into p.grad as dadaptation does
             if members or group["lr"] > 0:
                 num, sq = D.dadapt_sgd_accumulate(grads, [s["s"] for s in states], dlr=dlr, like=d)
@@ -133,7 +123,6 @@ class DAdaptSGD(LRFreeOptimizer):
                                    ck=1 - first["momentum"], ws=self.workspace)
         for group in self.param_groups:
             group.update(d=d, numerator_weighted=numerator, g0_norm=g0_norm, dlr=dlr, k=k + 1)
-        return loss
 
 
 class DAdaptAdam(LRFreeOptimizer):
@@ -213,21 +202,13 @@ class DAdaptAdam(LRFreeOptimizer):
         for key in ("exp_avg", "exp_avg_sq", "s"):
             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        first = self.param_groups[0]
-        members = self._members(first)
-        lr, live = self._shared_lr()
-        if live is False:
-            return loss  # dadaptation: no group adds to d's sums, so it returns before the step
+    def _step(self) -> None:
+        start = self._adam_start()
+        if start is None:
+            return
+        first, members, live, dlr = start
         beta1, beta2 = first["betas"]
         d, decouple = first["d"], first["decouple"]
-        dlr = self._step_size(first, lr)
         sqrt_beta2 = beta2 ** 0.5
 
         acc, sk_l1 = torch.zeros_like(d), torch.zeros_like(d)
@@ -236,7 +217,7 @@ class DAdaptAdam(LRFreeOptimizer):
             params, grads, states = self._init_group(group)
             if not params:
                 continue
-            if not decouple and _decays(group["weight_decay"]):
+            if not decouple and F.nonzero(group["weight_decay"]):
                 F.axpy_(grads, params, group["weight_decay"])  # coupled, into p.grad as dadaptation does
             exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
             if members or group["lr"] > 0:
@@ -258,7 +239,6 @@ class DAdaptAdam(LRFreeOptimizer):
         k = first["k"] + active.to(first["k"].dtype)
         for group in self.param_groups:
             group.update(d=d, numerator_weighted=numerator, k=k, dlr=dlr)
-        return loss
 
 
 # descriptions, papers and defaults: sensitivity/catalog.py

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from .lr_free_functional import (_FRESH, Scalar, Workspace, _arg, axpy_, coef, ema_sq_, gate, l1, py_max, py_min,
-                                 scale_, sq_norms, total, total_of_differences)
+from .lr_free_functional import (_FRESH, Scalar, Workspace, _arg, axpy_, coef, ema_sq_, gate, l1, nonzero, py_max,
+                                 py_min, scale_, sq_norms, total, total_of_differences)
 
 __all__ = ["d_step_size", "prodigy_accumulate", "prodigy_estimate", "prodigy_apply", "dadapt_sgd_accumulate",
            "dadapt_estimate", "dadapt_sgd_apply", "dadapt_adam_accumulate", "dadapt_adam_apply"]
@@ -78,7 +78,7 @@ def prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, *, d, d_before, dlr, eps
     the updated estimate and dlr the step's d·lr·bias-correction; inactive members stay. `grads` are
     as :func:`prodigy_accumulate` left them, d_before·g."""
     dlr = torch.where(active, dlr, 0.0)
-    if decouple and (isinstance(weight_decay, Tensor) or weight_decay != 0):
+    if decouple and nonzero(weight_decay):
         scale_(params, 1 - weight_decay * dlr)
     step = -dlr if exp_avgs is not None else -dlr * d / d_before
     _adam_step(params, exp_avgs if exp_avgs is not None else grads, exp_avg_sqs, d * eps, step, ws)
@@ -147,6 +147,6 @@ def dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, *, dlr, eps, weight_decay, 
                       ws: Workspace = _FRESH) -> None:
     """p ← (1 − λ·dlr)·p (decoupled), then p ← p − m/(√v + ε) (dlr is inside m); inactive members stay
     (their ε is +∞ here, so m/(√v + ε) = 0)."""
-    if decouple and (isinstance(weight_decay, Tensor) or weight_decay != 0):
+    if decouple and nonzero(weight_decay):
         scale_(params, 1 - weight_decay * torch.where(active, dlr, 0.0))
     _adam_step(params, exp_avgs, exp_avg_sqs, gate(active, eps, math.inf), -1.0, ws)

@@ -81,7 +81,8 @@ class DoG(LRFreeOptimizer):
     def _curve(self, group: dict) -> dict:
         if "eta" not in group:
             eta = math.nan if group["init_eta"] is None else group["init_eta"]
-            return {"lr": eta, **({"eta_min": eta, "eta_max": eta} if self.layerwise else {"rbar": math.nan, "G": math.nan})}
+            extra = {"eta_min": eta, "eta_max": eta} if self.layerwise else {"rbar": math.nan, "G": math.nan}
+            return {"lr": eta, **extra}
         eta = group["eta"]
         if not self.layerwise:
             return {"lr": eta, "rbar": group["rbar"], "G": group["G"]}
@@ -89,13 +90,7 @@ class DoG(LRFreeOptimizer):
         sizes = torch.tensor([p.numel() / k for p in group["params"]], dtype=eta.dtype, device=eta.device)
         return {"lr": (eta * sizes).sum(-1) / sizes.sum(), "eta_min": eta.amin(-1), "eta_max": eta.amax(-1)}
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step(self) -> None:
         for group in self.param_groups:
             params = group["params"]
             first = "rbar" not in group
@@ -116,7 +111,6 @@ class DoG(LRFreeOptimizer):
             group["eta"] = eta
             etas = [eta[..., i] if self.layerwise else eta for i in moving]
             F.dog_apply([params[i] for i in moving], [grads[i] for i in moving], etas)
-        return loss
 
 
 class LDoG(DoG):

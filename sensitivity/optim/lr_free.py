@@ -82,6 +82,23 @@ class LRFreeOptimizer(Optimizer):
     def _init_running(self, group: dict) -> None:
         pass
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
+        self._check_step()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step()
+        return loss
+
+    def _check_step(self) -> None:
+        """Raise before the closure runs when the optimizer cannot step (Schedule-Free in eval mode)."""
+
+    def _step(self) -> None:  # pragma: no cover - every rule overrides it
+        raise NotImplementedError
+
     def _init_state(self, state: dict, p: Tensor) -> None:
         pass
 
@@ -132,6 +149,15 @@ class LRFreeOptimizer(Optimizer):
     def _step_size(self, group: dict, lr) -> Tensor:
         """η = d·lr·b of the coming step (Prodigy, D-Adapt Adam)."""
         return D.d_step_size(group["d"], lr, group["k"], *group["betas"], group["use_bias_correction"])
+
+    def _adam_start(self):
+        """(first group, member axis?, live, η) of a Prodigy or D-Adapt Adam step; None when no group's lr
+        is > 0, where the authors return before the step (nothing adds to d's sums)."""
+        first = self.param_groups[0]
+        lr, live = self._shared_lr()
+        if live is False:
+            return None
+        return first, self._members(first), live, self._step_size(first, lr)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

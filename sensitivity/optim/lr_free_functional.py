@@ -31,7 +31,7 @@ from . import functional as F
 from .members import member_dtype
 
 __all__ = [
-    "Scalar", "coef", "scale_", "axpy_", "ema_sq_", "py_max", "py_min", "gate", "safe_div", "total", "l1",
+    "Scalar", "coef", "scale_", "axpy_", "ema_sq_", "nonzero", "py_max", "py_min", "gate", "safe_div", "total", "l1",
     "sq_norms", "distances", "total_of_differences", "Workspace",
     "schedule_free_weights", "schedule_free_step", "schedule_free_adamw_grads_", "schedule_free_swap",
     "dog_eta", "dog_apply",
@@ -159,6 +159,11 @@ def ema_sq_(vs: list[Tensor], grads: list[Tensor], beta: Scalar, c: Scalar, ws: 
         torch._foreach_addcmul_(vs, grads, grads, value=c)
 
 
+def nonzero(value: Scalar) -> bool:
+    """Whether `value` may be nonzero: a number other than 0, or any tensor (members' values; no sync)."""
+    return isinstance(value, Tensor) or value != 0
+
+
 def py_max(a: Scalar, b: Scalar) -> Scalar:
     """Python's ``max(a, b)``, elementwise on tensors: b where b > a, else a (so a NaN b is not taken)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
@@ -283,7 +288,7 @@ def schedule_free_adamw_grads_(grads, exp_avg_sqs, ys, *, k: int, beta2, eps, we
         torch._foreach_div_(denom, coef((1 - beta2 ** (k + 1)) ** 0.5, denom))
         torch._foreach_add_(denom, coef(eps, denom))
         torch._foreach_div_(grads[r], denom)
-    if isinstance(weight_decay, Tensor) or weight_decay != 0:
+    if nonzero(weight_decay):
         axpy_(grads, ys, weight_decay)
 
 

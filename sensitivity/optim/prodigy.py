@@ -120,24 +120,16 @@ class Prodigy(LRFreeOptimizer):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        first = self.param_groups[0]
-        members = self._members(first)
-        lr, live = self._shared_lr()
-        if live is False:
-            return loss  # prodigyopt: no group adds to d's sums, so it returns before the step
+    def _step(self) -> None:
+        start = self._adam_start()
+        if start is None:
+            return
+        first, members, live, dlr = start
         beta1, beta2 = first["betas"]
         beta3 = first["beta3"]
         if beta3 is None:
             beta3 = torch.sqrt(beta2) if isinstance(beta2, Tensor) else math.sqrt(beta2)
         d, decouple = first["d"], first["decouple"]
-        dlr = self._step_size(first, lr)
 
         numerator, denom = torch.zeros_like(d), torch.zeros_like(d)
         gathered = []
@@ -146,7 +138,7 @@ class Prodigy(LRFreeOptimizer):
             if not params:
                 continue
             decay = group["weight_decay"]
-            if not decouple and (isinstance(decay, Tensor) or decay != 0):
+            if not decouple and F.nonzero(decay):
                 F.axpy_(grads, params, decay)  # coupled, into p.grad as prodigyopt does
             exp_avgs = [s["exp_avg"] for s in states] if "exp_avg" in states[0] else None
             exp_avg_sqs = [s["exp_avg_sq"] for s in states]
@@ -172,7 +164,6 @@ class Prodigy(LRFreeOptimizer):
         k = first["k"] + active.to(first["k"].dtype)
         for group in self.param_groups:
             group.update(d=d, d_max=d_max, d_numerator=d_numerator, k=k, dlr=dlr)
-        return loss
 
 
 def _resolve_beta3(hyperparameters: list[dict]) -> list[dict]:

@@ -82,16 +82,12 @@ class _ScheduleFree(LRFreeOptimizer):
         """Parameters to y, where the gradients are taken (for training steps)."""
         self._swap(True)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; `closure` (optional) re-evaluates the model and returns the loss."""
+    def _check_step(self) -> None:
         if not self.param_groups[0]["train_mode"]:
             raise RuntimeError(f"{type(self).__name__}: not in train mode when step() was called; call "
                                "optimizer.train() before training steps and optimizer.eval() before evaluating")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+
+    def _step(self) -> None:
         for group in self.param_groups:
             lr, group["lr_max"], group["weight_sum"], ckp1 = self._weights(group)
             group["scheduled_lr"] = lr
@@ -101,7 +97,6 @@ class _ScheduleFree(LRFreeOptimizer):
                 self._gradients(group, ys, grads, states)
                 F.schedule_free_step(ys, zs, grads, lr=lr, beta=self._beta(group), ckp1=ckp1)
             group["k"] += 1
-        return loss
 
     def _gradients(self, group: dict, ys: list[Tensor], grads: list[Tensor], states: list[dict]) -> None:
         raise NotImplementedError  # pragma: no cover
@@ -152,7 +147,7 @@ class SGDScheduleFree(_ScheduleFree):
 
     def _gradients(self, group, ys, grads, states) -> None:
         decay = group["weight_decay"]
-        if isinstance(decay, Tensor) or decay != 0:
+        if F.nonzero(decay):
             F.axpy_(grads, ys, decay)
 
 

@@ -186,13 +186,9 @@ def test_schedule_free_train_and_eval_per_member_equal_solo(name):
     solos = [[p[k].clone() for p in _params()] for k in range(K)]
     solo_opts = [_solo(name, False, k, s) for k, s in enumerate(solos)]
     for t, step in enumerate(grads):
-        for p, g in zip(fused, step):
-            p.grad = g.clone()
-        opt.step()
+        _steps(opt, fused, [step])
         for k, (s, o) in enumerate(zip(solos, solo_opts)):
-            for p, g in zip(s, step):
-                p.grad = g[k].clone()
-            o.step()
+            _steps(o, s, [step], member=k)
         for mode in plan.get(t + 1, "") + ("e" if t + 1 == len(grads) else ""):
             for o in [opt, *solo_opts]:
                 o.eval() if mode == "e" else o.train()
