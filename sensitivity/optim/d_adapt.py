@@ -45,7 +45,7 @@ class DAdaptSGD(LRFreeOptimizer):
 
     ``curve_metrics()``: ``lr`` is η = d·lr/‖g_0‖ of the latest step (NaN before the first, which
     needs g_0), ``d`` the estimate after it. Group entries: d, r (``numerator_weighted``), ‖g_0‖
-    (``g0_norm``), tensors on the device (0-dim; (K,) with a member axis), and the step count
+    (``g0_norm``), the latest η (``dlr``), tensors on the device (0-dim; (K,) with a member axis), and the step count
     ``k`` (a python int). Per tensor: ``s`` and ``x0``; z = x_0 − s is formed in the step instead of
     being kept. Differences from dadaptation, in corner cases only: an all-zero first
     gradient (‖g_0‖ = 0) makes the step non-finite instead of raising ZeroDivisionError; a step
@@ -154,8 +154,8 @@ class DAdaptAdam(LRFreeOptimizer):
     ``p.grad``, as dadaptation does); ``decouple=True`` is AdamW-style, θ ← θ − λ·η·θ.
 
     ``curve_metrics()``: ``lr`` is η = d·lr·b of the latest step (before any step: the first
-    step's), ``d`` the estimate after it. Group entries d, r (``numerator_weighted``) and k are
-    tensors on the device (0-dim; (K,) with a member axis); per tensor the state holds ``s``,
+    step's), ``d`` the estimate after it. Group entries d, r (``numerator_weighted``), k and the latest
+    η (``dlr``) are tensors on the device (0-dim; (K,) with a member axis); per tensor the state holds ``s``,
     ``exp_avg``, ``exp_avg_sq``. dadaptation's ``layer_scale`` is not offered (it is 1).
 
     Args:

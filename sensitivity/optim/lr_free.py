@@ -184,21 +184,21 @@ class LRFreeOptimizer(Optimizer):
         return dict(zip(out, torch.stack(values).tolist()))
 
 
-def register_rule(name: str, cls: type[LRFreeOptimizer], prepare: Callable[[list[dict]], list[dict]] | None = None,
-                  **fixed: Any) -> None:
-    """Register `name` as ``cls(params, **fixed, **hyperparameters)`` with its member-axis form: one group
+def register_rule(name: str, cls: type[LRFreeOptimizer],
+                  prepare: Callable[[list[dict]], list[dict]] | None = None) -> None:
+    """Register `name` as ``cls(params, **hyperparameters)`` with its member-axis form: one group
     over the stacked tensors, member k with ``hyperparameters[k]`` (after `prepare`, which may resolve a
     value such as Prodigy's ``beta3=None`` that members do not share)."""
 
     def solo(params, **hp):
-        return cls(params, **fixed, **hp)
+        return cls(params, **hp)
 
     def members(params: Sequence[Tensor], hyperparameters: list[dict]):
         hps = prepare(hyperparameters) if prepare is not None else hyperparameters
         if cls.positive_lr:  # each member as its solo run's constructor checks it
             for hp in hps:
                 checks.number("lr", hp["lr"], low=0, low_open=True)
-        return cls([member_group(params, hps)], **fixed)
+        return cls([member_group(params, hps)])
 
     solo.__name__ = name.replace("-", "_")
     members.__name__ = f"{solo.__name__}_members"

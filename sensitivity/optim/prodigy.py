@@ -59,8 +59,8 @@ class Prodigy(LRFreeOptimizer):
     to d̂, as in prodigyopt.
 
     ``curve_metrics()``: ``lr`` is η = d·lr·b of the latest step (before any step: the first
-    step's, d_0·lr·b), ``d`` the estimate after it. The running numbers d, d_max, r (``d_numerator``)
-    and k are group entries, as prodigyopt keeps them, but tensors on the device (0-dim; (K,)
+    step's, d_0·lr·b), ``d`` the estimate after it. The running numbers d, d_max, r (``d_numerator``),
+    k and the latest η (``dlr``) are group entries, as prodigyopt keeps them, but tensors on the device (0-dim; (K,)
     with a member axis). Per tensor the state holds x_0 (``p0``; a 0-dim zero for a tensor that
     started all zero, as prodigyopt stores it), ``s``, ``exp_avg`` (absent when β_1 = 0) and
     ``exp_avg_sq``. prodigyopt's ``slice_p`` and FSDP options are not offered (slice_p = 1).

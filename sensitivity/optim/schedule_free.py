@@ -41,7 +41,7 @@ _MODES = """
 
     ``curve_metrics()``: ``lr`` is the warmed-up lr_k of the latest step (before any step: the first
     step's). Group entries, as schedulefree keeps them: ``k`` (python int), ``lr_max``, ``weight_sum``,
-    ``scheduled_lr`` (python numbers solo; (K,) tensors with a member axis once they differ), and
+    ``scheduled_lr`` (python numbers solo; (K,) tensors with a member axis, from the first step on), and
     ``train_mode``; per tensor the state holds ``z``%(state)s. ``foreach`` is not offered (always on).
 """
 
@@ -118,7 +118,7 @@ def _defaults(lr, weight_decay, warmup_steps, r, weight_lr_power, **rule) -> dic
 class SGDScheduleFree(_ScheduleFree):
     __doc__ = (r"""Schedule-Free SGD: SGD steps on z, gradients at y, the parameters' average x returned.
 """ + _MATH % {"beta": "momentum", "input": "", "init": "",
-               "grad": r"        &\quad g ← ∇f(y) + λ y" + "\n"} + r"""
+               "grad": r"        &\quad g ← ∇f(y) + λ y \\" + "\n"} + r"""
     Weight decay is coupled L2 at y, added to the gradient (written into ``p.grad``, as schedulefree
     does), so it also enters z.
 """ + _MODES % {"state": ""} + r"""
@@ -155,7 +155,7 @@ class AdamWScheduleFree(_ScheduleFree):
     __doc__ = (r"""Schedule-Free AdamW: Schedule-Free averaging on the gradient divided by Adam's second moment.
 """ + _MATH % {"beta": "betas[0]", "input": r", β_2, ε", "init": r", \; v ← 0",
                "grad": r"        &\quad v ← β_2 v + (1-β_2) ∇f(y)^2; \quad "
-                       r"g ← ∇f(y) / (\sqrt{v/(1-β_2^{k+1})} + ε) + λ y" + "\n"} + r"""
+                       r"g ← ∇f(y) / (\sqrt{v/(1-β_2^{k+1})} + ε) + λ y \\" + "\n"} + r"""
     Weight decay is AdamW-style, λ·y added to the normalised gradient (both written into ``p.grad``,
     as schedulefree does), so it enters y and z scaled by lr_k but not the second moment.
 """ + _MODES % {"state": " and ``exp_avg_sq``"} + r"""
