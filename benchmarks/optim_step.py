@@ -45,6 +45,15 @@ def opt(name: str, **hp) -> Callable:
     return lambda named: create(name, named, **hp)
 
 
+def train_mode(build: Callable) -> Callable:
+    """An optimizer with train/eval modes (Schedule-Free), built in train mode, as training runs it."""
+    def make(named):
+        optimizer = build(named)
+        optimizer.train()
+        return optimizer
+    return make
+
+
 def torch_opt(cls, **hp) -> Callable:
     return lambda named: cls([p for _, p in named], foreach=True, **hp)
 
@@ -75,6 +84,14 @@ ROWS: list[Row] = [
     Row("sgdn-cam-hd", opt("sgdn-cam-hd"), SGDN),
     Row("adam-cam-hd", opt("adam-cam-hd"), ADAM, 1.8),
     Row("adam-cam-hd 3-level", opt("adam-cam-hd", levels=("parameter", "layer", "global"), gammas=(0.3, 0.3, 0.4)), ADAM, 2.5),
+    # learning-rate-free rules, each against the torch optimizer whose step it extends (no target)
+    Row("prodigy", opt("prodigy"), ADAM),
+    Row("d-adapt-adam", opt("d-adapt-adam"), ADAM),
+    Row("d-adapt-sgd", opt("d-adapt-sgd"), SGD),
+    Row("schedule-free-sgd", train_mode(opt("schedule-free-sgd")), SGD),
+    Row("schedule-free-adamw", train_mode(opt("schedule-free-adamw")), ADAM),
+    Row("dog", opt("dog"), SGD),
+    Row("ldog", opt("ldog"), SGD),
 ]
 
 

@@ -98,6 +98,35 @@ for _op in OPS:
          _CAM, {**_CAM_OP_HP[_op], **_CAM_COMMON}, is_hd=True, wants_names=True)
 
 
+# -- learning-rate-free rules (prodigy.py, d_adapt.py, schedule_free.py, dog.py): each one's defaults are its
+# authors' package's (prodigyopt 1.1.2, dadaptation 3.2, schedulefree 1.4.1, dog-optimizer 1.0.3); lr multiplies
+# the rule's own step size.
+_INF = float("inf")
+_add("prodigy", "Prodigy: Adam with its step size d·lr estimated online from the distance travelled (prodigyopt)",
+     "Mishchenko & Defazio 2024, Prodigy: An Expeditiously Adaptive Parameter-Free Learner (ICML, arXiv:2306.06101)",
+     {"lr": 1.0, "betas": (0.9, 0.999), "beta3": None, "eps": 1e-8, "weight_decay": 0.0, "decouple": True,
+      "use_bias_correction": False, "safeguard_warmup": False, "d0": 1e-6, "d_coef": 1.0, "growth_rate": _INF})
+_DADAPT = "Defazio & Mishchenko 2023, Learning-Rate-Free Learning by D-Adaptation (ICML, arXiv:2301.07733)"
+_add("d-adapt-sgd", "D-Adaptation SGD: dual-averaged SGD with step size d·lr/‖g_0‖, d estimated online (dadaptation)",
+     _DADAPT, {"lr": 1.0, "momentum": 0.0, "weight_decay": 0.0, "d0": 1e-6, "growth_rate": _INF})
+_add("d-adapt-adam", "D-Adaptation Adam: Adam with its step size d·lr estimated online (dadaptation)", _DADAPT,
+     {"lr": 1.0, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "decouple": False,
+      "use_bias_correction": False, "d0": 1e-6, "growth_rate": _INF})
+_SF = ("Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky 2024, The Road Less Scheduled (NeurIPS, "
+       "arXiv:2405.15682)")
+_SF_HP = {"weight_decay": 0.0, "warmup_steps": 0, "r": 0.0, "weight_lr_power": 2.0}
+_add("schedule-free-sgd", "Schedule-Free SGD: gradients at an interpolation y of the SGD iterate z and its weighted "
+     "average x; no lr schedule (schedulefree; call .train()/.eval())", _SF, {"lr": 1.0, "momentum": 0.9, **_SF_HP})
+_add("schedule-free-adamw", "Schedule-Free AdamW: Schedule-Free averaging on the Adam-normalised gradient "
+     "(schedulefree; call .train()/.eval())", _SF, {"lr": 0.0025, "betas": (0.9, 0.999), "eps": 1e-8, **_SF_HP})
+_DOG = ("Ivgi, Hinder & Carmon 2023, DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size Schedule "
+        "(ICML, arXiv:2302.12022)")
+_DOG_HP = {"lr": 1.0, "reps_rel": 1e-6, "weight_decay": 0.0, "eps": 1e-8, "init_eta": None}
+_add("dog", "DoG: SGD with step size lr·(largest distance from the start)/√(Σ‖g‖²), one for all tensors "
+     "(dog-optimizer)", _DOG, _DOG_HP)
+_add("ldog", "Layer-wise DoG: the DoG step size computed for each tensor separately (dog-optimizer)", _DOG, _DOG_HP)
+
+
 def available() -> dict[str, OptimizerSpec]:
     """Every optimizer name (the registry's order) with its hyperparameters and defaults."""
     return dict(OPTIMIZERS)

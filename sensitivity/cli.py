@@ -115,6 +115,7 @@ def _optimizers(args) -> int:
         tags = [t for t, on in (("HD", info.is_hd), ("closure", info.needs_closure)) if on]
         print(f"{name}{' [' + ', '.join(tags) + ']' if tags else ''}: {info.description}")
         print(f"    {params}")
+        print(f"    paper: {info.paper}")
     return 0
 
 

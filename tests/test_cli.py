@@ -94,7 +94,9 @@ def test_optimizers_lists_every_name_with_hyperparameters(capsys):
         assert f"\n{name}" in "\n" + out
         for key in info.hyperparameters:
             assert f"{key}=" in out
+        assert f"    paper: {info.paper}\n" in out
     assert "sgd-hd [HD]" in out
+    assert "\nprodigy: " in out and "growth_rate=inf" in out and "arXiv:2306.06101" in out
 
 
 def test_plot_of_a_missing_results_dir_exits_2(tmp_path, capsys):

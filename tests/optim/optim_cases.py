@@ -69,7 +69,10 @@ def batches(dtype=torch.float64, device="cpu", count=6, seed=1):
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, data, *, set_to_none: bool = True) -> list[float]:
-    """One step per batch through step(closure); returns the losses."""
+    """One step per batch through step(closure); returns the losses. An optimizer with train/eval
+    modes (Schedule-Free) is put in train mode first."""
+    if hasattr(opt, "train"):
+        opt.train()
     losses = []
     for x, y in data:
         def closure():
