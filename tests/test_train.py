@@ -372,3 +372,62 @@ def test_validate_config_fills_defaults():
     assert cfg["beta"] == available()["adam-hd"].hyperparameters["beta"]
     assert cfg["device"] in ("cpu", "cuda") and cfg["thresholds"] == [] and cfg["decay"] is None
     assert validate_config({**BASE, "thresholds": 0.3})["thresholds"] == [0.3]
+
+
+def test_schedule_free_is_evaluated_at_x_and_trained_at_y(monkeypatch):
+    """Each evaluation (L0 and every epoch) runs between the optimizer's .eval() and .train(), as the
+    Schedule-Free authors require; the curve's test loss is then the loss at x."""
+    from sensitivity.optim.schedule_free import SGDScheduleFree
+
+    calls = []
+    for name in ("eval", "train"):
+        real = getattr(SGDScheduleFree, name)
+
+        def spy(self, real=real, name=name):
+            calls.append(name)
+            return real(self)
+
+        monkeypatch.setattr(SGDScheduleFree, name, spy)
+    evaluate = train.evaluate
+
+    def evaluated(model, x, y):
+        calls.append("evaluate")
+        return evaluate(model, x, y)
+
+    monkeypatch.setattr(train, "evaluate", evaluated)
+    result = train.run_trial({**BASE, "optimizer": "schedule-free-sgd", "lr": 0.5, "epochs": 2})
+    assert result.row["status"] == "ok"
+    assert calls == ["eval", "evaluate", "train"] * 3  # L0, then after each of the 2 epochs
+
+
+def test_batch_norm_statistics_are_estimated_again_at_the_eval_point():
+    """At an optimizer's eval point a batch-norm model's running statistics come from the first
+    training batches, in train mode without grad; without an eval point nothing is touched."""
+    from types import SimpleNamespace
+
+    from sensitivity import loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    data = SimpleNamespace(train_x=torch.randn(200, 3) * 3 + 1)
+    order = []
+
+    class Swapping:
+        def eval(self):
+            order.append("eval")
+
+        def train(self):
+            order.append("train")
+
+    def forward(m, x):
+        order.append("forward")
+        return m(x)
+
+    before = model[1].running_mean.clone()
+    with loop.evaluation_point(model, [torch.optim.SGD(model.parameters(), lr=0.1)], data, 16, forward):
+        pass
+    assert torch.equal(model[1].running_mean, before) and order == []
+    with loop.evaluation_point(model, [Swapping()], data, 16, forward):
+        assert order[0] == "eval" and order.count("forward") == 13  # ceil(200 / 16) batches, at most 50
+        assert not torch.equal(model[1].running_mean, before)
+    assert order[-1] == "train" and model.training

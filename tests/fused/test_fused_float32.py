@@ -104,3 +104,24 @@ def test_a_re_cut_array_resumes_every_member_that_has_a_checkpoint(name, tmp_pat
     assert trained == [(3, 0), (4, 0)]
     assert [c["train_loss"] for c in alone.curve] == pytest.approx([c["train_loss"] for c in whole[0].curve],
                                                                    rel=1e-5)
+
+
+LR_FREE = {"prodigy": [0.5, 1.0], "d-adapt-sgd": [0.5, 1.0], "d-adapt-adam": [0.5, 1.0],
+           "schedule-free-sgd": [0.3, 1.0], "schedule-free-adamw": [0.0025, 0.01], "dog": [0.5, 1.0],
+           "ldog": [0.5, 1.0]}
+
+
+@pytest.mark.parametrize("name", list(LR_FREE))
+def test_lr_free_arrays_agree_with_solo_in_float32(name):
+    """The learning-rate-free rules in an array (their d, η and averages per member) against their solo
+    runs: 2 epochs on digits, statuses equal, minimal losses and the curves' effective lr to 1e-3."""
+    base = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [32]}, "optimizer": name,
+            "batch_size": 64, "epochs": 2, "device": "cpu", "weight_decay": 1e-4}
+    configs = [{**base, "lr": lr, "seed": s} for lr in LR_FREE[name] for s in (0, 1)]
+    for cfg, result in zip(configs, run_fused(configs)):
+        solo = train.run_trial(cfg)
+        assert result.row["status"] == solo.row["status"]
+        if solo.row["status"] == "ok":
+            for key in ("min_train_loss", "min_test_loss", "final_lr"):
+                assert result.row[key] == pytest.approx(solo.row[key], rel=1e-3), key
+            assert result.curve[-1].keys() == solo.curve[-1].keys()  # d, eta, ... as the solo run reports them
