@@ -145,6 +145,7 @@ def _run(args) -> int:
             return 0
         check_local_data(study, args.smoke, args.address)  # before Ray is even imported
         study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before Ray starts
+        plan.checked = True
         from sensitivity.sweep import run_study
 
         summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sensitivity.identity import Current, legacy_ids
 from sensitivity.record import TrialRecord
@@ -55,7 +55,7 @@ class RunPlan:
     errored: int  # rows with status error that stay (a run without --retry-errors skips them)
     current: Current
     rewritten: int = 0  # stored rows given their canonical spelling or current id
-    notes: list[str] = field(default_factory=list)
+    checked: bool = False  # the local data files and the optimizers' own range checks were checked
 
     @property
     def location(self) -> str:

@@ -208,7 +208,8 @@ class ResultsStore:
         self._has_trials = bool(sources)
         table = merge_trials(sources) if sources else None
         self._done: set[str] = set(_ids(table).to_pylist()) if table is not None else set()
-        self._trials_frames: list[pd.DataFrame] = [table.to_pandas()] if table is not None else []
+        # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read
+        self._trials_frames: list = [table] if table is not None else []
 
     # -- reading ------------------------------------------------------------
 
@@ -251,8 +252,9 @@ class ResultsStore:
     def trials(self) -> pd.DataFrame | None:
         if not self._trials_frames:
             return None
-        if len(self._trials_frames) > 1:
-            merged = pd.concat(self._trials_frames, ignore_index=True, sort=False)
+        if len(self._trials_frames) > 1 or isinstance(self._trials_frames[0], pa.Table):
+            frames = [f.to_pandas() if isinstance(f, pa.Table) else f for f in self._trials_frames]
+            merged = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
             self._trials_frames = [merged]
         return self._trials_frames[0]
 
@@ -308,7 +310,7 @@ class ResultsStore:
         self._seq = seq
         self._done |= seen
         self._has_trials = True
-        self._trials_frames.append(table.to_pandas())
+        self._trials_frames.append(table)  # as Arrow: a flush converts nothing
         self._curves_cache = None
 
     def compact(self, exclude: Iterable[str] = ()) -> None:

@@ -429,7 +429,9 @@ class Study:
         seen = set()
         for i, plan in enumerate(self._plans):
             for spelled, record in self._entry_pairs(i, plan, smoke=smoke, probe=bool(self.search)):
-                key = repr((record.optimizer, sorted(record.hyperparameters().items()), record.decay))
+                # lr and beta are checked without torch (numbers >= 0): each distinct rest is built once
+                rest = {k: v for k, v in record.hyperparameters().items() if k not in ("lr", "beta")}
+                key = repr((record.optimizer, sorted(rest.items()), record.decay))
                 if key not in seen:
                     seen.add(key)
                     self._check_config(i, {**spelled, "device": "cpu"}, validate_config)

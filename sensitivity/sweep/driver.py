@@ -71,8 +71,9 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         store = plan.store
         if not plan.left:  # nothing to run: Ray stays down
             return _nothing_left(plan)
-        check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
-        study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
+        if not plan.checked:  # (the CLI checks these before it hands its plan over)
+            check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
+            study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
         if retry_errors and store.trials is not None and "status" in store.trials:
             store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
         started = connect(address)

@@ -1,12 +1,14 @@
-"""Grid mode: the missing trials, cut into units (fused arrays and bundles), one unit per Ray Tune trial.
+"""Grid mode: the missing trials, cut into units (fused arrays and bundles of solo trials), packed into tasks.
 
-With ``refine:``, refinement rounds (sensitivity.sweep.refine) follow the grid, each run the same way.
+One task is one Ray Tune trial. Short units are packed several to a task (`pack`), since each
+Tune trial and each report costs the driver more than a short array's training; a task reports
+its trials in batches (`worker.Batches`). With ``refine:``, refinement rounds
+(sensitivity.sweep.refine) follow the grid, each run the same way.
 
-A unit whose Ray trial failed for good (its worker died every time Tune retried it: an
-out-of-memory kill, a segfault) is run again in a further pass: an array's members alone, and
-of a bundle, the trial that was training when the worker died (the first one the driver does
-not hold) gets an error row saying so, and the others run again. So every trial of a run ends
-with a row, and ``--retry-errors`` runs the one that killed its worker.
+A task whose Ray trial failed for good (its worker died every time Tune retried it: an
+out-of-memory kill, a segfault) runs again finer in a further pass (`after_failures`), down to
+single trials; a single trial whose worker died every time gets an error row saying so. So every
+trial of a run ends with a row, and ``--retry-errors`` runs the one that killed its worker.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ray import tune
 from sensitivity import outcome
 from sensitivity.progress import Progress
 from sensitivity.record import TrialRecord
-from sensitivity.sweep.bundles import bundle_size, is_short, make_bundles
+from sensitivity.sweep.bundles import BUNDLES_PER_SLOT, bundle_size, is_short, make_bundles
 from sensitivity.sweep.cluster import slots
 from sensitivity.sweep.refine import refine_rounds
 from sensitivity.sweep.tuner import MAX_FAILURES, Recorder, summarize, tuner_run
@@ -40,6 +42,17 @@ def plan_units(study, records: list[TrialRecord], extras: list[dict], resources:
     return units, size
 
 
+def pack(units: list[Unit], resources: dict) -> list[list[Unit]]:
+    """Tasks, one Ray Tune trial each: short units packed into about BUNDLES_PER_SLOT tasks per slot
+    (each Tune trial costs the driver more than a short array does), long ones a task each."""
+    short = [u for u in units if all(is_short(r) for r in u.records)]
+    tasks = [[u] for u in units if not all(is_short(r) for r in u.records)]
+    if short:
+        n = max(1, min(len(short), BUNDLES_PER_SLOT * slots(resources)))
+        tasks += [short[k::n] for k in range(n)]  # interleaved: cheap and costly units mix
+    return tasks
+
+
 def worker_died(message: str) -> str:
     """The error of a trial whose worker died: what Ray said of it, on one line."""
     text = " ".join(str(message).split())
@@ -48,21 +61,28 @@ def worker_died(message: str) -> str:
             f"times Ray Tune ran it; Ray: {text[at if at >= 0 else 0:][:500]}")
 
 
-def after_failures(store, units: list[Unit], failed: list[tuple[int, str]]) -> tuple[list[Unit], list[dict]]:
-    """(units to run again, error rows): what the failed Ray trials leave (see the module docstring)."""
+def after_failures(store, tasks: list[list[Unit]], failed: list[tuple[int, str]]
+                   ) -> tuple[list[list[Unit]], list[dict]]:
+    """(tasks to run again, error rows): what the Ray trials that failed for good leave.
+
+    Each failed task runs again finer, so the trial that kills its worker is found: a task of
+    several units as one task per unit, a unit of several trials (an array, a bundle) as one task
+    per trial alone; a trial alone whose worker died every time gets an error row.
+    """
     again, rows = [], []
     for index, message in failed:
-        unit = units[index]
-        left = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in store]
-        if not left:
-            continue
-        if unit.fused and len(left) > 1:  # which member killed it is unknown: each alone
-            again.extend(Unit([r], [e]) for r, e in left)
-            continue
-        (culprit, extra), rest = left[0], left[1:]
-        rows.append({**outcome.error_row(culprit, worker_died(message), 0.0), **extra})
-        if rest:
-            again.append(Unit([r for r, _ in rest], [e for _, e in rest]))
+        units = []  # the task's units, with only the trials the driver does not hold
+        for unit in tasks[index]:
+            left = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in store]
+            if left:
+                units.append(Unit([r for r, _ in left], [e for _, e in left], unit.fused and len(left) > 1))
+        if len(units) > 1:
+            again.extend([unit] for unit in units)
+        elif units and len(units[0].records) > 1:
+            again.extend([Unit([r], [e])] for r, e in zip(units[0].records, units[0].extras))
+        elif units:
+            (culprit,), (extra,) = units[0].records, units[0].extras
+            rows.append({**outcome.error_row(culprit, worker_died(message), 0.0), **extra})
     return again, rows
 
 
@@ -82,6 +102,7 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
             sizes.append(1)
             return
         units, size = plan_units(study, todo, [{"round": round_}] * len(todo), resources)
+        tasks = pack(units, resources)
         sizes.append(size)
         recorder.progress = Progress(len(todo), name=study.name if not round_ else f"{study.name} round {round_}",
                                      quiet=quiet)
@@ -89,15 +110,15 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
         recorder.checkpoint_root = ckpt
         recorder.progress.show()
         for attempt in range(MAX_PASSES):
-            trainable = tune.with_parameters(grid_task, units=units, checkpoint_root=ckpt, cpu=resources["cpu"])
+            trainable = tune.with_parameters(grid_task, tasks=tasks, checkpoint_root=ckpt, cpu=resources["cpu"])
             name = f"grid-{stamp}" + (f"-round{round_}" if round_ else "") + (f"-pass{attempt}" if attempt else "")
             failed = tuner_run(trainable, resources=resources, storage=ray_storage, name=name, callback=recorder,
-                               param_space={"bundle": tune.grid_search(list(range(len(units))))},
+                               param_space={"bundle": tune.grid_search(list(range(len(tasks))))},
                                max_concurrent=max_concurrent)
-            units, rows = after_failures(store, units, [(c["bundle"], e) for c, e in failed])
+            tasks, rows = after_failures(store, tasks, [(c["bundle"], e) for c, e in failed])
             if rows:
                 recorder.record(rows, [])
-            if not units:
+            if not tasks:
                 break
         else:
             errors.extend(e for _, e in failed)

@@ -42,14 +42,19 @@ class Summary:
 class Recorder(tune.Callback):
     """Append every reported trial to the tables (this process is their only writer).
 
-    A write that fails (a full or read-only destination, a lease taken over) is kept in
-    `failure`: `tuner_run` then stops the whole run and raises it; earlier flushes stay.
+    It keeps counts, not rows, so its memory stays flat however long the study; and it takes each
+    result's payload out of the result before Tune keeps it as the trial's last result, which Tune
+    writes into its experiment state again and again. A write that fails (a full or read-only
+    destination, a lease taken over) is kept in `failure`: `tuner_run` then stops the whole run
+    and raises it; earlier flushes stay.
     """
 
     def __init__(self, store: ResultsStore, progress: Progress, checkpoint_root: str | None = None):
         self.store, self.progress = store, progress
         self.checkpoint_root = checkpoint_root  # where the trials' checkpoint files are (removed once recorded)
-        self.rows: list[dict] = []
+        self.ran = self.diverged = self.errored = self.fused = 0
+        self.array_ids: set[str] = set()
+        self.errors: dict[str, list] = {}  # message -> [count, a trial_id]
         self.mirror_failures, self.mirror_error = 0, None
         self.current = None  # an identity.Current that learns the rows as they arrive (Optuna search)
         self.failure: BaseException | None = None
@@ -57,11 +62,12 @@ class Recorder(tune.Callback):
     def __getstate__(self):
         # Tune pickles its callbacks for Tuner.restore, which this module never uses (resume
         # works from the tables); the live tables and the terminal stay out of that file.
-        return {"store": None, "progress": None, "checkpoint_root": None, "rows": [], "current": None,
-                "mirror_failures": 0, "mirror_error": None, "failure": None}
+        return {"store": None, "progress": None, "checkpoint_root": None, "ran": 0, "diverged": 0, "errored": 0,
+                "fused": 0, "array_ids": set(), "errors": {}, "current": None, "mirror_failures": 0,
+                "mirror_error": None, "failure": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        payload = result.get("payload")
+        payload = result.pop("payload", None)  # Tune allows callbacks to change the result in place
         if not payload or self.failure is not None:
             return
         data = json.loads(payload)
@@ -78,15 +84,24 @@ class Recorder(tune.Callback):
         except Exception as exc:  # raised by tuner_run once Tune has stopped
             self.failure = exc
             return
-        if fresh:
-            self.rows.extend(new)
-            self.progress.add(new)
-            if self.current is not None:
-                self.current.add(new)
-            if self.checkpoint_root:  # an errored trial keeps its checkpoint: --retry-errors resumes from it
-                for row in new:
-                    if row.get("status") != "error":
-                        remove_checkpoint(self.checkpoint_root, row["trial_id"])
+        if not fresh:
+            return
+        for row in new:
+            status = row.get("status")
+            self.ran += 1
+            self.diverged += status == "diverged"
+            self.errored += status == "error"
+            if row.get("array_id"):
+                self.fused += 1
+                self.array_ids.add(row["array_id"])
+        count_errors(self.errors, new)
+        self.progress.add(new)
+        if self.current is not None:
+            self.current.add(new)
+        if self.checkpoint_root:  # an errored trial keeps its checkpoint: --retry-errors resumes from it
+            for row in new:
+                if row.get("status") != "error":
+                    remove_checkpoint(self.checkpoint_root, row["trial_id"])
 
 
 def remove_checkpoint(root: str, tid: str) -> None:
@@ -149,24 +164,29 @@ def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: 
 
 
 def summarize(store: ResultsStore, total: int, skipped: int, recorder: Recorder, start: float,
-             bundle: int, errors: list[str], missing: int) -> Summary:
-    rows = recorder.rows
+              bundle: int, errors: list[str], missing: int) -> Summary:
     return Summary(location=store.location, trials_path=join(store.location, TRIALS),
                    curves_path=join(store.location, CURVES),
-                   total=total, skipped=skipped, ran=len(rows),
-                   diverged=sum(r.get("status") == "diverged" for r in rows),
-                   errored=sum(r.get("status") == "error" for r in rows), missing=missing,
-                   elapsed_s=time.monotonic() - start, bundle=bundle, errors=errors, failures=failures(rows),
-                   fused=sum(bool(r.get("array_id")) for r in rows),
-                   arrays=len({r["array_id"] for r in rows if r.get("array_id")}),
+                   total=total, skipped=skipped, ran=recorder.ran, diverged=recorder.diverged,
+                   errored=recorder.errored, missing=missing, elapsed_s=time.monotonic() - start, bundle=bundle,
+                   errors=errors, failures=ranked(recorder.errors), fused=recorder.fused, arrays=len(recorder.array_ids),
                    mirror_failures=recorder.mirror_failures, mirror_error=recorder.mirror_error)
+
+
+def count_errors(found: dict[str, list], rows: list[dict]) -> None:
+    """Add the errored rows to `found`: message -> [count, one trial_id]."""
+    for row in rows:
+        if row.get("status") == "error":
+            message = " ".join(str(row.get("error") or "no message").split())
+            found.setdefault(message, [0, row.get("trial_id")])[0] += 1
+
+
+def ranked(found: dict[str, list]) -> list[tuple[str, int, str]]:
+    return sorted(((m, n, tid) for m, (n, tid) in found.items()), key=lambda f: -f[1])
 
 
 def failures(rows: list[dict]) -> list[tuple[str, int, str]]:
     """Each distinct error message of errored rows, with its count and one trial_id, most frequent first."""
     found: dict[str, list] = {}
-    for row in rows:
-        if row.get("status") == "error":
-            message = " ".join(str(row.get("error") or "no message").split())
-            found.setdefault(message, [0, row.get("trial_id")])[0] += 1
-    return sorted(((m, n, tid) for m, (n, tid) in found.items()), key=lambda f: -f[1])
+    count_errors(found, rows)
+    return ranked(found)

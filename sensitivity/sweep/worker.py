@@ -36,6 +36,7 @@ TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <tr
 # when it starts training them, as an out-of-memory kill or a segfault would
 FAULT_KILL = "SENSITIVITY_FAULT_KILL"
 CHECKPOINT_SYNC_S = 30.0  # how often a node-local checkpoint is mirrored to remote storage
+REPORT_S = 5.0  # a task's finished trials reach the driver at most this often (see Batches)
 MIRROR_KEY = "_mirror"  # run_one's note of failed checkpoint uploads, never a column
 
 
@@ -261,16 +262,40 @@ class Reported:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def grid_task(config: dict, units: list, checkpoint_root: str | None, cpu: float) -> None:
-    """Ray Tune trainable: train one unit (a fused array, or a bundle of trials one after the other),
-    reporting its trials as they finish (an array's together: one Tune result and one saved
-    checkpoint for all of them). A retried unit skips the trials the driver already holds (`Reported`)."""
+class Batches:
+    """A task's finished trials, reported to Tune together: the first at once (the driver sees a start),
+    then at most every `REPORT_S` seconds and at the end. Each report is one Tune result and one
+    saved Tune checkpoint (`Reported`), which cost the driver more than a trial of a small array does."""
+
+    def __init__(self, reported: "Reported"):
+        self.reported, self.rows, self.curves = reported, [], []
+        self.last: float | None = None
+
+    def add(self, rows: list[dict], curves: list[dict]) -> None:
+        self.rows.extend(rows)
+        self.curves.extend(curves)
+        if self.last is None or time.monotonic() - self.last >= REPORT_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.reported.report({"payload": payload(self.rows, self.curves), "trials": len(self.rows)}, self.rows)
+            self.rows, self.curves = [], []
+        self.last = time.monotonic()
+
+
+def grid_task(config: dict, tasks: list, checkpoint_root: str | None, cpu: float) -> None:
+    """Ray Tune trainable: train one task's units (fused arrays, and bundles of trials one after the
+    other), reporting their trials in batches (`Batches`). A retried task skips the trials the driver
+    already holds (`Reported`)."""
     set_threads(cpu)
-    unit = units[config["bundle"]]
-    reported = Reported(len(unit.records))
-    todo = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in reported]
-    if not todo:
-        return
-    unit = Unit([r for r, _ in todo], [e for _, e in todo], unit.fused)
-    for rows, curves in run_unit(unit, checkpoint_root):
-        reported.report({"payload": payload(rows, curves), "trials": len(rows)}, rows)
+    task = tasks[config["bundle"]]
+    reported = Reported(sum(len(u.records) for u in task))
+    batches = Batches(reported)
+    for unit in task:
+        todo = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in reported]
+        if not todo:
+            continue
+        for rows, curves in run_unit(Unit([r for r, _ in todo], [e for _, e in todo], unit.fused), checkpoint_root):
+            batches.add(rows, curves)
+    batches.flush()
