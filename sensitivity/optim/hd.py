@@ -278,11 +278,8 @@ class HypergradientOptimizer(Optimizer):
         if len(set(steps)) == 1:  # c depends on t only
             F.axpy_(params, u, -alpha * c[0])
         else:  # parameters skipped some steps (grad None), so their bias corrections differ
-            by_step: dict[int, list[int]] = {}
-            for i, t in enumerate(steps):
-                by_step.setdefault(t, []).append(i)
-            for idx in by_step.values():
-                F.axpy_([params[i] for i in idx], [u[i] for i in idx], -alpha * c[idx[0]])
+            for idx in F.by_step(steps).values():
+                F.axpy_(*F.pick([params, u], idx), -alpha * c[idx[0]])
         if self.lop is None:
             return  # no hypergradient: d_t is not kept
         for state, ui, ci in zip(states, u, c):

@@ -18,8 +18,10 @@ The contract an optimizer's members factory keeps (``registry.register(name, fac
   member whose numbers turn non-finite leaves the others bit for bit unchanged.
 - **State** that differs per member is stored with the member axis first: tensors ``(K, ...)``
   and per-member scalars as (K,) tensors. Python numbers (a step count) are shared by all
-  members. So :func:`select` can slice any member set out of a state dict, and :func:`join`
-  can stack 1-member state dicts back into one.
+  members. This holds in dicts and lists of state too, and for an optimizer-wide entry kept
+  under a key that is not a parameter (CAM-HD's ``state["cam_hd"]``). So :func:`select` can
+  slice any member set out of a state dict, and :func:`join` can stack 1-member state dicts
+  back into one.
 - ``param_groups[0]["lr"][k]`` is what member k's solo run reports as ``param_groups[0]["lr"]``,
   and multiplying it between steps (an lr decay) does what it does to the solo run.
 - Optional hooks: ``curve_metrics()`` returning ``{column: (K,) tensor}`` (the solo optimizer
@@ -133,14 +135,16 @@ def _index(value: Any, idx: Tensor) -> Any:
         return tuple(_index(v, idx) for v in value)
     if isinstance(value, dict):
         return {k: _index(v, idx) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_index(v, idx) for v in value]
     return value
 
 
 def keep(opt: torch.optim.Optimizer, index: Sequence[int], params: Sequence[Tensor]) -> None:
     """Keep the members at `index` (in that order): `params` are the new stacked tensors (already sliced).
 
-    Every per-member value of the group and every per-member state tensor is sliced along the
-    member axis; the optimizer's ``members_kept()`` hook (if any) drops what it keyed by the old
+    Every per-member value of the group and every per-member state tensor (optimizer-wide
+    entries included) is sliced along the member axis; the optimizer's ``members_kept()`` hook (if any) drops what it keyed by the old
     tensors.
     """
     group = opt.param_groups[0]
@@ -154,6 +158,8 @@ def keep(opt: torch.optim.Optimizer, index: Sequence[int], params: Sequence[Tens
         if state is not None:
             opt.state[new] = {k: _index(v, idx) for k, v in state.items()}
     group["params"] = params
+    for key in [key for key in opt.state if not isinstance(key, Tensor)]:  # optimizer-wide entries
+        opt.state[key] = _index(opt.state[key], idx)
     hook = getattr(opt, "members_kept", None)
     if hook is not None:
         hook()
@@ -175,6 +181,8 @@ def _cat(values: list, what: str) -> Any:
         return tuple(_cat([v[i] for v in values], what) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: _cat([v[k] for v in values], f"{what}.{k}") for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [_cat([v[i] for v in values], f"{what}[{i}]") for i in range(len(first))]
     if any(not _equal(v, first) for v in values[1:]):
         raise ValueError(f"join: {what} differs between the members ({values[0]!r} vs another); they cannot "
                          "share one optimizer step")
