@@ -2,15 +2,15 @@
 
 Learning rates at several levels (parameter, unit, layer, global) each learn by hypergradient
 descent, and their convex combination is the step size (paper 002, Section 2.3 and Algorithm 1).
-The base directions and the HD conventions are those of :mod:`sensitivity.optim.hd`; the update
-math comes from :mod:`sensitivity.optim.functional`.
+The base directions and the HD conventions are those of :mod:`sensitivity.optim.hd`. The flow:
+levels and grouping in :mod:`~sensitivity.optim.cam_levels`, the update math in
+:mod:`~sensitivity.optim.cam_update`, the optimizer (state, gathering, the step) here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,149 +19,18 @@ from torch.optim import Optimizer
 
 from sensitivity import checks
 
+from . import cam_update as U
 from . import functional as F
+from .cam_levels import LEVELS, build_layout, check_gammas, check_levels, full_rates, looks_like_weight_and_bias, \
+    over, rate_dtype
+from .members import member_count, member_dtype, member_group, member_value, member_values
 from .registry import register
 
 __all__ = ["CamHD", "LEVELS", "OPS"]
 
-LEVELS = ("parameter", "unit", "layer", "global")  # leaf first
 OPS = ("sgd", "sgdn", "adam")
 _STATE_KEY = "cam_hd"  # optimizer-wide state (γ, step, level rates), kept in `state` under a string key
-
-
-def _check_levels(levels: Any) -> tuple[str, ...]:
-    if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
-        raise ValueError(f"levels must be a non-empty list of level names from {', '.join(LEVELS)}, got {levels!r}")
-    for level in levels:
-        if level not in LEVELS:
-            raise ValueError(f"levels: unknown level {level!r}; valid levels (leaf first): {', '.join(LEVELS)}")
-    ranks = [LEVELS.index(level) for level in levels]
-    if any(a >= b for a, b in zip(ranks, ranks[1:])):
-        raise ValueError(
-            f"levels must be ordered leaf first ({', '.join(LEVELS)}) without repeats, got {list(levels)}"
-        )
-    return tuple(levels)
-
-
-def _check_gammas(gammas: Any, levels: tuple[str, ...]) -> list[float]:
-    if isinstance(gammas, str) or not isinstance(gammas, Sequence) or len(gammas) != len(levels):
-        raise ValueError(f"gammas must hold one weight per level ({len(levels)} for {list(levels)}), got {gammas!r}")
-    for i, g in enumerate(gammas):
-        checks.number(f"gammas[{i}]", g, low=0)
-    total = float(sum(gammas))
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"gammas must sum to 1 (they are combination weights), got {list(gammas)} (sum {total:g})")
-    return [float(g) / total for g in gammas]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How one param group's elements split into units and layers.
-
-    Units are numbered module by module (a module's shared dim-0 block first, then its single-unit
-    tensors), so every module owns a contiguous run of units and all sums are deterministic
-    concatenations and segment sums, with no scatter-adds.
-    """
-
-    n: int  # elements in the group
-    module: tuple[int, ...]  # per param: its layer (module) index
-    unit_start: tuple[int, ...]  # per param: index of its first unit
-    unit_view: tuple[tuple[int, ...] | None, ...]  # per param: shape broadcasting its units on it; None = 1 unit
-    blocks: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]  # per module: (shared params, units, singles)
-    module_order: tuple[int, ...]  # params sorted by module (stable)
-    module_params: Tensor  # per module: number of params (long)
-    module_units: Tensor  # per module: number of units (long)
-    unit_module: Tensor  # per unit: its module (long)
-    unit_scale: Tensor  # per unit: n / n_unit (float64)
-    module_scale: Tensor  # per module: n / n_module (float64)
-    unit_weight: Tensor  # per unit: n_unit / n, for element-weighted means (float64)
-    module_weight: Tensor  # per module: n_module / n
-
-    @property
-    def num_units(self) -> int:
-        return self.unit_module.numel()
-
-    @property
-    def num_modules(self) -> int:
-        return self.module_scale.numel()
-
-
-def _module_keys(params: list[Tensor], names: list[str] | None) -> list[Any]:
-    # A module is the name prefix before the last '.'; a plain tensor is a module of its own.
-    if names is None:
-        return [("tensor", j) for j in range(len(params))]
-    return [name.rpartition(".")[0] for name in names]
-
-
-def _build_layout(params: list[Tensor], names: list[str] | None, device: torch.device) -> _Layout:
-    modules: dict[Any, list[int]] = {}
-    for j, key in enumerate(_module_keys(params, names)):
-        modules.setdefault(key, []).append(j)
-    m = len(params)
-    module, start, view = [0] * m, [0] * m, [None] * m
-    blocks, unit_module, unit_sizes, module_sizes, module_units = [], [], [], [], []
-    for mi, members in enumerate(modules.values()):
-        # Units are dim-0 slices of the module's highest-rank tensor (its weight); every tensor of the
-        # module with the same dim-0 size shares them (bias element i <-> unit i; BatchNorm weight and
-        # bias element i <-> channel i). Anything else (0-d, other dim-0 size) is one unit by itself.
-        ref = max(members, key=lambda j: params[j].dim())
-        units = params[ref].shape[0] if params[ref].dim() >= 1 else 0
-        shared = tuple(j for j in members if units > 0 and params[j].dim() >= 1 and params[j].shape[0] == units)
-        singles = tuple(j for j in members if j not in shared)
-        first = len(unit_sizes)
-        if shared:
-            unit_sizes += [sum(params[j].numel() for j in shared) // units] * units
-        for j in shared:
-            start[j], view[j] = first, (units,) + (1,) * (params[j].dim() - 1)
-        for j in singles:
-            start[j] = len(unit_sizes)
-            unit_sizes.append(params[j].numel())
-        for j in members:
-            module[j] = mi
-        blocks.append((shared, units if shared else 0, singles))
-        unit_module += [mi] * (len(unit_sizes) - first)
-        module_units.append(len(unit_sizes) - first)
-        module_sizes.append(sum(params[j].numel() for j in members))
-    n = sum(module_sizes)
-
-    def ratio(sizes: list[int], inverse: bool) -> Tensor:
-        s = torch.tensor(sizes, dtype=torch.float64)
-        if inverse:  # n / n_i; an empty group (n_i = 0) has no hypergradient, so its scale is moot
-            return torch.where(s > 0, n / s.clamp(min=1), torch.zeros_like(s)).to(device)
-        return (s / max(n, 1)).to(device)
-
-    def longs(values: list[int]) -> Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
-
-    return _Layout(
-        n=n,
-        module=tuple(module),
-        unit_start=tuple(start),
-        unit_view=tuple(view),
-        blocks=tuple(blocks),
-        module_order=tuple(sorted(range(m), key=lambda j: module[j])),
-        module_params=longs([len(members) for members in modules.values()]),
-        module_units=longs(module_units),
-        unit_module=longs(unit_module),
-        unit_scale=ratio(unit_sizes, True),
-        module_scale=ratio(module_sizes, True),
-        unit_weight=ratio(unit_sizes, False),
-        module_weight=ratio(module_sizes, False),
-    )
-
-
-def _looks_like_weight_and_bias(params: list[Tensor]) -> int | None:
-    """Index j where params[j] looks like the bias of params[j-1] (module order: weight, then bias)."""
-    for j in range(1, len(params)):
-        w, b = params[j - 1], params[j]
-        if w.dim() >= 2 and b.dim() == 1 and b.shape[0] == w.shape[0]:
-            return j
-    return None
-
-
-def _rate_dtype(device: torch.device) -> torch.dtype:
-    # Level rates are few: keep them in float64 like HD's python-float α (MPS has no float64).
-    return torch.float32 if device.type == "mps" else torch.float64
+_RATES = ("parameter_mean", "unit", "layer", "global")
 
 
 class CamHD(Optimizer):
@@ -215,6 +84,16 @@ class CamHD(Optimizer):
     projection that keeps α* a convex combination); if the update is not finite or every γ clamps
     to 0, γ keep their previous values.
 
+    **Fused arrays** (``sensitivity.optim.members``): one param group holds K members' tensors
+    stacked on a leading member axis, named as the solo tensors are (``(name, tensor)`` pairs), with
+    ``lr`` and any per-member hyperparameter (K,) tensors. Every member has its solo run's units and
+    layers (the layout is built from the solo shapes and names), each level's rates get a leading
+    member axis (``unit`` (K, U), ``layer`` (K, M), ``global`` (K,)), γ is one row per member
+    (``state["cam_hd"]["gammas"]``, (K, levels)), ``gammas``/``delta`` may differ per member, and every
+    sum stops at the member axis: the same formulas (:mod:`~sensitivity.optim.cam_update`) run
+    once for all members, with no host sync. A change of ``lr`` between steps (a member's decay)
+    is seen through the tensor's version counter.
+
     ``param_groups[i]["lr"]`` holds the group's element-mean effective rate κ of the last step
     (exactly τ·Σ_ℓ γ_ℓ·mean(α_ℓ) + (1−τ)·α_∞). When a scheduler or the user changes it between
     steps, every level rate of that group and α_∞ are multiplied by new/old, so step decay works.
@@ -234,8 +113,9 @@ class CamHD(Optimizer):
         lr: α_0 (default 1e-3). beta: β (default 1e-3; the registry uses 1e-8 for adam).
         op: base optimizer "sgd", "sgdn" or "adam" (required).
         levels: ordered subset of ("parameter", "unit", "layer", "global") (default unit, global).
-        gammas: initial γ, one per level, non-negative, summing to 1 (default (0.2, 0.8)).
-        delta: δ, the learning rate of γ (0 freezes them; default 0.03).
+        gammas: initial γ, one per level, non-negative, summing to 1 (default (0.2, 0.8)); for a
+            member-axis group also one such sequence per member.
+        delta: δ, the learning rate of γ (0 freezes them; default 0.03); per member a (K,) tensor.
         decay_rate: r of τ(t) = exp(−r t), or None for no decay (default None).
         alpha_inf: α_∞ of the decay (default None: the group's initial lr).
         momentum: μ of sgdn (0.9). betas, eps: Adam's (0.9, 0.999), 1e-8. weight_decay: coupled L2 λ (0).
@@ -261,10 +141,15 @@ class CamHD(Optimizer):
         if op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
         self.op = op
-        self.levels = _check_levels(levels)
-        self._initial_gammas = _check_gammas(gammas, self.levels)
-        self.delta = checks.number("delta", delta, low=0)
-        self._layouts: list[_Layout] = []
+        self.levels = check_levels(levels)
+        nested = not isinstance(gammas, str) and isinstance(gammas, Sequence) and gammas \
+            and isinstance(gammas[0], Sequence) and not isinstance(gammas[0], str)
+        self._initial_gammas = [check_gammas(g, self.levels) for g in gammas] if nested else check_gammas(gammas, self.levels)
+        for d in delta.tolist() if isinstance(delta, Tensor) else [delta]:
+            checks.number("delta", d, low=0)
+        self.delta = delta if isinstance(delta, Tensor) else float(delta)
+        self._layouts = []
+        self._lr_seen: tuple[Tensor, int] | None = None  # a member group's lr as last written (see step)
         defaults = dict(
             lr=lr, beta=beta, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
             decay_rate=decay_rate, alpha_inf=alpha_inf,
@@ -278,16 +163,27 @@ class CamHD(Optimizer):
                 raise ValueError(f"{key} is shared by all param groups; pass it to the optimizer, not to a group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["lr"] = checks.number("lr", group["lr"], low=0)
-        checks.number("beta", group["beta"], low=0)
-        checks.number("momentum", group["momentum"], low=0, high=1, high_open=True)
-        group["betas"] = checks.pair("betas", group["betas"])
-        checks.number("eps", group["eps"], low=0)
-        checks.number("weight_decay", group["weight_decay"], low=0)
-        checks.number("decay_rate", group["decay_rate"], low=0, allow_none=True)
+        lead = member_count(group)
+        if lead is not None and len(self.param_groups) > 1:
+            raise ValueError("member axis: CAM-HD over a fused array takes one param group")
+        for hp in member_values(group):  # once, or once per member of a fused array
+            checks.number("lr", hp["lr"], low=0)
+            checks.number("beta", hp["beta"], low=0)
+            checks.number("momentum", hp["momentum"], low=0, high=1, high_open=True)
+            checks.pair("betas", hp["betas"])
+            checks.number("eps", hp["eps"], low=0)
+            checks.number("weight_decay", hp["weight_decay"], low=0)
+            checks.number("decay_rate", hp["decay_rate"], low=0, allow_none=True)
+            checks.number("alpha_inf", hp["alpha_inf"], low=0, allow_none=True)
+        if lead is None:
+            group["lr"] = checks.number("lr", group["lr"], low=0)
+            group["betas"] = checks.pair("betas", group["betas"])
+        else:
+            group["lr"] = group["lr"].to(member_dtype(group["lr"].device))
         if group["alpha_inf"] is None:
-            group["alpha_inf"] = group["lr"]
-        group["alpha_inf"] = checks.number("alpha_inf", group["alpha_inf"], low=0)
+            group["alpha_inf"] = group["lr"].clone() if lead is not None else group["lr"]
+        elif lead is None:
+            group["alpha_inf"] = float(group["alpha_inf"])
 
         params: list[Tensor] = group["params"]
         for p in params:
@@ -296,68 +192,93 @@ class CamHD(Optimizer):
         device = params[0].device
         if any(p.device != device for p in params):
             raise ValueError("params: all tensors of a param group must be on one device")
+        shapes = [p.shape if lead is None else p.shape[1:] for p in params]  # a member's (solo) shapes
         names = group.get("param_names")
         if names is None and ("unit" in self.levels or "layer" in self.levels):
-            j = _looks_like_weight_and_bias(params)
+            j = looks_like_weight_and_bias(shapes)
             if j is not None:
                 raise ValueError(
                     f"params: levels 'unit' and 'layer' need module structure (tensor {j} looks like the bias of "
                     f"tensor {j - 1}); pass model.named_parameters()"
                 )
-        layout = _build_layout(params, names, device)
+        layout = build_layout(shapes, names, device)
         self._layouts.append(layout)
 
         cam = self.state[_STATE_KEY]
         if not cam:
-            cam.update(levels=list(self.levels), gammas=list(self._initial_gammas), step=0, groups=[])
-        dtype = _rate_dtype(device)
+            cam.update(levels=list(self.levels), gammas=self._gammas_for(lead, device), step=0, groups=[])
+        dtype = rate_dtype(device)
         lr = group["lr"]
-        rates: dict[str, Any] = {"lr": lr}
+        rates: dict[str, Any] = {"lr": lr.clone() if lead is not None else lr}
         if "parameter" in self.levels:
-            rates["parameter_mean"] = torch.tensor(lr, dtype=dtype, device=device)
+            rates["parameter_mean"] = full_rates(lr, (), dtype, device)
             for p in params:
-                self.state[p]["lr_parameter"] = torch.full_like(p, lr, memory_format=torch.preserve_format)
+                self.state[p]["lr_parameter"] = full_rates(lr, p.shape[1:], p.dtype, device) if lead is not None \
+                    else torch.full_like(p, lr, memory_format=torch.preserve_format)
         if "unit" in self.levels:
-            rates["unit"] = torch.full((layout.num_units,), lr, dtype=dtype, device=device)
+            rates["unit"] = full_rates(lr, (layout.num_units,), dtype, device)
         if "layer" in self.levels:
-            rates["layer"] = torch.full((layout.num_modules,), lr, dtype=dtype, device=device)
+            rates["layer"] = full_rates(lr, (layout.num_modules,), dtype, device)
         if "global" in self.levels:
-            rates["global"] = torch.tensor(lr, dtype=dtype, device=device)
+            rates["global"] = full_rates(lr, (), dtype, device)
         cam["groups"].append(rates)
+
+    def _gammas_for(self, lead: int | None, device: torch.device):
+        """The initial γ: a list (solo, shared by the groups) or a (K, levels) tensor (one row per member)."""
+        initial = self._initial_gammas
+        nested = isinstance(initial[0], list)
+        if lead is None:
+            if nested:
+                raise ValueError("gammas: one sequence per member is for a member-axis group")
+            return list(initial)
+        rows = initial if nested else [initial] * lead
+        if len(rows) != lead:
+            raise ValueError(f"gammas: {len(rows)} members' gammas for {lead} members")
+        return torch.tensor(rows, dtype=rate_dtype(device), device=device)
 
     @property
     def _cam(self) -> dict:
         return self.state[_STATE_KEY]
 
+    def _members(self) -> bool:
+        return isinstance(self._cam["gammas"], Tensor)
+
     # -- public read-outs ----------------------------------------------------------------------
     @property
-    def gammas(self) -> tuple[float, ...]:
-        """Current combination weights γ, in ``levels`` order."""
-        return tuple(self._cam["gammas"])
+    def gammas(self) -> tuple[float, ...] | Tensor:
+        """Current combination weights γ, in ``levels`` order (a member-axis group: (K, levels))."""
+        gammas = self._cam["gammas"]
+        return gammas.clone() if isinstance(gammas, Tensor) else tuple(gammas)
 
-    def level_lrs(self) -> dict[str, float]:
-        """Level -> its rate averaged over all elements (all param groups), for logging.
+    def level_lrs(self) -> dict[str, float | Tensor]:
+        """Level -> its rate averaged over all elements (all param groups; per member (K,)), for logging.
 
         A pending change of ``param_groups[i]["lr"]`` is applied first, so the values match it.
         """
         self._apply_lr_changes()
+        means = [U.level_means(lay, self.levels, rates) for lay, rates in zip(self._layouts, self._cam["groups"])]
+        if self._members():
+            return dict(zip(self.levels, means[0]))
         sizes = [lay.n for lay in self._layouts]
         total = max(sum(sizes), 1)
-        flat = _read([self._level_means(i) for i in range(len(self.param_groups))])
+        flat = _read([v for m in means for v in m])
         L = len(self.levels)
-        means = [flat[i * L:(i + 1) * L] for i in range(len(self.param_groups))]
-        return {
-            level: sum(n * m[k] for n, m in zip(sizes, means)) / total for k, level in enumerate(self.levels)
-        }
+        return {level: sum(n * flat[i * L + k] for i, n in enumerate(sizes)) / total
+                for k, level in enumerate(self.levels)}
 
-    def curve_metrics(self) -> dict[str, float]:
-        """``lr`` (element-mean effective rate), ``lr_<level>`` and ``gamma_<level>`` for each level."""
+    def curve_metrics(self) -> dict[str, float | Tensor]:
+        """``lr`` (element-mean effective rate), ``lr_<level>`` and ``gamma_<level>`` for each level
+        (floats; for a member-axis group (K,) tensors)."""
         levels = self.level_lrs()
-        sizes = [lay.n for lay in self._layouts]
-        lr = sum(n * g["lr"] for n, g in zip(sizes, self.param_groups)) / max(sum(sizes), 1)
-        out = {"lr": lr}
+        if self._members():
+            out = {"lr": self.param_groups[0]["lr"]}
+            gammas = self._cam["gammas"].unbind(-1)
+        else:
+            sizes = [lay.n for lay in self._layouts]
+            out = {"lr": sum(n * g["lr"] for n, g in zip(sizes, self.param_groups)) / max(sum(sizes), 1)}
+            gammas = self.gammas
         out.update({f"lr_{level}": value for level, value in levels.items()})
-        out.update({f"gamma_{level}": g for level, g in zip(self.levels, self.gammas)})
+        out.update({f"gamma_{level}": g for level, g in zip(self.levels, gammas)})
         return out
 
     # -- state -----------------------------------------------------------------------------------
@@ -366,30 +287,43 @@ class CamHD(Optimizer):
         if not cam or list(cam["levels"]) != list(self.levels) or len(cam["groups"]) != len(self.param_groups):
             saved = list(cam["levels"]) if cam else None
             raise ValueError(f"state_dict: not a CAM-HD state with levels {list(self.levels)} (saved levels: {saved})")
+        # Adam's direction scales of a member-axis group are float64 like a solo run's python
+        # floats: keep them (the base class casts a parameter's state to the parameter's dtype).
+        scales = {pid: s["prev_direction_scale"] for pid, s in state_dict["state"].items()
+                  if isinstance(s, dict) and isinstance(s.get("prev_direction_scale"), Tensor)}
         super().load_state_dict(state_dict)
+        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        for pid, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if pid in scales:
+                self.state[p]["prev_direction_scale"] = scales[pid].to(p.device)
         # Own the loaded rates (they are updated in place) and put them on each group's device.
         loaded = self.state[_STATE_KEY]
         groups = []
         for rates, group in zip(loaded["groups"], self.param_groups):
             device = group["params"][0].device
-            dtype = _rate_dtype(device)
-            groups.append({
-                k: v.detach().to(device=device, dtype=dtype, copy=True) if isinstance(v, Tensor) else v
-                for k, v in rates.items()
-            })
+            for key, value in list(group.items()):  # a member group's values: to its tensors' device
+                if isinstance(value, Tensor):
+                    group[key] = value.to(device)
+            groups.append({k: _own(v, device) for k, v in rates.items()})
+        gammas = loaded["gammas"]
+        device = self.param_groups[0]["params"][0].device
         self.state[_STATE_KEY] = {
-            "levels": list(loaded["levels"]), "gammas": [float(g) for g in loaded["gammas"]],
-            "step": int(loaded["step"]), "groups": groups,
+            "levels": list(loaded["levels"]), "step": int(loaded["step"]), "groups": groups,
+            "gammas": _own(gammas, device) if isinstance(gammas, Tensor) else [float(g) for g in gammas],
         }
+        self._lr_seen = None
 
     def _apply_lr_changes(self) -> None:
         """Scale a group's level rates and α_∞ by new/old when its ``lr`` was changed from outside."""
         for group, rates in zip(self.param_groups, self._cam["groups"]):
+            if isinstance(group["lr"], Tensor):
+                self._apply_member_lr_changes(group, rates)
+                continue
             new, old = group["lr"], rates["lr"]
             if new == old or (new != new and old != old):  # unchanged (NaN after a divergence included)
                 continue
             new = group["lr"] = checks.number("lr", new)
-            tensors = [rates[k] for k in ("parameter_mean", "unit", "layer", "global") if k in rates]
+            tensors = [rates[k] for k in _RATES if k in rates]
             per_element = [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
             if old != 0:
                 factor = new / old
@@ -404,10 +338,39 @@ class CamHD(Optimizer):
                 group["alpha_inf"] = new
             rates["lr"] = new
 
+    def _apply_member_lr_changes(self, group: dict, rates: dict) -> None:
+        """The same per member, on the device: members whose lr changed are scaled (or restarted)."""
+        new = group["lr"]
+        if self._lr_seen is not None and self._lr_seen[0] is new and self._lr_seen[1] == new._version:
+            return  # the lr tensor this optimizer wrote, untouched since
+        old = rates["lr"]
+        changed = (new != old) & ~(torch.isnan(new) & torch.isnan(old))
+        factor = torch.where(changed & (old != 0), new / old, 1.0)
+        restart = changed & (old == 0)
+
+        def rescaled(t: Tensor) -> Tensor:
+            return torch.where(over(restart, t), over(new, t).to(t.dtype), t * over(factor, t).to(t.dtype))
+
+        for key in _RATES:
+            if key in rates:
+                rates[key] = rescaled(rates[key])
+        if "parameter" in self.levels:
+            for p in group["params"]:
+                self.state[p]["lr_parameter"].copy_(rescaled(self.state[p]["lr_parameter"]))
+        group["alpha_inf"] = torch.where(restart, new, group["alpha_inf"] * factor)
+        rates["lr"] = new.clone()
+        self._lr_seen = (new, new._version)
+
+    def members_kept(self) -> None:
+        """Members were dropped (`members.keep`): the group's lr is a new tensor."""
+        self._lr_seen = None
+
     # -- step --------------------------------------------------------------------------------
     @staticmethod
-    def _tau(group: dict, t: int) -> float:
+    def _tau(group: dict, t: int) -> F.Scalar:
         r = group["decay_rate"]
+        if isinstance(r, Tensor):
+            return torch.exp(-r * t)
         return 1.0 if r is None else math.exp(-r * t)
 
     def _gather(self, group: dict) -> tuple[list[int], list[Tensor], list[Tensor], list[dict]]:
@@ -428,85 +391,18 @@ class CamHD(Optimizer):
             states.append(state)
         return idx, params, grads, states
 
-    def _level_sums(
-        self, lay: _Layout, idx: list[int], gs: list[Tensor], ds: list[Tensor], cs: list[float],
-        prods: list[Tensor] | None, dtype: torch.dtype,
-    ) -> dict[str, Tensor]:
-        """Σ_{p∈i} D_p for every group i of the unit, layer and global levels (D_p = −c·g_p·u_p).
-
-        `prods` holds g·u per element (required for the unit level), else dot products are used.
-        """
-        uniform = all(c == cs[0] for c in cs)
-        sums: dict[str, Tensor] = {}
-        device = gs[0].device
-        if "unit" in self.levels:
-            parts: dict[int, Tensor] = {}
-            for k, j in enumerate(idx):
-                view = lay.unit_view[j]
-                if view is None:
-                    x = prods[k].sum().reshape(1)
-                else:  # a 1-d tensor (bias, norm scale) already is its per-unit sum
-                    x = prods[k] if len(view) == 1 else prods[k].reshape(view[0], -1).sum(1)
-                parts[j] = x if uniform else x * cs[k]
-            pieces = []
-            for shared, units, singles in lay.blocks:  # units in layout order: shared block, then singles
-                if shared:
-                    got = [parts[j] for j in shared if j in parts]
-                    block = got[0] if got else torch.zeros(units, dtype=prods[0].dtype, device=device)
-                    for x in got[1:]:
-                        block = block + x
-                    pieces.append(block)
-                for j in singles:
-                    pieces.append(parts[j] if j in parts else torch.zeros(1, dtype=prods[0].dtype, device=device))
-            unit = torch.cat(pieces).to(dtype) * (-cs[0] if uniform else -1.0)
-            sums["unit"] = unit
-            if "layer" in self.levels:
-                sums["layer"] = torch.segment_reduce(unit, "sum", lengths=lay.module_units)
-            sums["global"] = unit.sum()
-            return sums
-        if prods is not None:
-            totals = [x.sum() for x in prods]
-        else:
-            totals = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds)]
-        if not uniform:
-            totals = [x * c for x, c in zip(totals, cs)]
-        by_param = dict(zip(idx, totals))
-        zero = torch.zeros((), dtype=totals[0].dtype, device=device)
-        ordered = torch.stack([by_param.get(j, zero) for j in lay.module_order]).to(dtype)
-        ordered = ordered * (-cs[0] if uniform else -1.0)
-        if "layer" in self.levels:
-            sums["layer"] = torch.segment_reduce(ordered, "sum", lengths=lay.module_params)
-        sums["global"] = ordered.sum()
-        return sums
-
-    def _level_means(self, i: int) -> Tensor:
-        """Element-weighted mean of every level's rates in group i (float64 vector, levels order)."""
-        lay, rates = self._layouts[i], self._cam["groups"][i]
-        means = []
-        for level in self.levels:
-            if level == "parameter":
-                means.append(rates["parameter_mean"])
-            elif level == "unit":
-                means.append(torch.dot(lay.unit_weight.to(rates["unit"].dtype), rates["unit"]))
-            elif level == "layer":
-                means.append(torch.dot(lay.module_weight.to(rates["layer"].dtype), rates["layer"]))
-            else:
-                means.append(rates["global"])
-        return torch.stack(means)
-
-    def _hyper_update(
-        self, i: int, group: dict, t: int, idx: list[int], params: list[Tensor], g: list[Tensor], states: list[dict],
-    ) -> Tensor | None:
+    def _hyper_update(self, i: int, group: dict, t: int, gammas: list, idx: list[int], g: list[Tensor],
+                      states: list[dict]) -> list[Tensor] | None:
         """Update group i's level rates in place; return its ∂f/∂γ_ℓ contributions (or None)."""
         pairs = [k for k, s in enumerate(states) if "prev_direction" in s]
-        if t < 2 or not pairs or (group["beta"] == 0 and self.delta == 0):
+        if t < 2 or not pairs or (U._zero(group["beta"]) and U._zero(self.delta)):
             return None
         lay, rates = self._layouts[i], self._cam["groups"][i]
-        gammas = self._cam["gammas"]
-        sel = [idx[k] for k in pairs]
+        lead = member_count(group)
         gs = [g[k] for k in pairs]
         ds = [states[k]["prev_direction"] for k in pairs]
-        cs = [float(states[k].get("prev_direction_scale", 1.0)) for k in pairs]
+        cs = [states[k].get("prev_direction_scale", 1.0) for k in pairs]
+        uniform = len({states[k]["step"] for k in pairs}) == 1  # c depends on the step count only
         has_param = "parameter" in self.levels
         alphas = [states[k]["lr_parameter"] for k in pairs] if has_param else []
         # Per-unit and per-element sums need g·u per element. d_{t−1} is not needed after this step's
@@ -516,59 +412,15 @@ class CamHD(Optimizer):
         if has_param or "unit" in self.levels:
             prods = ds
             torch._foreach_mul_(prods, gs)
-        dtype = _rate_dtype(params[0].device)
-        sums = self._level_sums(lay, sel, gs, ds, cs, prods, dtype)
-        tau = self._tau(group, t)  # τ(t), as the paper (§2.4) and the spec write it
-        coef = group["beta"] * tau
-
-        grad_gamma = None
-        if self.delta != 0:
-            parts = []
-            for level in self.levels:
-                if level == "parameter":  # Σ_p D_p α_p = −Σ c·(g·u)·α_p
-                    uniform = all(c == cs[0] for c in cs)
-                    dot = F.dot(prods, alphas) * cs[0] if uniform else F.dot(prods, alphas, cs)
-                    parts.append(-dot.to(dtype))
-                elif level == "global":
-                    parts.append(rates["global"] * sums["global"])
-                else:
-                    parts.append(torch.dot(rates[level], sums[level]))
-            grad_gamma = torch.stack(parts) * tau
-
-        for level, gamma in zip(self.levels, gammas):
-            if gamma == 0 or coef == 0:
-                continue
-            step = coef * gamma
-            if level == "parameter":
-                # α_p ← α_p − β γ τ n D_p = α_p + β γ τ n c (g·u)
-                scale = step * lay.n
-                if all(c == cs[0] for c in cs):
-                    torch._foreach_add_(alphas, prods, alpha=scale * cs[0])
-                else:
-                    for a, x, c in zip(alphas, prods, cs):
-                        a.add_(x, alpha=scale * c)
-                rates["parameter_mean"].sub_(sums["global"], alpha=step)
-            elif level == "unit":
-                rates["unit"].sub_(sums["unit"] * lay.unit_scale, alpha=step)
-            elif level == "layer":
-                rates["layer"].sub_(sums["layer"] * lay.module_scale, alpha=step)
-            else:
-                rates["global"].sub_(sums["global"], alpha=step)
-        return grad_gamma
-
-    def _update_gammas(self, grad: list[float]) -> None:
-        old = self._cam["gammas"]
-        new = [gamma - self.delta * gr for gamma, gr in zip(old, grad)]
-        if not all(math.isfinite(x) for x in new):
-            return
-        new = [max(x, 0.0) for x in new]
-        total = sum(new)
-        if total > 0 and math.isfinite(total):
-            self._cam["gammas"] = [x / total for x in new]
+        dtype = rate_dtype(g[0].device)
+        sums = U.level_sums(lay, self.levels, [idx[k] for k in pairs], gs, ds, cs, uniform, prods, lead, dtype)
+        return U.hyper_step(lay, self.levels, rates, gammas, sums, prods=prods, alphas=alphas, cs=cs, uniform=uniform,
+                            beta=group["beta"], tau=self._tau(group, t),  # τ(t), as the paper (§2.4) writes it
+                            with_gamma=not U._zero(self.delta), lead=lead, dtype=dtype)
 
     def _directions(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], g: list[Tensor], states: list[dict]
-    ) -> tuple[list[Tensor], list[float]]:
+        self, group: dict, grads: list[Tensor], g: list[Tensor], states: list[dict]
+    ) -> tuple[list[Tensor], list[F.Scalar]]:
         """Base direction d_t = c·u (c = 1 except for adam), stored as the next step's d_{t−1}."""
         for state in states:
             state["step"] += 1
@@ -603,45 +455,17 @@ class CamHD(Optimizer):
             state["prev_direction_scale"] = ci
         return u, c
 
-    def _move(
-        self, i: int, group: dict, t: int, idx: list[int], params: list[Tensor], u: list[Tensor], c: list[float],
-        states: list[dict],
-    ) -> None:
+    def _move(self, i: int, group: dict, t: int, gammas: list, idx: list[int], params: list[Tensor],
+              u: list[Tensor], c: list[F.Scalar], states: list[dict]) -> None:
         """θ ← θ − κ ⊙ d with κ = τ(t)·Σ_ℓ γ_ℓ α_ℓ + (1 − τ(t))·α_∞ and d = c·u."""
         lay, rates = self._layouts[i], self._cam["groups"][i]
         tau = self._tau(group, t)
-        weights = dict(zip(self.levels, self._cam["gammas"]))
-        coarse = None  # Σ of the non-parameter levels at the finest resolution present
-        for level in ("unit", "layer", "global"):
-            if level not in weights:
-                continue
-            value = rates[level] * weights[level]
-            if coarse is None:
-                coarse = value
-            elif level == "layer":  # coarse is per unit
-                coarse = coarse + value.index_select(0, lay.unit_module)
-            else:
-                coarse = coarse + value
-        if coarse is None:
-            coarse = torch.zeros((), dtype=_rate_dtype(params[0].device), device=params[0].device)
-        kappa = coarse * tau + (1 - tau) * group["alpha_inf"] if tau != 1 else coarse
-        if "parameter" in weights and weights["parameter"] != 0:
-            alphas = [s["lr_parameter"] for s in states]
-            torch._foreach_addcmul_(params, alphas, u, [-tau * weights["parameter"] * ci for ci in c])
-        cast: dict[torch.dtype, Tensor] = {}
-        per_unit = "unit" in weights
-        per_module = not per_unit and "layer" in weights
-        rates_per_param = []  # κ of each param, as a view that broadcasts over it
-        for p, j in zip(params, idx):
-            k = cast.get(p.dtype)
-            if k is None:
-                k = cast[p.dtype] = kappa.to(p.dtype)
-            if per_unit:
-                view, start = lay.unit_view[j], lay.unit_start[j]
-                rates_per_param.append(k[start] if view is None else k[start:start + view[0]].view(view))
-            else:
-                rates_per_param.append(k[lay.module[j]] if per_module else k)
-        torch._foreach_addcmul_(params, rates_per_param, u, [-ci for ci in c])
+        lead, device = member_count(group), params[0].device
+        k = U.kappa(lay, self.levels, rates, gammas, tau, group["alpha_inf"], lead, device, rate_dtype(device))
+        weights = dict(zip(self.levels, gammas))
+        if "parameter" in weights and not U._zero(weights["parameter"]):
+            F.addcmul_(params, [s["lr_parameter"] for s in states], u, [-tau * weights["parameter"] * ci for ci in c])
+        F.addcmul_(params, U.rate_views(lay, self.levels, idx, params, k, lead), u, [-ci for ci in c])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -653,38 +477,53 @@ class CamHD(Optimizer):
         self._apply_lr_changes()
         cam = self._cam
         t = cam["step"] + 1
+        members = self._members()
+        gammas = list(cam["gammas"].unbind(-1)) if members else list(cam["gammas"])
 
         # 1. Hypergradients and level rates of every group, before any parameter moves.
         work, readouts, grad_gammas = [], [], []
         for i, group in enumerate(self.param_groups):
             idx, params, grads, states = self._gather(group)
             g = F.coupled_l2(grads, params, group["weight_decay"]) if params else []
-            grad_gamma = self._hyper_update(i, group, t, idx, params, g, states) if params else None
+            grad_gamma = self._hyper_update(i, group, t, gammas, idx, g, states) if params else None
             if grad_gamma is not None:
                 grad_gammas.append(grad_gamma)
-            readouts.append(self._level_means(i))
+            readouts.append(U.level_means(self._layouts[i], self.levels, cam["groups"][i]))
             work.append((idx, params, grads, g, states))
 
-        # 2. One host sync: level means of every group and ∂f/∂γ; then γ and the groups' lr.
+        # 2. γ and the groups' lr: one host sync for a solo optimizer (level means of every group
+        #    and ∂f/∂γ), none for a member-axis group (its values stay (K,) tensors on the device).
         L = len(self.levels)
-        values = _read([*readouts, *grad_gammas])
-        if grad_gammas:
+        if not members:
+            values = _read([v for values in (*readouts, *grad_gammas) for v in values])
+            readouts = [values[i * L:(i + 1) * L] for i in range(len(readouts))]
             first = len(readouts) * L  # the ∂f/∂γ of each group follow the level means
-            self._update_gammas([sum(values[first + k * L + level] for k in range(len(grad_gammas))) for level in range(L)])
-        gammas = cam["gammas"]
+            grad_gammas = [values[first + k * L:first + (k + 1) * L] for k in range(len(grad_gammas))]
+        if grad_gammas:  # γ are shared by all groups: their ∂f/∂γ add up
+            gammas = U.project_gammas(gammas, [sum(gr[level] for gr in grad_gammas) for level in range(L)], self.delta)
+            cam["gammas"] = torch.stack(gammas, -1) if members else gammas
         for i, group in enumerate(self.param_groups):
-            tau = self._tau(group, t)
-            mean = sum(gamma * m for gamma, m in zip(gammas, values[i * L:(i + 1) * L]))
-            lr = tau * mean + (1 - tau) * group["alpha_inf"] if tau != 1 else mean
-            group["lr"] = cam["groups"][i]["lr"] = lr
+            lr = U.decayed(sum(gamma * m for gamma, m in zip(gammas, readouts[i])), self._tau(group, t),
+                           group["alpha_inf"])
+            group["lr"] = lr
+            cam["groups"][i]["lr"] = lr.clone() if members else lr
+            if members:
+                self._lr_seen = (lr, lr._version)
 
         # 3. Directions and the parameter update with the new rates.
         for i, (group, (idx, params, grads, g, states)) in enumerate(zip(self.param_groups, work)):
             if params:
-                u, c = self._directions(group, params, grads, g, states)
-                self._move(i, group, t, idx, params, u, c, states)
+                u, c = self._directions(group, grads, g, states)
+                self._move(i, group, t, gammas, idx, params, u, c, states)
         cam["step"] = t
         return loss
+
+
+def _own(value, device: torch.device):
+    """A loaded rate tensor as this optimizer's own float64 copy on `device` (other values as they are)."""
+    if isinstance(value, Tensor):
+        return value.detach().to(device=device, dtype=rate_dtype(device), copy=True)
+    return value
 
 
 def _read(values: list[Tensor]) -> list[float]:
@@ -704,9 +543,30 @@ def _factory(op: str):
     def build(params, **hp):
         return CamHD(params, op=op, **hp)
 
-    build.__name__ = f"{op}_cam_hd"
-    return build
+    def members(params, hyperparameters):
+        """The member-axis form (`sensitivity.optim.members`) over the stacked tensors, or over
+        (solo name, stacked tensor) pairs: each member's units and layers are its solo run's."""
+        named = bool(params) and isinstance(params[0], tuple)
+        tensors = [p for _, p in params] if named else list(params)
+        levels = tuple(hyperparameters[0]["levels"])
+        if any(tuple(hp["levels"]) != levels for hp in hyperparameters):
+            raise ValueError("levels: members of one array must share them")
+        shared = ("levels", "gammas", "delta")
+        per_member = [{k: v for k, v in hp.items() if k not in shared} for hp in hyperparameters]
+        if len({hp["decay_rate"] is None for hp in per_member}) > 1:  # τ ≡ 1 is exp(−0·t)
+            per_member = [{**hp, "decay_rate": 0.0 if hp["decay_rate"] is None else hp["decay_rate"]}
+                          for hp in per_member]
+        per_member = [{**hp, "alpha_inf": hp["lr"] if hp["alpha_inf"] is None else hp["alpha_inf"]}
+                      for hp in per_member]
+        group = member_group(tensors, per_member)
+        if named:
+            group["params"] = list(params)
+        delta = member_value("delta", [hp["delta"] for hp in hyperparameters], tensors[0].device)
+        return CamHD([group], op=op, levels=levels, gammas=[hp["gammas"] for hp in hyperparameters], delta=delta)
+
+    build.__name__, members.__name__ = f"{op}_cam_hd", f"{op}_cam_hd_members"
+    return build, members
 
 
 for _op in OPS:
-    register(f"{_op}-cam-hd", _factory(_op))
+    register(f"{_op}-cam-hd", *_factory(_op))
