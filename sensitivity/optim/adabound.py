@@ -12,7 +12,7 @@ from sensitivity import checks
 
 from . import functional as F
 from .functional import Scalar
-from .members import member_count, member_dtype, member_group, member_values
+from .members import load_state, member_count, member_dtype, member_group, member_values
 from .registry import register
 
 __all__ = ["AdaBound", "adabound_step_"]
@@ -135,6 +135,9 @@ class AdaBound(Optimizer):
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("complex parameters are not supported")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_state(self, state_dict, super().load_state_dict)  # (a member group's values follow its tensors)
 
     def _init_group(self, group: dict):
         """Params with a grad, their grads and moments, and each one's step after the increment."""

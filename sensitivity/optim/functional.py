@@ -42,6 +42,7 @@ __all__ = [
     "adam_moments_",
     "by_step",
     "pick",
+    "read_floats",
     "member_dot",
     "coupled_l2",
     "sgdn_direction",
@@ -126,6 +127,18 @@ def pick(lists: Sequence[list], idx: list[int]) -> list[list]:
     if all(len(xs) == len(idx) for xs in lists):
         return list(lists)
     return [[xs[i] for i in idx] for xs in lists]
+
+
+def read_floats(values: list[Tensor]) -> list[float]:
+    """The entries of small tensors (flattened, in order) as python floats: one host sync when they
+    share a device (one per tensor otherwise)."""
+    if not values:
+        return []
+    if len(values) == 1 and values[0].dim() == 0:
+        return [values[0].item()]
+    if len({v.device for v in values}) > 1:
+        values = [v.cpu() for v in values]
+    return torch.cat([v.reshape(-1).to(torch.float64) for v in values]).tolist()
 
 
 def coupled_l2(grads: list[Tensor], params: list[Tensor], weight_decay: Scalar) -> list[Tensor]:

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 from sensitivity import checks
 
 from . import functional as F
-from .members import member_count, member_dtype, member_group, member_values
+from .members import load_state, member_count, member_dtype, member_group, member_values
 from .registry import register
 
 __all__ = ["L4"]
@@ -115,15 +115,8 @@ class L4(Optimizer):
                 group["lr"] = 0.0
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # L_min of the members is float64 like a solo run's python float: keep it so (the base
-        # class casts a parameter's state tensors to the parameter's dtype).
-        saved = {pid: s["l4_min_loss"] for pid, s in state_dict["state"].items()
-                 if isinstance(s.get("l4_min_loss"), Tensor)}
-        super().load_state_dict(state_dict)
-        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        for pid, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
-            if pid in saved:
-                self.state[p]["l4_min_loss"] = saved[pid].to(p.device)
+        # the members' L_min is float64 like a solo run's python float: it keeps its dtype
+        load_state(self, state_dict, super().load_state_dict, own=lambda key: key == "l4_min_loss")
 
     def _init_group(self, group: dict):
         params, grads, states = [], [], []

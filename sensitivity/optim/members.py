@@ -33,14 +33,14 @@ The contract an optimizer's members factory keeps (``registry.register(name, fac
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["member_dtype", "member_count", "member_value", "member_group", "member_values", "keep", "select",
-           "join", "lr_values"]
+           "join", "lr_values", "load_state"]
 
 # Hyperparameters whose "no value" (None) means an unbounded side, as a number a tensor can hold.
 _UNBOUNDED = {"lr_min": -math.inf, "lr_max": math.inf}
@@ -126,6 +126,37 @@ def member_values(group: dict) -> list[dict]:
 def lr_values(opt: torch.optim.Optimizer) -> list[float]:
     """Each member's lr (its solo run's ``param_groups[0]["lr"]``), read with one host sync."""
     return opt.param_groups[0]["lr"].tolist()
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    return value
+
+
+def load_state(opt: torch.optim.Optimizer, state_dict: dict, load: Callable[[dict], None],
+               own: Callable[[str], bool] = lambda key: False) -> None:
+    """``load(state_dict)`` (the base class's ``load_state_dict``), then what a member-axis group needs.
+
+    The state tensors under the keys `own` picks (the members' per-member numbers, float64 like a
+    solo run's python floats) keep their saved dtype, which the base class would cast to the
+    parameter's; every member group's values move to its tensors' device.
+    """
+    saved = {pid: {k: v for k, v in s.items() if isinstance(v, Tensor) and own(k)}
+             for pid, s in state_dict["state"].items() if isinstance(s, dict)}
+    load(state_dict)
+    ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+    for pid, p in zip(ids, (p for g in opt.param_groups for p in g["params"])):
+        for key, value in saved.get(pid, {}).items():
+            opt.state[p][key] = value.to(device=p.device)
+    for group in opt.param_groups:
+        if member_count(group) is not None and group["params"]:
+            device = group["params"][0].device
+            for key, value in list(group.items()):
+                if key != "params":
+                    group[key] = _to_device(value, device)
 
 
 def _index(value: Any, idx: Tensor) -> Any:

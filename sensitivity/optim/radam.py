@@ -11,7 +11,7 @@ from sensitivity import checks
 
 from . import functional as F
 from .functional import Scalar
-from .members import member_count, member_dtype, member_group, member_values
+from .members import load_state, member_count, member_dtype, member_group, member_values
 from .registry import register
 
 __all__ = ["RAdam", "radam_step_"]
@@ -113,6 +113,9 @@ class RAdam(Optimizer):
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("complex parameters are not supported")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_state(self, state_dict, super().load_state_dict)  # (a member group's values follow its tensors)
 
     def _init_group(self, group: dict):
         """Params with a grad, their grads and moments, and each one's step after the increment."""
