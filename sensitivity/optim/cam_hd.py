@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,18 +18,17 @@ from torch.optim import Optimizer
 
 from sensitivity import checks
 
+from . import cam_state as S
 from . import cam_update as U
 from . import functional as F
-from .cam_levels import LEVELS, build_layout, check_gammas, check_levels, full_rates, looks_like_weight_and_bias, \
-    over, rate_dtype
-from .members import member_count, member_dtype, member_group, member_value, member_values
+from .cam_levels import LEVELS, check_levels, layout_of, rate_dtype
+from .members import load_state, member_count, member_dtype, member_group, member_values
 from .registry import register
 
 __all__ = ["CamHD", "LEVELS", "OPS"]
 
 OPS = ("sgd", "sgdn", "adam")
 _STATE_KEY = "cam_hd"  # optimizer-wide state (γ, step, level rates), kept in `state` under a string key
-_RATES = ("parameter_mean", "unit", "layer", "global")
 
 
 class CamHD(Optimizer):
@@ -68,17 +66,9 @@ class CamHD(Optimizer):
     β is scaled by n/n_i (the paper's β_p = n_p β, β_l = n_l β, β_g = β, read so that the global
     level alone is exactly HD).
 
-    Levels (``levels``, leaf first; n, n_i count elements of one param group):
-
-    * ``parameter``: one α per element (the only level with a per-element buffer, ``lr_parameter``).
-    * ``unit``: one α per dim-0 slice of a module's highest-rank tensor (output unit or conv filter);
-      the module's other tensors with that dim-0 size share those units (bias element i ↔ unit i),
-      any other tensor (0-d, other dim 0) is one unit. The paper's filter level for CNNs.
-    * ``layer``: one α per module (the name prefix before the last '.'; pass
-      ``model.named_parameters()``). A plain tensor is a module by itself; when plain tensors look
-      like a weight followed by its bias, ``unit`` and ``layer`` raise ValueError instead of
-      silently splitting them.
-    * ``global``: one α per param group; alone (γ = 1, δ = 0) it is ``<op>-hd`` step for step.
+    Levels (``levels``, leaf first: ``parameter``, ``unit``, ``layer``, ``global``; n, n_i count
+    elements of one param group) are described in :mod:`~sensitivity.optim.cam_levels`; ``global``
+    alone (γ = 1, δ = 0) is ``<op>-hd`` step for step.
 
     γ are shared by all param groups. They are clamped at 0 before renormalising to sum 1 (a
     projection that keeps α* a convex combination); if the update is not finite or every γ clamps
@@ -142,12 +132,10 @@ class CamHD(Optimizer):
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
         self.op = op
         self.levels = check_levels(levels)
-        nested = not isinstance(gammas, str) and isinstance(gammas, Sequence) and gammas \
-            and isinstance(gammas[0], Sequence) and not isinstance(gammas[0], str)
-        self._initial_gammas = [check_gammas(g, self.levels) for g in gammas] if nested else check_gammas(gammas, self.levels)
+        self._initial_gammas = S.check_initial_gammas(gammas, self.levels)
         for d in delta.tolist() if isinstance(delta, Tensor) else [delta]:
             checks.number("delta", d, low=0)
-        self.delta = delta if isinstance(delta, Tensor) else float(delta)
+        self._delta = delta if isinstance(delta, Tensor) else float(delta)  # (K,): into state["cam_hd"]
         self._layouts = []
         self._lr_seen: tuple[Tensor, int] | None = None  # a member group's lr as last written (see step)
         defaults = dict(
@@ -192,49 +180,17 @@ class CamHD(Optimizer):
         device = params[0].device
         if any(p.device != device for p in params):
             raise ValueError("params: all tensors of a param group must be on one device")
-        shapes = [p.shape if lead is None else p.shape[1:] for p in params]  # a member's (solo) shapes
-        names = group.get("param_names")
-        if names is None and ("unit" in self.levels or "layer" in self.levels):
-            j = looks_like_weight_and_bias(shapes)
-            if j is not None:
-                raise ValueError(
-                    f"params: levels 'unit' and 'layer' need module structure (tensor {j} looks like the bias of "
-                    f"tensor {j - 1}); pass model.named_parameters()"
-                )
-        layout = build_layout(shapes, names, device)
+        layout = layout_of([p.shape if lead is None else p.shape[1:] for p in params],  # a member's (solo) shapes
+                           group.get("param_names"), self.levels, device)
         self._layouts.append(layout)
 
         cam = self.state[_STATE_KEY]
         if not cam:
-            cam.update(levels=list(self.levels), gammas=self._gammas_for(lead, device), step=0, groups=[])
-        dtype = rate_dtype(device)
-        lr = group["lr"]
-        rates: dict[str, Any] = {"lr": lr.clone() if lead is not None else lr}
-        if "parameter" in self.levels:
-            rates["parameter_mean"] = full_rates(lr, (), dtype, device)
-            for p in params:
-                self.state[p]["lr_parameter"] = full_rates(lr, p.shape[1:], p.dtype, device) if lead is not None \
-                    else torch.full_like(p, lr, memory_format=torch.preserve_format)
-        if "unit" in self.levels:
-            rates["unit"] = full_rates(lr, (layout.num_units,), dtype, device)
-        if "layer" in self.levels:
-            rates["layer"] = full_rates(lr, (layout.num_modules,), dtype, device)
-        if "global" in self.levels:
-            rates["global"] = full_rates(lr, (), dtype, device)
-        cam["groups"].append(rates)
-
-    def _gammas_for(self, lead: int | None, device: torch.device):
-        """The initial γ: a list (solo, shared by the groups) or a (K, levels) tensor (one row per member)."""
-        initial = self._initial_gammas
-        nested = isinstance(initial[0], list)
-        if lead is None:
-            if nested:
-                raise ValueError("gammas: one sequence per member is for a member-axis group")
-            return list(initial)
-        rows = initial if nested else [initial] * lead
-        if len(rows) != lead:
-            raise ValueError(f"gammas: {len(rows)} members' gammas for {lead} members")
-        return torch.tensor(rows, dtype=rate_dtype(device), device=device)
+            cam.update(levels=list(self.levels), gammas=S.initial_gammas(self._initial_gammas, lead, device), step=0,
+                       groups=[])
+            if isinstance(self._delta, Tensor):  # per member: sliced with the members' other state
+                cam["delta"] = self._delta.to(device=device, dtype=rate_dtype(device))
+        cam["groups"].append(S.initial_rates(self.levels, layout, group["lr"], params, self.state, lead))
 
     @property
     def _cam(self) -> dict:
@@ -242,6 +198,11 @@ class CamHD(Optimizer):
 
     def _members(self) -> bool:
         return isinstance(self._cam["gammas"], Tensor)
+
+    @property
+    def delta(self) -> float | Tensor:
+        """δ, the learning rate of γ (per member a (K,) tensor)."""
+        return self._cam.get("delta", self._delta)
 
     # -- public read-outs ----------------------------------------------------------------------
     @property
@@ -261,7 +222,7 @@ class CamHD(Optimizer):
             return dict(zip(self.levels, means[0]))
         sizes = [lay.n for lay in self._layouts]
         total = max(sum(sizes), 1)
-        flat = _read([v for m in means for v in m])
+        flat = F.read_floats([v for m in means for v in m])
         L = len(self.levels)
         return {level: sum(n * flat[i * L + k] for i, n in enumerate(sizes)) / total
                 for k, level in enumerate(self.levels)}
@@ -287,79 +248,22 @@ class CamHD(Optimizer):
         if not cam or list(cam["levels"]) != list(self.levels) or len(cam["groups"]) != len(self.param_groups):
             saved = list(cam["levels"]) if cam else None
             raise ValueError(f"state_dict: not a CAM-HD state with levels {list(self.levels)} (saved levels: {saved})")
-        # Adam's direction scales of a member-axis group are float64 like a solo run's python
-        # floats: keep them (the base class casts a parameter's state to the parameter's dtype).
-        scales = {pid: s["prev_direction_scale"] for pid, s in state_dict["state"].items()
-                  if isinstance(s, dict) and isinstance(s.get("prev_direction_scale"), Tensor)}
-        super().load_state_dict(state_dict)
-        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        for pid, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
-            if pid in scales:
-                self.state[p]["prev_direction_scale"] = scales[pid].to(p.device)
-        # Own the loaded rates (they are updated in place) and put them on each group's device.
-        loaded = self.state[_STATE_KEY]
-        groups = []
-        for rates, group in zip(loaded["groups"], self.param_groups):
-            device = group["params"][0].device
-            for key, value in list(group.items()):  # a member group's values: to its tensors' device
-                if isinstance(value, Tensor):
-                    group[key] = value.to(device)
-            groups.append({k: _own(v, device) for k, v in rates.items()})
-        gammas = loaded["gammas"]
-        device = self.param_groups[0]["params"][0].device
-        self.state[_STATE_KEY] = {
-            "levels": list(loaded["levels"]), "step": int(loaded["step"]), "groups": groups,
-            "gammas": _own(gammas, device) if isinstance(gammas, Tensor) else [float(g) for g in gammas],
-        }
+        # Adam's direction scales of a member-axis group are float64 like a solo run's python floats
+        load_state(self, state_dict, super().load_state_dict, own=lambda key: key == "prev_direction_scale")
+        self.state[_STATE_KEY] = S.own_loaded(self.state[_STATE_KEY], self.param_groups)
         self._lr_seen = None
 
     def _apply_lr_changes(self) -> None:
         """Scale a group's level rates and α_∞ by new/old when its ``lr`` was changed from outside."""
         for group, rates in zip(self.param_groups, self._cam["groups"]):
-            if isinstance(group["lr"], Tensor):
-                self._apply_member_lr_changes(group, rates)
-                continue
-            new, old = group["lr"], rates["lr"]
-            if new == old or (new != new and old != old):  # unchanged (NaN after a divergence included)
-                continue
-            new = group["lr"] = checks.number("lr", new)
-            tensors = [rates[k] for k in _RATES if k in rates]
-            per_element = [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
-            if old != 0:
-                factor = new / old
-                for t in tensors:
-                    t.mul_(factor)
-                if per_element:
-                    torch._foreach_mul_(per_element, factor)
-                group["alpha_inf"] *= factor
-            else:  # nothing to scale: restart every rate at the new value
-                for t in tensors + per_element:
-                    t.fill_(new)
-                group["alpha_inf"] = new
-            rates["lr"] = new
+            def per_element(group=group):
+                return [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
 
-    def _apply_member_lr_changes(self, group: dict, rates: dict) -> None:
-        """The same per member, on the device: members whose lr changed are scaled (or restarted)."""
-        new = group["lr"]
-        if self._lr_seen is not None and self._lr_seen[0] is new and self._lr_seen[1] == new._version:
-            return  # the lr tensor this optimizer wrote, untouched since
-        old = rates["lr"]
-        changed = (new != old) & ~(torch.isnan(new) & torch.isnan(old))
-        factor = torch.where(changed & (old != 0), new / old, 1.0)
-        restart = changed & (old == 0)
-
-        def rescaled(t: Tensor) -> Tensor:
-            return torch.where(over(restart, t), over(new, t).to(t.dtype), t * over(factor, t).to(t.dtype))
-
-        for key in _RATES:
-            if key in rates:
-                rates[key] = rescaled(rates[key])
-        if "parameter" in self.levels:
-            for p in group["params"]:
-                self.state[p]["lr_parameter"].copy_(rescaled(self.state[p]["lr_parameter"]))
-        group["alpha_inf"] = torch.where(restart, new, group["alpha_inf"] * factor)
-        rates["lr"] = new.clone()
-        self._lr_seen = (new, new._version)
+            if not isinstance(group["lr"], Tensor):
+                S.rescale(group, rates, per_element)
+            elif self._lr_seen is None or self._lr_seen[0] is not group["lr"] or self._lr_seen[1] != group["lr"]._version:
+                S.rescale_members(group, rates, per_element())  # not the lr tensor this optimizer wrote, untouched since
+                self._lr_seen = (group["lr"], group["lr"]._version)
 
     def members_kept(self) -> None:
         """Members were dropped (`members.keep`): the group's lr is a new tensor."""
@@ -395,7 +299,7 @@ class CamHD(Optimizer):
                       states: list[dict]) -> list[Tensor] | None:
         """Update group i's level rates in place; return its ∂f/∂γ_ℓ contributions (or None)."""
         pairs = [k for k, s in enumerate(states) if "prev_direction" in s]
-        if t < 2 or not pairs or (U._zero(group["beta"]) and U._zero(self.delta)):
+        if t < 2 or not pairs or (U.is_zero(group["beta"]) and U.is_zero(self.delta)):
             return None
         lay, rates = self._layouts[i], self._cam["groups"][i]
         lead = member_count(group)
@@ -416,44 +320,7 @@ class CamHD(Optimizer):
         sums = U.level_sums(lay, self.levels, [idx[k] for k in pairs], gs, ds, cs, uniform, prods, lead, dtype)
         return U.hyper_step(lay, self.levels, rates, gammas, sums, prods=prods, alphas=alphas, cs=cs, uniform=uniform,
                             beta=group["beta"], tau=self._tau(group, t),  # τ(t), as the paper (§2.4) writes it
-                            with_gamma=not U._zero(self.delta), lead=lead, dtype=dtype)
-
-    def _directions(
-        self, group: dict, grads: list[Tensor], g: list[Tensor], states: list[dict]
-    ) -> tuple[list[Tensor], list[F.Scalar]]:
-        """Base direction d_t = c·u (c = 1 except for adam), stored as the next step's d_{t−1}."""
-        for state in states:
-            state["step"] += 1
-        if self.op == "sgd":
-            if g is not grads:  # coupled L2 allocated fresh tensors: keep them
-                for state, gi in zip(states, g):
-                    state["prev_direction"] = gi
-            else:  # the gradient belongs to autograd: copy it into our own buffer
-                dst, src = [], []
-                for state, gi in zip(states, g):
-                    prev = state.get("prev_direction")
-                    if prev is not None and prev.shape == gi.shape and prev.dtype == gi.dtype and prev is not gi:
-                        dst.append(prev)
-                        src.append(gi)
-                    else:
-                        state["prev_direction"] = gi.clone(memory_format=torch.preserve_format)
-                if dst:
-                    torch._foreach_copy_(dst, src)
-            return g, [1.0] * len(g)
-        if self.op == "sgdn":
-            d = F.sgdn_direction(g, [s["momentum_buffer"] for s in states], momentum=group["momentum"])
-            for state, di in zip(states, d):
-                state["prev_direction"] = di
-            return d, [1.0] * len(d)
-        beta1, beta2 = group["betas"]
-        u, c = F.adam_scaled_direction(
-            g, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
-        )
-        for state, ui, ci in zip(states, u, c):
-            state["prev_direction"] = ui
-            state["prev_direction_scale"] = ci
-        return u, c
+                            with_gamma=not U.is_zero(self.delta), lead=lead, dtype=dtype)
 
     def _move(self, i: int, group: dict, t: int, gammas: list, idx: list[int], params: list[Tensor],
               u: list[Tensor], c: list[F.Scalar], states: list[dict]) -> None:
@@ -463,7 +330,7 @@ class CamHD(Optimizer):
         lead, device = member_count(group), params[0].device
         k = U.kappa(lay, self.levels, rates, gammas, tau, group["alpha_inf"], lead, device, rate_dtype(device))
         weights = dict(zip(self.levels, gammas))
-        if "parameter" in weights and not U._zero(weights["parameter"]):
+        if "parameter" in weights and not U.is_zero(weights["parameter"]):
             F.addcmul_(params, [s["lr_parameter"] for s in states], u, [-tau * weights["parameter"] * ci for ci in c])
         F.addcmul_(params, U.rate_views(lay, self.levels, idx, params, k, lead), u, [-ci for ci in c])
 
@@ -495,7 +362,7 @@ class CamHD(Optimizer):
         #    and ∂f/∂γ), none for a member-axis group (its values stay (K,) tensors on the device).
         L = len(self.levels)
         if not members:
-            values = _read([v for values in (*readouts, *grad_gammas) for v in values])
+            values = F.read_floats([v for values in (*readouts, *grad_gammas) for v in values])
             readouts = [values[i * L:(i + 1) * L] for i in range(len(readouts))]
             first = len(readouts) * L  # the ∂f/∂γ of each group follow the level means
             grad_gammas = [values[first + k * L:first + (k + 1) * L] for k in range(len(grad_gammas))]
@@ -513,26 +380,10 @@ class CamHD(Optimizer):
         # 3. Directions and the parameter update with the new rates.
         for i, (group, (idx, params, grads, g, states)) in enumerate(zip(self.param_groups, work)):
             if params:
-                u, c = self._directions(group, grads, g, states)
+                u, c = U.directions(self.op, group, grads, g, states)
                 self._move(i, group, t, gammas, idx, params, u, c, states)
         cam["step"] = t
         return loss
-
-
-def _own(value, device: torch.device):
-    """A loaded rate tensor as this optimizer's own float64 copy on `device` (other values as they are)."""
-    if isinstance(value, Tensor):
-        return value.detach().to(device=device, dtype=rate_dtype(device), copy=True)
-    return value
-
-
-def _read(values: list[Tensor]) -> list[float]:
-    """Concatenate small tensors and read them with one host sync (one per device if they differ)."""
-    if not values:
-        return []
-    if len({v.device for v in values}) > 1:
-        values = [v.cpu() for v in values]
-    return torch.cat([v.reshape(-1).to(torch.float64) for v in values]).tolist()
 
 
 # -- registry -------------------------------------------------------------------------------
@@ -548,21 +399,11 @@ def _factory(op: str):
         (solo name, stacked tensor) pairs: each member's units and layers are its solo run's."""
         named = bool(params) and isinstance(params[0], tuple)
         tensors = [p for _, p in params] if named else list(params)
-        levels = tuple(hyperparameters[0]["levels"])
-        if any(tuple(hp["levels"]) != levels for hp in hyperparameters):
-            raise ValueError("levels: members of one array must share them")
-        shared = ("levels", "gammas", "delta")
-        per_member = [{k: v for k, v in hp.items() if k not in shared} for hp in hyperparameters]
-        if len({hp["decay_rate"] is None for hp in per_member}) > 1:  # τ ≡ 1 is exp(−0·t)
-            per_member = [{**hp, "decay_rate": 0.0 if hp["decay_rate"] is None else hp["decay_rate"]}
-                          for hp in per_member]
-        per_member = [{**hp, "alpha_inf": hp["lr"] if hp["alpha_inf"] is None else hp["alpha_inf"]}
-                      for hp in per_member]
+        levels, gammas, delta, per_member = S.split_members(hyperparameters, tensors[0].device)
         group = member_group(tensors, per_member)
         if named:
             group["params"] = list(params)
-        delta = member_value("delta", [hp["delta"] for hp in hyperparameters], tensors[0].device)
-        return CamHD([group], op=op, levels=levels, gammas=[hp["gammas"] for hp in hyperparameters], delta=delta)
+        return CamHD([group], op=op, levels=levels, gammas=gammas, delta=delta)
 
     build.__name__, members.__name__ = f"{op}_cam_hd", f"{op}_cam_hd_members"
     return build, members

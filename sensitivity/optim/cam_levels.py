@@ -1,5 +1,17 @@
 """CAM-HD's levels and how a param group's elements split into units and layers.
 
+Levels (leaf first; n, n_i count elements of one param group):
+
+* ``parameter``: one α per element (the only level with a per-element buffer, ``lr_parameter``).
+* ``unit``: one α per dim-0 slice of a module's highest-rank tensor (output unit or conv filter);
+  the module's other tensors with that dim-0 size share those units (bias element i ↔ unit i),
+  any other tensor (0-d, other dim 0) is one unit. The paper's filter level for CNNs.
+* ``layer``: one α per module (the name prefix before the last '.'; pass
+  ``model.named_parameters()``). A plain tensor is a module by itself; when plain tensors look
+  like a weight followed by its bias, ``unit`` and ``layer`` raise ValueError instead of
+  silently splitting them.
+* ``global``: one α per param group.
+
 The layout is built from the solo shapes and names of the parameters. A fused array's member
 axis adds a leading dimension K to every tensor and to every level's rates, so each member has
 the units and layers its solo run has, with its own rates; ``lead`` below is that K (None for a
@@ -18,7 +30,7 @@ from torch import Tensor
 
 from sensitivity import checks
 
-__all__ = ["LEVELS", "Layout", "check_levels", "check_gammas", "build_layout", "looks_like_weight_and_bias",
+__all__ = ["LEVELS", "Layout", "check_levels", "check_gammas", "build_layout", "layout_of", "looks_like_weight_and_bias",
            "rate_dtype", "over", "full_rates", "segment_sums"]
 
 LEVELS = ("parameter", "unit", "layer", "global")  # leaf first
@@ -154,6 +166,19 @@ def looks_like_weight_and_bias(shapes: list[torch.Size]) -> int | None:
         if len(w) >= 2 and len(b) == 1 and b[0] == w[0]:
             return j
     return None
+
+
+def layout_of(shapes: list[torch.Size], names: list[str] | None, levels: Sequence[str], device: torch.device) -> Layout:
+    """The layout, or ValueError when unnamed tensors look like a weight and its bias but the levels
+    need module structure (rather than silently splitting them)."""
+    if names is None and ("unit" in levels or "layer" in levels):
+        j = looks_like_weight_and_bias(shapes)
+        if j is not None:
+            raise ValueError(
+                f"params: levels 'unit' and 'layer' need module structure (tensor {j} looks like the bias of "
+                f"tensor {j - 1}); pass model.named_parameters()"
+            )
+    return build_layout(shapes, names, device)
 
 
 def rate_dtype(device: torch.device) -> torch.dtype:

@@ -19,10 +19,11 @@ from . import functional as F
 from .cam_levels import Layout, over, segment_sums
 from .functional import Scalar
 
-__all__ = ["level_sums", "hyper_step", "project_gammas", "level_means", "decayed", "kappa", "rate_views"]
+__all__ = ["is_zero", "directions", "level_sums", "hyper_step", "project_gammas", "level_means", "decayed", "kappa",
+           "rate_views"]
 
 
-def _zero(x: Scalar) -> bool:
+def is_zero(x: Scalar) -> bool:
     """Whether `x` is the number 0 (per-member values are never skipped: that would need a host sync)."""
     return not isinstance(x, Tensor) and x == 0
 
@@ -40,6 +41,43 @@ def _flat_dot(x: Tensor, y: Tensor, lead: int | None) -> Tensor:
 def _vdot(rates: Tensor, values: Tensor) -> Tensor:
     """Σ over the last axis of rates·values: a number (solo) or one per member."""
     return torch.dot(rates, values) if rates.dim() == 1 else torch.linalg.vecdot(rates, values)
+
+
+def directions(op: str, group: dict, grads: list[Tensor], g: list[Tensor], states: list[dict]
+               ) -> tuple[list[Tensor], list[Scalar]]:
+    """Base direction d_t = c·u (c = 1 except for adam), stored as the next step's d_{t−1}."""
+    for state in states:
+        state["step"] += 1
+    if op == "sgd":
+        if g is not grads:  # coupled L2 allocated fresh tensors: keep them
+            for state, gi in zip(states, g):
+                state["prev_direction"] = gi
+        else:  # the gradient belongs to autograd: copy it into our own buffer
+            dst, src = [], []
+            for state, gi in zip(states, g):
+                prev = state.get("prev_direction")
+                if prev is not None and prev.shape == gi.shape and prev.dtype == gi.dtype and prev is not gi:
+                    dst.append(prev)
+                    src.append(gi)
+                else:
+                    state["prev_direction"] = gi.clone(memory_format=torch.preserve_format)
+            if dst:
+                torch._foreach_copy_(dst, src)
+        return g, [1.0] * len(g)
+    if op == "sgdn":
+        d = F.sgdn_direction(g, [s["momentum_buffer"] for s in states], momentum=group["momentum"])
+        for state, di in zip(states, d):
+            state["prev_direction"] = di
+        return d, [1.0] * len(d)
+    beta1, beta2 = group["betas"]
+    u, c = F.adam_scaled_direction(
+        g, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
+    )
+    for state, ui, ci in zip(states, u, c):
+        state["prev_direction"] = ui
+        state["prev_direction_scale"] = ci
+    return u, c
 
 
 def level_sums(
@@ -124,7 +162,7 @@ def hyper_step(
 
     coef = beta * tau
     for level, gamma in zip(levels, gammas):
-        if _zero(gamma) or _zero(coef):
+        if is_zero(gamma) or is_zero(coef):
             continue
         step = coef * gamma
         if level == "parameter":
