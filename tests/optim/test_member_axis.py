@@ -21,8 +21,8 @@ from sensitivity.optim import available, create
 CAM_LEVELS = {"3": ("parameter", "layer", "global"), "4": ("parameter", "unit", "layer", "global")}
 CAM = [f"{op}-cam-hd{suffix}" for op in ("sgd", "sgdn", "adam") for suffix in ("", ":3", ":4")]
 NAMES = ["sgd", "sgdn", "adam", "radam", "adabound", *hd_names(), "adam-l4", "sgdn-l4", *CAM]
-SOLO_NAMES = ["0.weight", "0.bias", "1.weight"]
-SHAPES = [(4, 3), (4,), (2, 4)]
+SOLO_NAMES = ["0.weight", "0.bias", "1.weight", "1.scale"]  # 1.scale: a unit by itself
+SHAPES = [(4, 3), (4,), (2, 4), (3,)]
 K = 3
 
 
@@ -206,6 +206,28 @@ def test_member_axis_baselines_accept_what_their_solo_optimizer_accepts():
 
 
 @pytest.mark.parametrize("case", NAMES)
+def test_kept_members_continue_as_alone(case):
+    """`members.keep` (a fused array dropping a member, and reordering the rest) after 6 steps: the
+    kept members then move exactly as their solo runs."""
+    from sensitivity.optim import members
+
+    grads, losses = _grads(12), _losses(12)
+    fused = _params()
+    opt, _ = _run_fused(case, fused, grads[:6], losses[:6])
+    index = [2, 0]
+    kept = [p[index].clone() for p in fused]
+    members.keep(opt, index, kept)
+    _run_fused(case, kept, [[g[index] for g in step] for step in grads[6:]], [x[index] for x in losses[6:]], opt=opt)
+    for j, k in enumerate(index):
+        solo = [p[k].clone() for p in _params()]
+        solo_opt = _solo(case, k, solo)
+        for step, loss in zip(grads, losses):
+            _solo_step(solo_opt, solo, step, k, loss)
+        for p_solo, p_kept in zip(solo, kept):
+            torch.testing.assert_close(p_kept[j], p_solo, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", NAMES)
 def test_member_sets_split_and_join(case):
     """A state dict cut into member sets (`members.select`) and stacked again (`members.join`) resumes
     exactly; a 1-member slice resumes that member exactly as the whole array does."""
@@ -232,3 +254,21 @@ def test_member_sets_split_and_join(case):
     for a, b, c in zip(whole, resumed, alone):
         assert torch.equal(a, b)
         torch.testing.assert_close(c[0], a[2], rtol=1e-12, atol=1e-14)
+
+
+def test_cam_hd_members_have_their_solo_units_and_layers():
+    """Each member's unit and layer rates are its solo run's (from the solo names, with or without the
+    fused model's ``body.`` prefix); plain stacked tensors are refused as solo plain tensors are."""
+    case = "adam-cam-hd:4"
+    opt = _members(case, _params())
+    solo = _solo(case, 0, [p[0].clone() for p in _params()])
+    rates, solo_rates = opt.state["cam_hd"]["groups"][0], solo.state["cam_hd"]["groups"][0]
+    for key in ("unit", "layer"):
+        assert rates[key].shape == (K, *solo_rates[key].shape)
+    assert solo_rates["unit"].numel() == 4 + 2 + 1 and solo_rates["layer"].numel() == 2
+    assert opt.gammas.shape == (K, 4)
+    hps = [_hyperparameters("sgd-cam-hd", k) for k in range(K)]
+    with pytest.raises(ValueError, match="named_parameters"):
+        member_axis_optimizer("sgd-cam-hd", _params(), hps)
+    with pytest.raises(ValueError, match="levels"):
+        _members("sgd-cam-hd", _params(), [*hps[:2], {**hps[2], "levels": ("global",), "gammas": (1.0,)}])
