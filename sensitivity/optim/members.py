@@ -27,6 +27,12 @@ The contract an optimizer's members factory keeps (``registry.register(name, fac
 - Optional hooks: ``curve_metrics()`` returning ``{column: (K,) tensor}`` (the solo optimizer
   returns floats); ``members_kept()``, called after :func:`keep` replaced the tensors (to drop
   caches keyed by tensor identity); ``train()``/``eval()`` as the solo optimizer has them.
+- ``load_state_dict`` goes through :func:`load_state`, so per-member float64 state keeps its
+  dtype and the group's values follow its tensors' device.
+- Names: :func:`~sensitivity.optim.registry.create_members` takes (name, stacked tensor) pairs;
+  an optimizer that wants names (CAM-HD) gets them as ``param_names``, named as the solo tensors
+  are (a common prefix, such as a fused model's ``body.``, changes nothing).
+- An optimizer that reads the loss (L4) gets the members' K losses from its closure.
 - No host sync is needed per step.
 """
 
