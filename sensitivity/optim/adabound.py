@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from sensitivity import checks
 
 from . import functional as F
 from .functional import Scalar
-from .members import load_state, member_count, member_dtype, member_group, member_values
+from .members import member_group
+from .moments import AdamMoments
 from .registry import register
 
 __all__ = ["AdaBound", "adabound_step_"]
@@ -70,7 +70,7 @@ def adabound_step_(
     torch._foreach_sub_(params, update)
 
 
-class AdaBound(Optimizer):
+class AdaBound(AdamMoments):
     r"""AdaBound: Adam whose per-element step sizes are clipped to bounds that converge to SGD's.
 
     .. math::
@@ -108,7 +108,8 @@ class AdaBound(Optimizer):
         betas: (β_1, β_2) (default (0.9, 0.999)). eps: ε (default 1e-8).
         weight_decay: λ, coupled L2 (default 0).
 
-    State: per parameter ``step`` (a python int), ``exp_avg`` and ``exp_avg_sq``.
+    State: per parameter ``step`` (a python int), ``exp_avg`` and ``exp_avg_sq``
+    (:class:`~sensitivity.optim.moments.AdamMoments`).
     """
 
     def __init__(self, params, lr: float = 1e-3, final_lr: float = 0.1, gamma: float = 1e-3,
@@ -119,64 +120,20 @@ class AdaBound(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for hp in member_values(group):  # once, or once per member of a fused array
-            checks.number("lr", hp["lr"], low=0)
-            checks.number("final_lr", hp["final_lr"], low=0)
-            checks.number("gamma", hp["gamma"], low=0, low_open=True)
-            checks.pair("betas", hp["betas"])
-            checks.number("eps", hp["eps"], low=0)
-            checks.number("weight_decay", hp["weight_decay"], low=0)
-        if member_count(group) is None:
-            group["lr"] = checks.number("lr", group["lr"], low=0)
-        else:
-            group["lr"] = group["lr"].to(member_dtype(group["lr"].device))
         if "base_lr" not in group:
             group["base_lr"] = group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"]
-        for p in group["params"]:
-            if p.is_complex():
-                raise ValueError("complex parameters are not supported")
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        load_state(self, state_dict, super().load_state_dict)  # (a member group's values follow its tensors)
+    def _check(self, hp: dict) -> None:
+        checks.number("final_lr", hp["final_lr"], low=0)
+        checks.number("gamma", hp["gamma"], low=0, low_open=True)
 
-    def _init_group(self, group: dict):
-        """Params with a grad, their grads and moments, and each one's step after the increment."""
-        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("AdaBound does not support sparse gradients")
-            state = self.state[p]
-            if "step" not in state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, steps
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one step; `closure` (optional) re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, steps = self._init_group(group)
-            base, lr = group["base_lr"], group["lr"]
-            group["base_lr"] = F.where((base == 0) & (lr > 0), lr, base)  # a base lr of 0 takes the first positive lr
-            beta1, beta2 = group["betas"]
-            for t, idx in F.by_step(steps).items():
-                adabound_step_(*F.pick([params, grads, exp_avgs, exp_avg_sqs], idx), step=t, lr=group["lr"],
-                               base_lr=group["base_lr"], final_lr=group["final_lr"], gamma=group["gamma"],
-                               beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-        return loss
+    def _update_(self, group, params, grads, exp_avgs, exp_avg_sqs, step):
+        base, lr = group["base_lr"], group["lr"]
+        group["base_lr"] = F.where((base == 0) & (lr > 0), lr, base)  # a base lr of 0 takes the first positive lr
+        beta1, beta2 = group["betas"]
+        adabound_step_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, base_lr=group["base_lr"],
+                       final_lr=group["final_lr"], gamma=group["gamma"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                       weight_decay=group["weight_decay"])
 
 
 # descriptions, papers and defaults: sensitivity/catalog.py
