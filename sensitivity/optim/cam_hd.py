@@ -9,7 +9,6 @@ levels and grouping in :mod:`~sensitivity.optim.cam_levels`, the update math in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +21,7 @@ from . import cam_state as S
 from . import cam_update as U
 from . import functional as F
 from .cam_levels import LEVELS, check_levels, layout_of, rate_dtype
-from .members import load_state, member_count, member_dtype, member_group, member_values
+from .members import load_state, member_count, member_dtype, member_values
 from .registry import register
 
 __all__ = ["CamHD", "LEVELS", "OPS"]
@@ -74,15 +73,13 @@ class CamHD(Optimizer):
     projection that keeps α* a convex combination); if the update is not finite or every γ clamps
     to 0, γ keep their previous values.
 
-    **Fused arrays** (``sensitivity.optim.members``): one param group holds K members' tensors
-    stacked on a leading member axis, named as the solo tensors are (``(name, tensor)`` pairs), with
-    ``lr`` and any per-member hyperparameter (K,) tensors. Every member has its solo run's units and
-    layers (the layout is built from the solo shapes and names), each level's rates get a leading
-    member axis (``unit`` (K, U), ``layer`` (K, M), ``global`` (K,)), γ is one row per member
-    (``state["cam_hd"]["gammas"]``, (K, levels)), ``gammas``/``delta`` may differ per member, and every
-    sum stops at the member axis: the same formulas (:mod:`~sensitivity.optim.cam_update`) run
-    once for all members, with no host sync. A change of ``lr`` between steps (a member's decay)
-    is seen through the tensor's version counter.
+    **Fused arrays** (``sensitivity.optim.members``): one param group of K members' stacked tensors,
+    named as the solo tensors are, ``lr`` and any per-member value (K,) tensors. Each member has its
+    solo run's units and layers (built from the solo shapes and names); every level's rates get a
+    leading member axis (``unit`` (K, U), ``layer`` (K, M), ``global`` (K,)), γ is (K, levels) and δ
+    may be (K,) (both in ``state["cam_hd"]``); every sum stops at the member axis. The same formulas
+    run once for all members, with no host sync; a change of ``lr`` between steps (a member's
+    decay) is seen through the tensor's version counter.
 
     ``param_groups[i]["lr"]`` holds the group's element-mean effective rate κ of the last step
     (exactly τ·Σ_ℓ γ_ℓ·mean(α_ℓ) + (1−τ)·α_∞). When a scheduler or the user changes it between
@@ -166,17 +163,15 @@ class CamHD(Optimizer):
         if lead is None:
             group["lr"] = checks.number("lr", group["lr"], low=0)
             group["betas"] = checks.pair("betas", group["betas"])
+            group["alpha_inf"] = group["lr"] if group["alpha_inf"] is None else float(group["alpha_inf"])
         else:
             group["lr"] = group["lr"].to(member_dtype(group["lr"].device))
-        if group["alpha_inf"] is None:
-            group["alpha_inf"] = group["lr"].clone() if lead is not None else group["lr"]
-        elif lead is None:
-            group["alpha_inf"] = float(group["alpha_inf"])
+            if group["alpha_inf"] is None:
+                group["alpha_inf"] = group["lr"].clone()
 
         params: list[Tensor] = group["params"]
-        for p in params:
-            if p.is_complex():
-                raise ValueError("params: complex parameters are not supported")
+        if any(p.is_complex() for p in params):
+            raise ValueError("params: complex parameters are not supported")
         device = params[0].device
         if any(p.device != device for p in params):
             raise ValueError("params: all tensors of a param group must be on one device")
@@ -270,14 +265,7 @@ class CamHD(Optimizer):
         self._lr_seen = None
 
     # -- step --------------------------------------------------------------------------------
-    @staticmethod
-    def _tau(group: dict, t: int) -> F.Scalar:
-        r = group["decay_rate"]
-        if isinstance(r, Tensor):
-            return torch.exp(-r * t)
-        return 1.0 if r is None else math.exp(-r * t)
-
-    def _gather(self, group: dict) -> tuple[list[int], list[Tensor], list[Tensor], list[dict]]:
+    def _init_group(self, group: dict) -> tuple[list[int], list[Tensor], list[Tensor], list[dict]]:
         idx, params, grads, states = [], [], [], []
         for j, p in enumerate(group["params"]):
             state = self.state[p]
@@ -319,14 +307,14 @@ class CamHD(Optimizer):
         dtype = rate_dtype(g[0].device)
         sums = U.level_sums(lay, self.levels, [idx[k] for k in pairs], gs, ds, cs, uniform, prods, lead, dtype)
         return U.hyper_step(lay, self.levels, rates, gammas, sums, prods=prods, alphas=alphas, cs=cs, uniform=uniform,
-                            beta=group["beta"], tau=self._tau(group, t),  # τ(t), as the paper (§2.4) writes it
+                            beta=group["beta"], tau=U.tau(group["decay_rate"], t),  # τ(t), as the paper (§2.4) writes it
                             with_gamma=not U.is_zero(self.delta), lead=lead, dtype=dtype)
 
     def _move(self, i: int, group: dict, t: int, gammas: list, idx: list[int], params: list[Tensor],
               u: list[Tensor], c: list[F.Scalar], states: list[dict]) -> None:
         """θ ← θ − κ ⊙ d with κ = τ(t)·Σ_ℓ γ_ℓ α_ℓ + (1 − τ(t))·α_∞ and d = c·u."""
         lay, rates = self._layouts[i], self._cam["groups"][i]
-        tau = self._tau(group, t)
+        tau = U.tau(group["decay_rate"], t)
         lead, device = member_count(group), params[0].device
         k = U.kappa(lay, self.levels, rates, gammas, tau, group["alpha_inf"], lead, device, rate_dtype(device))
         weights = dict(zip(self.levels, gammas))
@@ -350,7 +338,7 @@ class CamHD(Optimizer):
         # 1. Hypergradients and level rates of every group, before any parameter moves.
         work, readouts, grad_gammas = [], [], []
         for i, group in enumerate(self.param_groups):
-            idx, params, grads, states = self._gather(group)
+            idx, params, grads, states = self._init_group(group)
             g = F.coupled_l2(grads, params, group["weight_decay"]) if params else []
             grad_gamma = self._hyper_update(i, group, t, gammas, idx, g, states) if params else None
             if grad_gamma is not None:
@@ -370,7 +358,7 @@ class CamHD(Optimizer):
             gammas = U.project_gammas(gammas, [sum(gr[level] for gr in grad_gammas) for level in range(L)], self.delta)
             cam["gammas"] = torch.stack(gammas, -1) if members else gammas
         for i, group in enumerate(self.param_groups):
-            lr = U.decayed(sum(gamma * m for gamma, m in zip(gammas, readouts[i])), self._tau(group, t),
+            lr = U.decayed(sum(gamma * m for gamma, m in zip(gammas, readouts[i])), U.tau(group["decay_rate"], t),
                            group["alpha_inf"])
             group["lr"] = lr
             cam["groups"][i]["lr"] = lr.clone() if members else lr
@@ -397,13 +385,8 @@ def _factory(op: str):
     def members(params, hyperparameters):
         """The member-axis form (`sensitivity.optim.members`) over the stacked tensors, or over
         (solo name, stacked tensor) pairs: each member's units and layers are its solo run's."""
-        named = bool(params) and isinstance(params[0], tuple)
-        tensors = [p for _, p in params] if named else list(params)
-        levels, gammas, delta, per_member = S.split_members(hyperparameters, tensors[0].device)
-        group = member_group(tensors, per_member)
-        if named:
-            group["params"] = list(params)
-        return CamHD([group], op=op, levels=levels, gammas=gammas, delta=delta)
+        group, optimizer_wide = S.split_members(params, hyperparameters)
+        return CamHD([group], op=op, **optimizer_wide)
 
     build.__name__, members.__name__ = f"{op}_cam_hd", f"{op}_cam_hd_members"
     return build, members

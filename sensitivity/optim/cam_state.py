@@ -14,7 +14,7 @@ from torch import Tensor
 from sensitivity import checks
 
 from .cam_levels import Layout, check_gammas, full_rates, over, rate_dtype
-from .members import member_value
+from .members import member_group, member_value
 
 __all__ = ["RATES", "check_initial_gammas", "initial_gammas", "own_loaded", "initial_rates", "rescale", "rescale_members", "own", "split_members"]
 
@@ -126,12 +126,15 @@ def own_loaded(loaded: dict, param_groups: list[dict]) -> dict:
     return out
 
 
-def split_members(hyperparameters: list[dict], device: torch.device) -> tuple[tuple, list, Any, list[dict]]:
-    """(levels, each member's γ, δ, the param group's hyperparameters per member) of a fused array.
+def split_members(params: list, hyperparameters: list[dict]) -> tuple[dict, dict]:
+    """A fused array's member-axis param group over `params` (stacked tensors, or (solo name,
+    stacked tensor) pairs) and the optimizer's own arguments (levels, each member's γ, δ).
 
     Members share the levels. A member without decay (``decay_rate`` None) beside one with it gets
     r = 0 (τ = exp(−0·t) = 1 exactly); ``alpha_inf`` None is the member's own lr.
     """
+    named = bool(params) and isinstance(params[0], tuple)
+    tensors = [p for _, p in params] if named else list(params)
     levels = tuple(hyperparameters[0]["levels"])
     if any(tuple(hp["levels"]) != levels for hp in hyperparameters):
         raise ValueError("levels: members of one array must share them")
@@ -143,5 +146,8 @@ def split_members(hyperparameters: list[dict], device: torch.device) -> tuple[tu
             hp["decay_rate"] = 0.0
         if hp["alpha_inf"] is None:
             hp["alpha_inf"] = hp["lr"]
-    delta = member_value("delta", [hp["delta"] for hp in hyperparameters], device)
-    return levels, [hp["gammas"] for hp in hyperparameters], delta, per_member
+    group = member_group(tensors, per_member)
+    if named:  # (torch keeps the names as the group's param_names)
+        group["params"] = list(params)
+    delta = member_value("delta", [hp["delta"] for hp in hyperparameters], tensors[0].device)
+    return group, {"levels": levels, "gammas": [hp["gammas"] for hp in hyperparameters], "delta": delta}

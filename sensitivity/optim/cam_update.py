@@ -19,7 +19,7 @@ from . import functional as F
 from .cam_levels import Layout, over, segment_sums
 from .functional import Scalar
 
-__all__ = ["is_zero", "directions", "level_sums", "hyper_step", "project_gammas", "level_means", "decayed", "kappa",
+__all__ = ["is_zero", "directions", "level_sums", "hyper_step", "project_gammas", "level_means", "tau", "decayed", "kappa",
            "rate_views"]
 
 
@@ -215,6 +215,13 @@ def level_means(lay: Layout, levels: Sequence[str], rates: dict) -> list[Tensor]
         else:
             means.append(rates["global"])
     return means
+
+
+def tau(decay_rate: Scalar | None, t: int) -> Scalar:
+    """τ(t) = exp(−r·t) (1 without decay; per member for a (K,) r)."""
+    if isinstance(decay_rate, Tensor):
+        return torch.exp(-decay_rate * t)
+    return 1.0 if decay_rate is None else math.exp(-decay_rate * t)
 
 
 def decayed(x, tau: Scalar, alpha_inf: Scalar):
