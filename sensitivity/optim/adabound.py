@@ -59,9 +59,8 @@ def adabound_step_(
     if isinstance(step_size, Tensor):
         numerators = F.per_tensor(step_size, update)
     else:  # the numerator in each tensor's dtype, as pytorch-optimizer rounds it
-        full: dict = {}
-        numerators = [full.setdefault((u.dtype, u.device), torch.full((), step_size, dtype=u.dtype, device=u.device))
-                      for u in update]
+        full = {(u.dtype, u.device): torch.full((), step_size, dtype=u.dtype, device=u.device) for u in update}
+        numerators = [full[u.dtype, u.device] for u in update]
     for numerator, u in zip(numerators, update):  # s/u, in place
         torch.div(numerator, u, out=u)
     torch._foreach_clamp_min_(update, F.per_tensor(lower, update))

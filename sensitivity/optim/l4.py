@@ -179,7 +179,7 @@ class L4(Optimizer):
             work.append((group, params, u, c, steps))
 
         if work:  # (K,) sums per member, or one number with one host sync
-            denominator = torch.stack([x.to(torch.float64) for x in inner]).sum(0)
+            denominator = torch.stack([x.to(member_dtype(x.device)) for x in inner]).sum(0)  # float64 (MPS: 32)
             denominator = (denominator if members else float(denominator)) + self._DIV_EPS
             numerator = L - first["gamma"] * min_loss
             for group, params, u, c, steps in work:

@@ -40,11 +40,14 @@ def radam_step_(
     rho_inf = 2 / (1 - beta2) - 1
     bias_correction2 = 1 - beta2**step
     rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+
+    def rectification():  # r_t², defined where ρ_t > 5
+        return (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+
     if isinstance(rho_t, Tensor):  # per member (a member at ρ_t ≤ 5 takes 0; its other branch is never used)
-        rectified = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-        rect = torch.where(rho_t > 5, torch.sqrt(rectified), 0.0)
+        rect = torch.where(rho_t > 5, torch.sqrt(rectification()), 0.0)
     else:
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rho_t > 5 else 0
+        rect = rectification() ** 0.5 if rho_t > 5 else 0
     unrectified = F.where(rect > 0, 0.0, 1.0)
     bias_correction1 = 1 - beta1**step
     unrect_step = (lr * unrectified / bias_correction1) * -1
