@@ -243,9 +243,12 @@ class CamHD(Optimizer):
         if not cam or list(cam["levels"]) != list(self.levels) or len(cam["groups"]) != len(self.param_groups):
             saved = list(cam["levels"]) if cam else None
             raise ValueError(f"state_dict: not a CAM-HD state with levels {list(self.levels)} (saved levels: {saved})")
+        delta = self._cam.get("delta")  # the members' own δ, unless the state brings theirs
         # Adam's direction scales of a member-axis group are float64 like a solo run's python floats
         load_state(self, state_dict, super().load_state_dict, own=lambda key: key == "prev_direction_scale")
         self.state[_STATE_KEY] = S.own_loaded(self.state[_STATE_KEY], self.param_groups)
+        if delta is not None:
+            self._cam.setdefault("delta", delta)
         self._lr_seen = None
 
     def _apply_lr_changes(self) -> None:
