@@ -59,11 +59,13 @@ def torch_opt(cls, **hp) -> Callable:
 
 
 SGD, SGDN, ADAM = "torch SGD (foreach)", "torch SGD-Nesterov (foreach)", "torch Adam (foreach)"
+RADAM = "torch RAdam (foreach)"  # radam's own formulas, implemented on our functional core
 
 ROWS: list[Row] = [
     Row(SGD, torch_opt(torch.optim.SGD, lr=1e-3)),
     Row(SGDN, torch_opt(torch.optim.SGD, lr=1e-3, momentum=0.9, nesterov=True)),
     Row(ADAM, torch_opt(torch.optim.Adam, lr=1e-3)),
+    Row(RADAM, torch_opt(torch.optim.RAdam, lr=1e-3)),
     Row("sgd", opt("sgd"), SGD),
     Row("sgdn", opt("sgdn"), SGDN),
     Row("adam", opt("adam"), ADAM),
@@ -76,7 +78,7 @@ ROWS: list[Row] = [
     Row("adam-hd", opt("adam-hd"), ADAM, 1.3),
     Row("adam-hd-sgdn", opt("adam-hd-sgdn"), "adam-hd", 1.05),
     Row("adam-hd-adam", opt("adam-hd-adam"), "adam-hd", 1.05),
-    Row("radam", opt("radam"), ADAM),
+    Row("radam", opt("radam"), RADAM),
     Row("adabound", opt("adabound"), ADAM),
     Row("adam-l4", opt("adam-l4"), ADAM),
     Row("sgdn-l4", opt("sgdn-l4"), SGDN),

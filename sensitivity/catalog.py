@@ -46,10 +46,10 @@ _add("sgdn", "SGD with Nesterov momentum (torch.optim.SGD, nesterov=True, dampen
      "Sutskever et al. 2013, On the importance of initialization and momentum in deep learning (ICML)",
      {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0})
 _add("adam", "Adam with a constant step size (torch.optim.Adam)", _ADAM, _ADAM_HP)
-_add("radam", "Rectified Adam: Adam with a variance-rectified warm-up (torch.optim.RAdam)",
+_add("radam", "Rectified Adam: Adam with a variance-rectified warm-up (coupled L2; equal to torch.optim.RAdam)",
      "Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond (ICLR, arXiv:1908.03265)", _ADAM_HP)
 _add("adabound", "AdaBound: Adam with per-element step sizes clipped to bounds converging to SGD at final_lr "
-     "(pytorch-optimizer)",
+     "(coupled L2; equal to pytorch-optimizer's AdaBound)",
      "Luo et al. 2019, Adaptive Gradient Methods with Dynamic Bound of Learning Rate (ICLR, arXiv:1902.09843)",
      {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0})
 

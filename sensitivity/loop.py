@@ -309,8 +309,7 @@ class _Epochs:
             sizes.append(idx.shape[1])
             if len(pending) >= strategy.every or start + bs >= n:
                 values = torch.stack(pending).T.tolist()  # (members, steps)
-                halted = strategy.halted()
-                gone = {j for j, m in enumerate(active) if j in halted or m.tracker.replay(values[j], sizes)}
+                gone = {j for j, m in enumerate(active) if m.tracker.replay(values[j], sizes)}
                 pending.clear()
                 sizes.clear()
                 if gone:

@@ -157,9 +157,6 @@ class Solo:
         self._targets.append(y)
         return self.last
 
-    def halted(self) -> set[int]:
-        return set()
-
     def correct(self) -> torch.Tensor:
         logits, targets = torch.cat(self._logits), torch.cat(self._targets)
         self._logits, self._targets = [], []

@@ -90,17 +90,16 @@ class Stacked:
         self.size = len(records)
         self.device = device
         self.last: torch.Tensor | None = None
-        self._halted: set[int] = set()  # members whose optimizer raised on an already diverged run
         self._correct = torch.zeros(len(records), dtype=torch.long, device=device)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, on_error) -> torch.Tensor:
+        """Forward, backward and the members' step. The member-axis optimizer takes new gradient
+        tensors each step (as a solo run's autograd allocates them), so none are zeroed. A failing
+        step fails the array (its members then run alone, where the solo strategy tells an optimizer
+        raising on an already diverged run from a real error); `on_error` is the solo strategy's."""
         model = self.model
-        fused = [p for p in model.parameters()]
-        if self.opts.fresh_grads:
-            for p in fused:
-                p.grad = None
-        else:
-            torch._foreach_zero_([p.grad for p in fused])
+        for p in model.parameters():
+            p.grad = None
         self.last = None
         with torch.enable_grad():
             out = model(xb)
@@ -109,12 +108,8 @@ class Stacked:
         losses = losses.detach()
         self.last = losses
         self._correct += (_predictions(out.detach()) == yb).sum(1)
-        self._halted |= self.opts.step(losses, on_error, skip=self._halted)
+        self.opts.step(losses)
         return losses
-
-    def halted(self) -> set[int]:
-        out, self._halted = self._halted, set()
-        return out
 
     def correct(self) -> torch.Tensor:
         out = self._correct

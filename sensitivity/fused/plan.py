@@ -29,7 +29,7 @@ import torch
 
 from sensitivity.record import TrialRecord
 
-__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_MAX_PARAMS", "check_setting", "device_kind", "param_count", "pays",
+__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_MAX_PARAMS", "check_setting", "device_kind", "fusable", "param_count", "pays",
            "member_bytes", "fit", "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
@@ -69,6 +69,13 @@ def _model(record: TrialRecord):
 
 def param_count(record: TrialRecord) -> int:
     return sum(p.numel() for p in _model(record)[0].parameters())
+
+
+def fusable(record: TrialRecord) -> bool:
+    """Whether the record's optimizer has a member-axis form (every optimizer this package registers has)."""
+    from sensitivity.optim import available
+
+    return available()[record.optimizer].members is not None
 
 
 def pays(record: TrialRecord, kind: str) -> bool:
@@ -125,7 +132,7 @@ def cut(records: list[TrialRecord], setting: str | int, slots: int = 1, gpus: fl
     arrays, solo = [], []
     for members in groups.values():
         first = members[0]
-        if len(members) < 2 or (setting == "auto" and not pays(first, device_kind(first, gpus))):
+        if len(members) < 2 or not fusable(first) or (setting == "auto" and not pays(first, device_kind(first, gpus))):
             solo.extend(members)
             continue
         cap = AUTO_MAX if setting == "auto" else setting

@@ -1,4 +1,5 @@
-"""Constant-step baselines: thin registry entries over torch.optim and pytorch-optimizer."""
+"""Constant-step baselines sgd, sgdn and adam: thin registry entries over torch.optim (RAdam and
+AdaBound, implemented here, are in ``radam.py`` and ``adabound.py``)."""
 
 from __future__ import annotations
 
@@ -17,21 +18,6 @@ def _sgdn(params, *, lr, momentum, weight_decay):
 
 def _adam(params, *, lr, betas, eps, weight_decay):
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-def _radam(params, *, lr, betas, eps, weight_decay):
-    # decoupled_weight_decay=False (torch's default): weight decay is coupled L2, like every optimizer here.
-    return torch.optim.RAdam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-def _adabound(params, *, lr, final_lr, gamma, betas, eps, weight_decay):
-    from pytorch_optimizer import AdaBound  # lazy: keep `import sensitivity.optim` light
-
-    # weight_decouple=False: the paper's coupled L2 (weight decay added to the gradient).
-    return AdaBound(
-        params, lr=lr, final_lr=final_lr, gamma=gamma, betas=tuple(betas), eps=eps,
-        weight_decay=weight_decay, weight_decouple=False,
-    )
 
 
 def _members(name: str, solo, op: str):
@@ -53,5 +39,3 @@ def _members(name: str, solo, op: str):
 register("sgd", _sgd, members=_members("sgd", _sgd, "sgd"))
 register("sgdn", _sgdn, members=_members("sgdn", _sgdn, "sgdn"))
 register("adam", _adam, members=_members("adam", _adam, "adam"))
-register("radam", _radam)
-register("adabound", _adabound)

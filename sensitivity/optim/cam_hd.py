@@ -2,16 +2,14 @@
 
 Learning rates at several levels (parameter, unit, layer, global) each learn by hypergradient
 descent, and their convex combination is the step size (paper 002, Section 2.3 and Algorithm 1).
-The base directions and the HD conventions are those of :mod:`sensitivity.optim.hd`; the update
-math comes from :mod:`sensitivity.optim.functional`.
+The base directions and the HD conventions are those of :mod:`sensitivity.optim.hd`. The flow:
+levels and grouping in :mod:`~sensitivity.optim.cam_levels`, the update math in
+:mod:`~sensitivity.optim.cam_update`, the optimizer (state, gathering, the step) here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,149 +17,17 @@ from torch.optim import Optimizer
 
 from sensitivity import checks
 
+from . import cam_state as S
+from . import cam_update as U
 from . import functional as F
+from .cam_levels import LEVELS, check_levels, layout_of, rate_dtype
+from .members import load_state, member_count, member_dtype, member_values
 from .registry import register
 
 __all__ = ["CamHD", "LEVELS", "OPS"]
 
-LEVELS = ("parameter", "unit", "layer", "global")  # leaf first
 OPS = ("sgd", "sgdn", "adam")
 _STATE_KEY = "cam_hd"  # optimizer-wide state (γ, step, level rates), kept in `state` under a string key
-
-
-def _check_levels(levels: Any) -> tuple[str, ...]:
-    if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
-        raise ValueError(f"levels must be a non-empty list of level names from {', '.join(LEVELS)}, got {levels!r}")
-    for level in levels:
-        if level not in LEVELS:
-            raise ValueError(f"levels: unknown level {level!r}; valid levels (leaf first): {', '.join(LEVELS)}")
-    ranks = [LEVELS.index(level) for level in levels]
-    if any(a >= b for a, b in zip(ranks, ranks[1:])):
-        raise ValueError(
-            f"levels must be ordered leaf first ({', '.join(LEVELS)}) without repeats, got {list(levels)}"
-        )
-    return tuple(levels)
-
-
-def _check_gammas(gammas: Any, levels: tuple[str, ...]) -> list[float]:
-    if isinstance(gammas, str) or not isinstance(gammas, Sequence) or len(gammas) != len(levels):
-        raise ValueError(f"gammas must hold one weight per level ({len(levels)} for {list(levels)}), got {gammas!r}")
-    for i, g in enumerate(gammas):
-        checks.number(f"gammas[{i}]", g, low=0)
-    total = float(sum(gammas))
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"gammas must sum to 1 (they are combination weights), got {list(gammas)} (sum {total:g})")
-    return [float(g) / total for g in gammas]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How one param group's elements split into units and layers.
-
-    Units are numbered module by module (a module's shared dim-0 block first, then its single-unit
-    tensors), so every module owns a contiguous run of units and all sums are deterministic
-    concatenations and segment sums, with no scatter-adds.
-    """
-
-    n: int  # elements in the group
-    module: tuple[int, ...]  # per param: its layer (module) index
-    unit_start: tuple[int, ...]  # per param: index of its first unit
-    unit_view: tuple[tuple[int, ...] | None, ...]  # per param: shape broadcasting its units on it; None = 1 unit
-    blocks: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]  # per module: (shared params, units, singles)
-    module_order: tuple[int, ...]  # params sorted by module (stable)
-    module_params: Tensor  # per module: number of params (long)
-    module_units: Tensor  # per module: number of units (long)
-    unit_module: Tensor  # per unit: its module (long)
-    unit_scale: Tensor  # per unit: n / n_unit (float64)
-    module_scale: Tensor  # per module: n / n_module (float64)
-    unit_weight: Tensor  # per unit: n_unit / n, for element-weighted means (float64)
-    module_weight: Tensor  # per module: n_module / n
-
-    @property
-    def num_units(self) -> int:
-        return self.unit_module.numel()
-
-    @property
-    def num_modules(self) -> int:
-        return self.module_scale.numel()
-
-
-def _module_keys(params: list[Tensor], names: list[str] | None) -> list[Any]:
-    # A module is the name prefix before the last '.'; a plain tensor is a module of its own.
-    if names is None:
-        return [("tensor", j) for j in range(len(params))]
-    return [name.rpartition(".")[0] for name in names]
-
-
-def _build_layout(params: list[Tensor], names: list[str] | None, device: torch.device) -> _Layout:
-    modules: dict[Any, list[int]] = {}
-    for j, key in enumerate(_module_keys(params, names)):
-        modules.setdefault(key, []).append(j)
-    m = len(params)
-    module, start, view = [0] * m, [0] * m, [None] * m
-    blocks, unit_module, unit_sizes, module_sizes, module_units = [], [], [], [], []
-    for mi, members in enumerate(modules.values()):
-        # Units are dim-0 slices of the module's highest-rank tensor (its weight); every tensor of the
-        # module with the same dim-0 size shares them (bias element i <-> unit i; BatchNorm weight and
-        # bias element i <-> channel i). Anything else (0-d, other dim-0 size) is one unit by itself.
-        ref = max(members, key=lambda j: params[j].dim())
-        units = params[ref].shape[0] if params[ref].dim() >= 1 else 0
-        shared = tuple(j for j in members if units > 0 and params[j].dim() >= 1 and params[j].shape[0] == units)
-        singles = tuple(j for j in members if j not in shared)
-        first = len(unit_sizes)
-        if shared:
-            unit_sizes += [sum(params[j].numel() for j in shared) // units] * units
-        for j in shared:
-            start[j], view[j] = first, (units,) + (1,) * (params[j].dim() - 1)
-        for j in singles:
-            start[j] = len(unit_sizes)
-            unit_sizes.append(params[j].numel())
-        for j in members:
-            module[j] = mi
-        blocks.append((shared, units if shared else 0, singles))
-        unit_module += [mi] * (len(unit_sizes) - first)
-        module_units.append(len(unit_sizes) - first)
-        module_sizes.append(sum(params[j].numel() for j in members))
-    n = sum(module_sizes)
-
-    def ratio(sizes: list[int], inverse: bool) -> Tensor:
-        s = torch.tensor(sizes, dtype=torch.float64)
-        if inverse:  # n / n_i; an empty group (n_i = 0) has no hypergradient, so its scale is moot
-            return torch.where(s > 0, n / s.clamp(min=1), torch.zeros_like(s)).to(device)
-        return (s / max(n, 1)).to(device)
-
-    def longs(values: list[int]) -> Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
-
-    return _Layout(
-        n=n,
-        module=tuple(module),
-        unit_start=tuple(start),
-        unit_view=tuple(view),
-        blocks=tuple(blocks),
-        module_order=tuple(sorted(range(m), key=lambda j: module[j])),
-        module_params=longs([len(members) for members in modules.values()]),
-        module_units=longs(module_units),
-        unit_module=longs(unit_module),
-        unit_scale=ratio(unit_sizes, True),
-        module_scale=ratio(module_sizes, True),
-        unit_weight=ratio(unit_sizes, False),
-        module_weight=ratio(module_sizes, False),
-    )
-
-
-def _looks_like_weight_and_bias(params: list[Tensor]) -> int | None:
-    """Index j where params[j] looks like the bias of params[j-1] (module order: weight, then bias)."""
-    for j in range(1, len(params)):
-        w, b = params[j - 1], params[j]
-        if w.dim() >= 2 and b.dim() == 1 and b.shape[0] == w.shape[0]:
-            return j
-    return None
-
-
-def _rate_dtype(device: torch.device) -> torch.dtype:
-    # Level rates are few: keep them in float64 like HD's python-float α (MPS has no float64).
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class CamHD(Optimizer):
@@ -199,21 +65,21 @@ class CamHD(Optimizer):
     β is scaled by n/n_i (the paper's β_p = n_p β, β_l = n_l β, β_g = β, read so that the global
     level alone is exactly HD).
 
-    Levels (``levels``, leaf first; n, n_i count elements of one param group):
-
-    * ``parameter``: one α per element (the only level with a per-element buffer, ``lr_parameter``).
-    * ``unit``: one α per dim-0 slice of a module's highest-rank tensor (output unit or conv filter);
-      the module's other tensors with that dim-0 size share those units (bias element i ↔ unit i),
-      any other tensor (0-d, other dim 0) is one unit. The paper's filter level for CNNs.
-    * ``layer``: one α per module (the name prefix before the last '.'; pass
-      ``model.named_parameters()``). A plain tensor is a module by itself; when plain tensors look
-      like a weight followed by its bias, ``unit`` and ``layer`` raise ValueError instead of
-      silently splitting them.
-    * ``global``: one α per param group; alone (γ = 1, δ = 0) it is ``<op>-hd`` step for step.
+    Levels (``levels``, leaf first: ``parameter``, ``unit``, ``layer``, ``global``; n, n_i count
+    elements of one param group) are described in :mod:`~sensitivity.optim.cam_levels`; ``global``
+    alone (γ = 1, δ = 0) is ``<op>-hd`` step for step.
 
     γ are shared by all param groups. They are clamped at 0 before renormalising to sum 1 (a
     projection that keeps α* a convex combination); if the update is not finite or every γ clamps
     to 0, γ keep their previous values.
+
+    **Fused arrays** (``sensitivity.optim.members``): one param group of K members' stacked tensors,
+    named as the solo tensors are, ``lr`` and any per-member value (K,) tensors. Each member has its
+    solo run's units and layers (built from the solo shapes and names); every level's rates get a
+    leading member axis (``unit`` (K, U), ``layer`` (K, M), ``global`` (K,)), γ is (K, levels) and δ
+    may be (K,) (both in ``state["cam_hd"]``); every sum stops at the member axis. The same formulas
+    run once for all members, with no host sync; a change of ``lr`` between steps (a member's
+    decay) is seen through the tensor's version counter.
 
     ``param_groups[i]["lr"]`` holds the group's element-mean effective rate κ of the last step
     (exactly τ·Σ_ℓ γ_ℓ·mean(α_ℓ) + (1−τ)·α_∞). When a scheduler or the user changes it between
@@ -234,8 +100,9 @@ class CamHD(Optimizer):
         lr: α_0 (default 1e-3). beta: β (default 1e-3; the registry uses 1e-8 for adam).
         op: base optimizer "sgd", "sgdn" or "adam" (required).
         levels: ordered subset of ("parameter", "unit", "layer", "global") (default unit, global).
-        gammas: initial γ, one per level, non-negative, summing to 1 (default (0.2, 0.8)).
-        delta: δ, the learning rate of γ (0 freezes them; default 0.03).
+        gammas: initial γ, one per level, non-negative, summing to 1 (default (0.2, 0.8)); for a
+            member-axis group also one such sequence per member.
+        delta: δ, the learning rate of γ (0 freezes them; default 0.03); per member a (K,) tensor.
         decay_rate: r of τ(t) = exp(−r t), or None for no decay (default None).
         alpha_inf: α_∞ of the decay (default None: the group's initial lr).
         momentum: μ of sgdn (0.9). betas, eps: Adam's (0.9, 0.999), 1e-8. weight_decay: coupled L2 λ (0).
@@ -261,10 +128,13 @@ class CamHD(Optimizer):
         if op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
         self.op = op
-        self.levels = _check_levels(levels)
-        self._initial_gammas = _check_gammas(gammas, self.levels)
-        self.delta = checks.number("delta", delta, low=0)
-        self._layouts: list[_Layout] = []
+        self.levels = check_levels(levels)
+        self._initial_gammas = S.check_initial_gammas(gammas, self.levels)
+        for d in delta.tolist() if isinstance(delta, Tensor) else [delta]:
+            checks.number("delta", d, low=0)
+        self._delta = delta if isinstance(delta, Tensor) else float(delta)  # (K,): into state["cam_hd"]
+        self._layouts = []
+        self._lr_seen: tuple[Tensor, int] | None = None  # a member group's lr as last written (see step)
         defaults = dict(
             lr=lr, beta=beta, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
             decay_rate=decay_rate, alpha_inf=alpha_inf,
@@ -278,86 +148,93 @@ class CamHD(Optimizer):
                 raise ValueError(f"{key} is shared by all param groups; pass it to the optimizer, not to a group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["lr"] = checks.number("lr", group["lr"], low=0)
-        checks.number("beta", group["beta"], low=0)
-        checks.number("momentum", group["momentum"], low=0, high=1, high_open=True)
-        group["betas"] = checks.pair("betas", group["betas"])
-        checks.number("eps", group["eps"], low=0)
-        checks.number("weight_decay", group["weight_decay"], low=0)
-        checks.number("decay_rate", group["decay_rate"], low=0, allow_none=True)
-        if group["alpha_inf"] is None:
-            group["alpha_inf"] = group["lr"]
-        group["alpha_inf"] = checks.number("alpha_inf", group["alpha_inf"], low=0)
+        lead = member_count(group)
+        if lead is not None and len(self.param_groups) > 1:
+            raise ValueError("member axis: CAM-HD over a fused array takes one param group")
+        for hp in member_values(group):  # once, or once per member of a fused array
+            checks.number("lr", hp["lr"], low=0)
+            checks.number("beta", hp["beta"], low=0)
+            checks.number("momentum", hp["momentum"], low=0, high=1, high_open=True)
+            checks.pair("betas", hp["betas"])
+            checks.number("eps", hp["eps"], low=0)
+            checks.number("weight_decay", hp["weight_decay"], low=0)
+            checks.number("decay_rate", hp["decay_rate"], low=0, allow_none=True)
+            checks.number("alpha_inf", hp["alpha_inf"], low=0, allow_none=True)
+        if lead is None:
+            group["lr"] = checks.number("lr", group["lr"], low=0)
+            group["betas"] = checks.pair("betas", group["betas"])
+            group["alpha_inf"] = group["lr"] if group["alpha_inf"] is None else float(group["alpha_inf"])
+        else:
+            group["lr"] = group["lr"].to(member_dtype(group["lr"].device))
+            if group["alpha_inf"] is None:
+                group["alpha_inf"] = group["lr"].clone()
 
         params: list[Tensor] = group["params"]
-        for p in params:
-            if p.is_complex():
-                raise ValueError("params: complex parameters are not supported")
+        if any(p.is_complex() for p in params):
+            raise ValueError("params: complex parameters are not supported")
         device = params[0].device
         if any(p.device != device for p in params):
             raise ValueError("params: all tensors of a param group must be on one device")
-        names = group.get("param_names")
-        if names is None and ("unit" in self.levels or "layer" in self.levels):
-            j = _looks_like_weight_and_bias(params)
-            if j is not None:
-                raise ValueError(
-                    f"params: levels 'unit' and 'layer' need module structure (tensor {j} looks like the bias of "
-                    f"tensor {j - 1}); pass model.named_parameters()"
-                )
-        layout = _build_layout(params, names, device)
+        layout = layout_of([p.shape if lead is None else p.shape[1:] for p in params],  # a member's (solo) shapes
+                           group.get("param_names"), self.levels, device)
         self._layouts.append(layout)
 
         cam = self.state[_STATE_KEY]
         if not cam:
-            cam.update(levels=list(self.levels), gammas=list(self._initial_gammas), step=0, groups=[])
-        dtype = _rate_dtype(device)
-        lr = group["lr"]
-        rates: dict[str, Any] = {"lr": lr}
-        if "parameter" in self.levels:
-            rates["parameter_mean"] = torch.tensor(lr, dtype=dtype, device=device)
-            for p in params:
-                self.state[p]["lr_parameter"] = torch.full_like(p, lr, memory_format=torch.preserve_format)
-        if "unit" in self.levels:
-            rates["unit"] = torch.full((layout.num_units,), lr, dtype=dtype, device=device)
-        if "layer" in self.levels:
-            rates["layer"] = torch.full((layout.num_modules,), lr, dtype=dtype, device=device)
-        if "global" in self.levels:
-            rates["global"] = torch.tensor(lr, dtype=dtype, device=device)
-        cam["groups"].append(rates)
+            cam.update(levels=list(self.levels), gammas=S.initial_gammas(self._initial_gammas, lead, device), step=0,
+                       groups=[])
+            if isinstance(self._delta, Tensor):  # per member: sliced with the members' other state
+                cam["delta"] = self._delta.to(device=device, dtype=rate_dtype(device))
+        cam["groups"].append(S.initial_rates(self.levels, layout, group["lr"], params, self.state, lead))
 
     @property
     def _cam(self) -> dict:
         return self.state[_STATE_KEY]
 
+    def _members(self) -> bool:
+        return isinstance(self._cam["gammas"], Tensor)
+
+    @property
+    def delta(self) -> float | Tensor:
+        """δ, the learning rate of γ (per member a (K,) tensor)."""
+        return self._cam.get("delta", self._delta)
+
     # -- public read-outs ----------------------------------------------------------------------
     @property
-    def gammas(self) -> tuple[float, ...]:
-        """Current combination weights γ, in ``levels`` order."""
-        return tuple(self._cam["gammas"])
+    def gammas(self) -> tuple[float, ...] | Tensor:
+        """Current combination weights γ, in ``levels`` order (a member-axis group: (K, levels))."""
+        gammas = self._cam["gammas"]
+        return gammas.clone() if isinstance(gammas, Tensor) else tuple(gammas)
 
-    def level_lrs(self) -> dict[str, float]:
-        """Level -> its rate averaged over all elements (all param groups), for logging.
+    def level_lrs(self) -> dict[str, float | Tensor]:
+        """Level -> its rate averaged over all elements (all param groups; per member (K,)), for logging.
 
         A pending change of ``param_groups[i]["lr"]`` is applied first, so the values match it.
         """
         self._apply_lr_changes()
+        means = [U.level_means(lay, self.levels, rates) for lay, rates in zip(self._layouts, self._cam["groups"])]
+        if self._members():
+            return dict(zip(self.levels, means[0]))
         sizes = [lay.n for lay in self._layouts]
         total = max(sum(sizes), 1)
-        flat = _read([self._level_means(i) for i in range(len(self.param_groups))])
+        flat = F.read_floats([v for m in means for v in m])
         L = len(self.levels)
-        means = [flat[i * L:(i + 1) * L] for i in range(len(self.param_groups))]
-        return {
-            level: sum(n * m[k] for n, m in zip(sizes, means)) / total for k, level in enumerate(self.levels)
-        }
+        return {level: sum(n * flat[i * L + k] for i, n in enumerate(sizes)) / total
+                for k, level in enumerate(self.levels)}
 
-    def curve_metrics(self) -> dict[str, float]:
-        """``lr`` (element-mean effective rate), ``lr_<level>`` and ``gamma_<level>`` for each level."""
+    def curve_metrics(self) -> dict[str, float | Tensor]:
+        """``lr`` (element-mean effective rate), ``lr_<level>`` and ``gamma_<level>`` for each level
+        (floats; for a member-axis group (K,) tensors)."""
         levels = self.level_lrs()
-        sizes = [lay.n for lay in self._layouts]
-        lr = sum(n * g["lr"] for n, g in zip(sizes, self.param_groups)) / max(sum(sizes), 1)
-        out = {"lr": lr}
+        if self._members():
+            out = {"lr": self.param_groups[0]["lr"]}
+            gammas = self._cam["gammas"].unbind(-1)
+        else:
+            sizes = [lay.n for lay in self._layouts]
+            out = {"lr": sum(n * g["lr"] for n, g in zip(sizes, self.param_groups)) / max(sum(sizes), 1)}
+            gammas = self.gammas
         out.update({f"lr_{level}": value for level, value in levels.items()})
-        out.update({f"gamma_{level}": g for level, g in zip(self.levels, self.gammas)})
+        out.update({f"gamma_{level}": g for level, g in zip(self.levels, gammas)})
         return out
 
     # -- state -----------------------------------------------------------------------------------
@@ -366,51 +243,32 @@ class CamHD(Optimizer):
         if not cam or list(cam["levels"]) != list(self.levels) or len(cam["groups"]) != len(self.param_groups):
             saved = list(cam["levels"]) if cam else None
             raise ValueError(f"state_dict: not a CAM-HD state with levels {list(self.levels)} (saved levels: {saved})")
-        super().load_state_dict(state_dict)
-        # Own the loaded rates (they are updated in place) and put them on each group's device.
-        loaded = self.state[_STATE_KEY]
-        groups = []
-        for rates, group in zip(loaded["groups"], self.param_groups):
-            device = group["params"][0].device
-            dtype = _rate_dtype(device)
-            groups.append({
-                k: v.detach().to(device=device, dtype=dtype, copy=True) if isinstance(v, Tensor) else v
-                for k, v in rates.items()
-            })
-        self.state[_STATE_KEY] = {
-            "levels": list(loaded["levels"]), "gammas": [float(g) for g in loaded["gammas"]],
-            "step": int(loaded["step"]), "groups": groups,
-        }
+        delta = self._cam.get("delta")  # the members' own δ, unless the state brings theirs
+        # Adam's direction scales of a member-axis group are float64 like a solo run's python floats
+        load_state(self, state_dict, super().load_state_dict, own=lambda key: key == "prev_direction_scale")
+        self.state[_STATE_KEY] = S.own_loaded(self.state[_STATE_KEY], self.param_groups)
+        if delta is not None:
+            self._cam.setdefault("delta", delta)
+        self._lr_seen = None
 
     def _apply_lr_changes(self) -> None:
         """Scale a group's level rates and α_∞ by new/old when its ``lr`` was changed from outside."""
         for group, rates in zip(self.param_groups, self._cam["groups"]):
-            new, old = group["lr"], rates["lr"]
-            if new == old or (new != new and old != old):  # unchanged (NaN after a divergence included)
-                continue
-            new = group["lr"] = checks.number("lr", new)
-            tensors = [rates[k] for k in ("parameter_mean", "unit", "layer", "global") if k in rates]
-            per_element = [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
-            if old != 0:
-                factor = new / old
-                for t in tensors:
-                    t.mul_(factor)
-                if per_element:
-                    torch._foreach_mul_(per_element, factor)
-                group["alpha_inf"] *= factor
-            else:  # nothing to scale: restart every rate at the new value
-                for t in tensors + per_element:
-                    t.fill_(new)
-                group["alpha_inf"] = new
-            rates["lr"] = new
+            def per_element(group=group):
+                return [self.state[p]["lr_parameter"] for p in group["params"]] if "parameter" in self.levels else []
+
+            if not isinstance(group["lr"], Tensor):
+                S.rescale(group, rates, per_element)
+            elif self._lr_seen is None or self._lr_seen[0] is not group["lr"] or self._lr_seen[1] != group["lr"]._version:
+                S.rescale_members(group, rates, per_element())  # not the lr tensor this optimizer wrote, untouched since
+                self._lr_seen = (group["lr"], group["lr"]._version)
+
+    def members_kept(self) -> None:
+        """Members were dropped (`members.keep`): the group's lr is a new tensor."""
+        self._lr_seen = None
 
     # -- step --------------------------------------------------------------------------------
-    @staticmethod
-    def _tau(group: dict, t: int) -> float:
-        r = group["decay_rate"]
-        return 1.0 if r is None else math.exp(-r * t)
-
-    def _gather(self, group: dict) -> tuple[list[int], list[Tensor], list[Tensor], list[dict]]:
+    def _init_group(self, group: dict) -> tuple[list[int], list[Tensor], list[Tensor], list[dict]]:
         idx, params, grads, states = [], [], [], []
         for j, p in enumerate(group["params"]):
             state = self.state[p]
@@ -428,85 +286,18 @@ class CamHD(Optimizer):
             states.append(state)
         return idx, params, grads, states
 
-    def _level_sums(
-        self, lay: _Layout, idx: list[int], gs: list[Tensor], ds: list[Tensor], cs: list[float],
-        prods: list[Tensor] | None, dtype: torch.dtype,
-    ) -> dict[str, Tensor]:
-        """Σ_{p∈i} D_p for every group i of the unit, layer and global levels (D_p = −c·g_p·u_p).
-
-        `prods` holds g·u per element (required for the unit level), else dot products are used.
-        """
-        uniform = all(c == cs[0] for c in cs)
-        sums: dict[str, Tensor] = {}
-        device = gs[0].device
-        if "unit" in self.levels:
-            parts: dict[int, Tensor] = {}
-            for k, j in enumerate(idx):
-                view = lay.unit_view[j]
-                if view is None:
-                    x = prods[k].sum().reshape(1)
-                else:  # a 1-d tensor (bias, norm scale) already is its per-unit sum
-                    x = prods[k] if len(view) == 1 else prods[k].reshape(view[0], -1).sum(1)
-                parts[j] = x if uniform else x * cs[k]
-            pieces = []
-            for shared, units, singles in lay.blocks:  # units in layout order: shared block, then singles
-                if shared:
-                    got = [parts[j] for j in shared if j in parts]
-                    block = got[0] if got else torch.zeros(units, dtype=prods[0].dtype, device=device)
-                    for x in got[1:]:
-                        block = block + x
-                    pieces.append(block)
-                for j in singles:
-                    pieces.append(parts[j] if j in parts else torch.zeros(1, dtype=prods[0].dtype, device=device))
-            unit = torch.cat(pieces).to(dtype) * (-cs[0] if uniform else -1.0)
-            sums["unit"] = unit
-            if "layer" in self.levels:
-                sums["layer"] = torch.segment_reduce(unit, "sum", lengths=lay.module_units)
-            sums["global"] = unit.sum()
-            return sums
-        if prods is not None:
-            totals = [x.sum() for x in prods]
-        else:
-            totals = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds)]
-        if not uniform:
-            totals = [x * c for x, c in zip(totals, cs)]
-        by_param = dict(zip(idx, totals))
-        zero = torch.zeros((), dtype=totals[0].dtype, device=device)
-        ordered = torch.stack([by_param.get(j, zero) for j in lay.module_order]).to(dtype)
-        ordered = ordered * (-cs[0] if uniform else -1.0)
-        if "layer" in self.levels:
-            sums["layer"] = torch.segment_reduce(ordered, "sum", lengths=lay.module_params)
-        sums["global"] = ordered.sum()
-        return sums
-
-    def _level_means(self, i: int) -> Tensor:
-        """Element-weighted mean of every level's rates in group i (float64 vector, levels order)."""
-        lay, rates = self._layouts[i], self._cam["groups"][i]
-        means = []
-        for level in self.levels:
-            if level == "parameter":
-                means.append(rates["parameter_mean"])
-            elif level == "unit":
-                means.append(torch.dot(lay.unit_weight.to(rates["unit"].dtype), rates["unit"]))
-            elif level == "layer":
-                means.append(torch.dot(lay.module_weight.to(rates["layer"].dtype), rates["layer"]))
-            else:
-                means.append(rates["global"])
-        return torch.stack(means)
-
-    def _hyper_update(
-        self, i: int, group: dict, t: int, idx: list[int], params: list[Tensor], g: list[Tensor], states: list[dict],
-    ) -> Tensor | None:
+    def _hyper_update(self, i: int, group: dict, t: int, gammas: list, idx: list[int], g: list[Tensor],
+                      states: list[dict]) -> list[Tensor] | None:
         """Update group i's level rates in place; return its ∂f/∂γ_ℓ contributions (or None)."""
         pairs = [k for k, s in enumerate(states) if "prev_direction" in s]
-        if t < 2 or not pairs or (group["beta"] == 0 and self.delta == 0):
+        if t < 2 or not pairs or (U.is_zero(group["beta"]) and U.is_zero(self.delta)):
             return None
         lay, rates = self._layouts[i], self._cam["groups"][i]
-        gammas = self._cam["gammas"]
-        sel = [idx[k] for k in pairs]
+        lead = member_count(group)
         gs = [g[k] for k in pairs]
         ds = [states[k]["prev_direction"] for k in pairs]
-        cs = [float(states[k].get("prev_direction_scale", 1.0)) for k in pairs]
+        cs = [states[k].get("prev_direction_scale", 1.0) for k in pairs]
+        uniform = len({states[k]["step"] for k in pairs}) == 1  # c depends on the step count only
         has_param = "parameter" in self.levels
         alphas = [states[k]["lr_parameter"] for k in pairs] if has_param else []
         # Per-unit and per-element sums need g·u per element. d_{t−1} is not needed after this step's
@@ -516,132 +307,23 @@ class CamHD(Optimizer):
         if has_param or "unit" in self.levels:
             prods = ds
             torch._foreach_mul_(prods, gs)
-        dtype = _rate_dtype(params[0].device)
-        sums = self._level_sums(lay, sel, gs, ds, cs, prods, dtype)
-        tau = self._tau(group, t)  # τ(t), as the paper (§2.4) and the spec write it
-        coef = group["beta"] * tau
+        dtype = rate_dtype(g[0].device)
+        sums = U.level_sums(lay, self.levels, [idx[k] for k in pairs], gs, ds, cs, uniform, prods, lead, dtype)
+        return U.hyper_step(lay, self.levels, rates, gammas, sums, prods=prods, alphas=alphas, cs=cs, uniform=uniform,
+                            beta=group["beta"], tau=U.tau(group["decay_rate"], t),  # τ(t), as the paper (§2.4) writes it
+                            with_gamma=not U.is_zero(self.delta), lead=lead, dtype=dtype)
 
-        grad_gamma = None
-        if self.delta != 0:
-            parts = []
-            for level in self.levels:
-                if level == "parameter":  # Σ_p D_p α_p = −Σ c·(g·u)·α_p
-                    uniform = all(c == cs[0] for c in cs)
-                    dot = F.dot(prods, alphas) * cs[0] if uniform else F.dot(prods, alphas, cs)
-                    parts.append(-dot.to(dtype))
-                elif level == "global":
-                    parts.append(rates["global"] * sums["global"])
-                else:
-                    parts.append(torch.dot(rates[level], sums[level]))
-            grad_gamma = torch.stack(parts) * tau
-
-        for level, gamma in zip(self.levels, gammas):
-            if gamma == 0 or coef == 0:
-                continue
-            step = coef * gamma
-            if level == "parameter":
-                # α_p ← α_p − β γ τ n D_p = α_p + β γ τ n c (g·u)
-                scale = step * lay.n
-                if all(c == cs[0] for c in cs):
-                    torch._foreach_add_(alphas, prods, alpha=scale * cs[0])
-                else:
-                    for a, x, c in zip(alphas, prods, cs):
-                        a.add_(x, alpha=scale * c)
-                rates["parameter_mean"].sub_(sums["global"], alpha=step)
-            elif level == "unit":
-                rates["unit"].sub_(sums["unit"] * lay.unit_scale, alpha=step)
-            elif level == "layer":
-                rates["layer"].sub_(sums["layer"] * lay.module_scale, alpha=step)
-            else:
-                rates["global"].sub_(sums["global"], alpha=step)
-        return grad_gamma
-
-    def _update_gammas(self, grad: list[float]) -> None:
-        old = self._cam["gammas"]
-        new = [gamma - self.delta * gr for gamma, gr in zip(old, grad)]
-        if not all(math.isfinite(x) for x in new):
-            return
-        new = [max(x, 0.0) for x in new]
-        total = sum(new)
-        if total > 0 and math.isfinite(total):
-            self._cam["gammas"] = [x / total for x in new]
-
-    def _directions(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], g: list[Tensor], states: list[dict]
-    ) -> tuple[list[Tensor], list[float]]:
-        """Base direction d_t = c·u (c = 1 except for adam), stored as the next step's d_{t−1}."""
-        for state in states:
-            state["step"] += 1
-        if self.op == "sgd":
-            if g is not grads:  # coupled L2 allocated fresh tensors: keep them
-                for state, gi in zip(states, g):
-                    state["prev_direction"] = gi
-            else:  # the gradient belongs to autograd: copy it into our own buffer
-                dst, src = [], []
-                for state, gi in zip(states, g):
-                    prev = state.get("prev_direction")
-                    if prev is not None and prev.shape == gi.shape and prev.dtype == gi.dtype and prev is not gi:
-                        dst.append(prev)
-                        src.append(gi)
-                    else:
-                        state["prev_direction"] = gi.clone(memory_format=torch.preserve_format)
-                if dst:
-                    torch._foreach_copy_(dst, src)
-            return g, [1.0] * len(g)
-        if self.op == "sgdn":
-            d = F.sgdn_direction(g, [s["momentum_buffer"] for s in states], momentum=group["momentum"])
-            for state, di in zip(states, d):
-                state["prev_direction"] = di
-            return d, [1.0] * len(d)
-        beta1, beta2 = group["betas"]
-        u, c = F.adam_scaled_direction(
-            g, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
-        )
-        for state, ui, ci in zip(states, u, c):
-            state["prev_direction"] = ui
-            state["prev_direction_scale"] = ci
-        return u, c
-
-    def _move(
-        self, i: int, group: dict, t: int, idx: list[int], params: list[Tensor], u: list[Tensor], c: list[float],
-        states: list[dict],
-    ) -> None:
+    def _move(self, i: int, group: dict, t: int, gammas: list, idx: list[int], params: list[Tensor],
+              u: list[Tensor], c: list[F.Scalar], states: list[dict]) -> None:
         """θ ← θ − κ ⊙ d with κ = τ(t)·Σ_ℓ γ_ℓ α_ℓ + (1 − τ(t))·α_∞ and d = c·u."""
         lay, rates = self._layouts[i], self._cam["groups"][i]
-        tau = self._tau(group, t)
-        weights = dict(zip(self.levels, self._cam["gammas"]))
-        coarse = None  # Σ of the non-parameter levels at the finest resolution present
-        for level in ("unit", "layer", "global"):
-            if level not in weights:
-                continue
-            value = rates[level] * weights[level]
-            if coarse is None:
-                coarse = value
-            elif level == "layer":  # coarse is per unit
-                coarse = coarse + value.index_select(0, lay.unit_module)
-            else:
-                coarse = coarse + value
-        if coarse is None:
-            coarse = torch.zeros((), dtype=_rate_dtype(params[0].device), device=params[0].device)
-        kappa = coarse * tau + (1 - tau) * group["alpha_inf"] if tau != 1 else coarse
-        if "parameter" in weights and weights["parameter"] != 0:
-            alphas = [s["lr_parameter"] for s in states]
-            torch._foreach_addcmul_(params, alphas, u, [-tau * weights["parameter"] * ci for ci in c])
-        cast: dict[torch.dtype, Tensor] = {}
-        per_unit = "unit" in weights
-        per_module = not per_unit and "layer" in weights
-        rates_per_param = []  # κ of each param, as a view that broadcasts over it
-        for p, j in zip(params, idx):
-            k = cast.get(p.dtype)
-            if k is None:
-                k = cast[p.dtype] = kappa.to(p.dtype)
-            if per_unit:
-                view, start = lay.unit_view[j], lay.unit_start[j]
-                rates_per_param.append(k[start] if view is None else k[start:start + view[0]].view(view))
-            else:
-                rates_per_param.append(k[lay.module[j]] if per_module else k)
-        torch._foreach_addcmul_(params, rates_per_param, u, [-ci for ci in c])
+        tau = U.tau(group["decay_rate"], t)
+        lead, device = member_count(group), params[0].device
+        k = U.kappa(lay, self.levels, rates, gammas, tau, group["alpha_inf"], lead, device, rate_dtype(device))
+        weights = dict(zip(self.levels, gammas))
+        if "parameter" in weights and not U.is_zero(weights["parameter"]):
+            F.addcmul_(params, [s["lr_parameter"] for s in states], u, [-tau * weights["parameter"] * ci for ci in c])
+        F.addcmul_(params, U.rate_views(lay, self.levels, idx, params, k, lead), u, [-ci for ci in c])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -653,47 +335,46 @@ class CamHD(Optimizer):
         self._apply_lr_changes()
         cam = self._cam
         t = cam["step"] + 1
+        members = self._members()
+        gammas = list(cam["gammas"].unbind(-1)) if members else list(cam["gammas"])
 
         # 1. Hypergradients and level rates of every group, before any parameter moves.
         work, readouts, grad_gammas = [], [], []
         for i, group in enumerate(self.param_groups):
-            idx, params, grads, states = self._gather(group)
+            idx, params, grads, states = self._init_group(group)
             g = F.coupled_l2(grads, params, group["weight_decay"]) if params else []
-            grad_gamma = self._hyper_update(i, group, t, idx, params, g, states) if params else None
+            grad_gamma = self._hyper_update(i, group, t, gammas, idx, g, states) if params else None
             if grad_gamma is not None:
                 grad_gammas.append(grad_gamma)
-            readouts.append(self._level_means(i))
+            readouts.append(U.level_means(self._layouts[i], self.levels, cam["groups"][i]))
             work.append((idx, params, grads, g, states))
 
-        # 2. One host sync: level means of every group and ∂f/∂γ; then γ and the groups' lr.
+        # 2. γ and the groups' lr: one host sync for a solo optimizer (level means of every group
+        #    and ∂f/∂γ), none for a member-axis group (its values stay (K,) tensors on the device).
         L = len(self.levels)
-        values = _read([*readouts, *grad_gammas])
-        if grad_gammas:
+        if not members:
+            values = F.read_floats([v for values in (*readouts, *grad_gammas) for v in values])
+            readouts = [values[i * L:(i + 1) * L] for i in range(len(readouts))]
             first = len(readouts) * L  # the ∂f/∂γ of each group follow the level means
-            self._update_gammas([sum(values[first + k * L + level] for k in range(len(grad_gammas))) for level in range(L)])
-        gammas = cam["gammas"]
+            grad_gammas = [values[first + k * L:first + (k + 1) * L] for k in range(len(grad_gammas))]
+        if grad_gammas:  # γ are shared by all groups: their ∂f/∂γ add up
+            gammas = U.project_gammas(gammas, [sum(gr[level] for gr in grad_gammas) for level in range(L)], self.delta)
+            cam["gammas"] = torch.stack(gammas, -1) if members else gammas
         for i, group in enumerate(self.param_groups):
-            tau = self._tau(group, t)
-            mean = sum(gamma * m for gamma, m in zip(gammas, values[i * L:(i + 1) * L]))
-            lr = tau * mean + (1 - tau) * group["alpha_inf"] if tau != 1 else mean
-            group["lr"] = cam["groups"][i]["lr"] = lr
+            lr = U.decayed(sum(gamma * m for gamma, m in zip(gammas, readouts[i])), U.tau(group["decay_rate"], t),
+                           group["alpha_inf"])
+            group["lr"] = lr
+            cam["groups"][i]["lr"] = lr.clone() if members else lr
+            if members:
+                self._lr_seen = (lr, lr._version)
 
         # 3. Directions and the parameter update with the new rates.
         for i, (group, (idx, params, grads, g, states)) in enumerate(zip(self.param_groups, work)):
             if params:
-                u, c = self._directions(group, params, grads, g, states)
-                self._move(i, group, t, idx, params, u, c, states)
+                u, c = U.directions(self.op, group, grads, g, states)
+                self._move(i, group, t, gammas, idx, params, u, c, states)
         cam["step"] = t
         return loss
-
-
-def _read(values: list[Tensor]) -> list[float]:
-    """Concatenate small tensors and read them with one host sync (one per device if they differ)."""
-    if not values:
-        return []
-    if len({v.device for v in values}) > 1:
-        values = [v.cpu() for v in values]
-    return torch.cat([v.reshape(-1).to(torch.float64) for v in values]).tolist()
 
 
 # -- registry -------------------------------------------------------------------------------
@@ -704,9 +385,15 @@ def _factory(op: str):
     def build(params, **hp):
         return CamHD(params, op=op, **hp)
 
-    build.__name__ = f"{op}_cam_hd"
-    return build
+    def members(params, hyperparameters):
+        """The member-axis form (`sensitivity.optim.members`) over the stacked tensors, or over
+        (solo name, stacked tensor) pairs: each member's units and layers are its solo run's."""
+        group, optimizer_wide = S.split_members(params, hyperparameters)
+        return CamHD([group], op=op, **optimizer_wide)
+
+    build.__name__, members.__name__ = f"{op}_cam_hd", f"{op}_cam_hd_members"
+    return build, members
 
 
 for _op in OPS:
-    register(f"{_op}-cam-hd", _factory(_op))
+    register(f"{_op}-cam-hd", *_factory(_op))

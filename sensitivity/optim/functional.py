@@ -36,6 +36,13 @@ __all__ = [
     "Scalar",
     "per_tensor",
     "axpy_",
+    "addcmul_",
+    "sqrt",
+    "where",
+    "adam_moments_",
+    "by_step",
+    "pick",
+    "read_floats",
     "member_dot",
     "coupled_l2",
     "sgdn_direction",
@@ -70,6 +77,16 @@ def axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
         torch._foreach_add_(ys, xs, alpha=a)
 
 
+def addcmul_(ys: list[Tensor], xs: list[Tensor], zs: list[Tensor], scales: Sequence[Scalar]) -> None:
+    """y ← y + s·x·z in place, with each tensor's own scale s (a number, or per member a (K,) tensor,
+    folded into x: x should be the smaller operand, such as a rate that broadcasts over z)."""
+    if not any(isinstance(s, Tensor) for s in scales):
+        torch._foreach_addcmul_(ys, xs, zs, list(scales))
+        return
+    scaled = [x * per_tensor(s, [x])[0] if isinstance(s, Tensor) else x * s for x, s in zip(xs, scales)]
+    torch._foreach_addcmul_(ys, scaled, zs)
+
+
 def _axpy(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> list[Tensor]:
     """y + a·x as new tensors."""
     if isinstance(a, Tensor):
@@ -77,8 +94,51 @@ def _axpy(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> list[Tensor]:
     return list(torch._foreach_add(ys, xs, alpha=a))
 
 
-def _sqrt(x: Scalar) -> Scalar:
+def sqrt(x: Scalar) -> Scalar:
+    """√x of a number or of the members' values."""
     return torch.sqrt(x) if isinstance(x, Tensor) else math.sqrt(x)
+
+
+def where(cond, a: Scalar, b: Scalar) -> Scalar:
+    """`a` where `cond` holds, else `b`: python's conditional on numbers; per member (``torch.where``,
+    no host sync) when `cond`, `a` or `b` is a (K,) tensor. Numbers become the tensors' dtype
+    (float64, as the members' values, when only `cond` is a tensor)."""
+    tensors = [x for x in (a, b, cond) if isinstance(x, Tensor)]
+    if not tensors:
+        return a if cond else b
+    device = tensors[0].device
+    values = [x for x in (a, b) if isinstance(x, Tensor)]
+    dtype = values[0].dtype if values else (torch.float32 if device.type == "mps" else torch.float64)
+    return torch.where(torch.as_tensor(cond, device=device), torch.as_tensor(a, dtype=dtype, device=device),
+                       torch.as_tensor(b, dtype=dtype, device=device))
+
+
+def by_step(steps: Sequence[int]) -> dict[int, list[int]]:
+    """Indices of the tensors at each step count: one entry, unless some parameters skipped steps
+    (grad None), which gives them other bias corrections."""
+    out: dict[int, list[int]] = {}
+    for i, t in enumerate(steps):
+        out.setdefault(t, []).append(i)
+    return out
+
+
+def pick(lists: Sequence[list], idx: list[int]) -> list[list]:
+    """The entries at `idx` of each list (the lists themselves when `idx` takes them all)."""
+    if all(len(xs) == len(idx) for xs in lists):
+        return list(lists)
+    return [[xs[i] for i in idx] for xs in lists]
+
+
+def read_floats(values: list[Tensor]) -> list[float]:
+    """The entries of small tensors (flattened, in order) as python floats: one host sync when they
+    share a device (one per tensor otherwise)."""
+    if not values:
+        return []
+    if len(values) == 1 and values[0].dim() == 0:
+        return [values[0].item()]
+    if len({v.device for v in values}) > 1:
+        values = [v.cpu() for v in values]
+    return torch.cat([v.reshape(-1).to(torch.float64) for v in values]).tolist()
 
 
 def coupled_l2(grads: list[Tensor], params: list[Tensor], weight_decay: Scalar) -> list[Tensor]:
@@ -131,6 +191,18 @@ def adam_direction(
     return list(directions)
 
 
+def adam_moments_(grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *, beta1: Scalar,
+                  beta2: Scalar) -> None:
+    """Adam's moments in place, as torch's foreach Adam (and RAdam) update them:
+    m ← lerp(m, g, 1−β1), v ← β2·v + (1−β2)·g² (per-member β broadcast over each member's slice)."""
+    torch._foreach_lerp_(exp_avgs, grads, per_tensor(1 - beta1, grads))
+    torch._foreach_mul_(exp_avg_sqs, per_tensor(beta2, exp_avg_sqs))
+    if isinstance(beta2, Tensor):
+        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, per_tensor(1 - beta2, grads)), grads)
+    else:
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+
 def adam_scaled_direction(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -151,13 +223,8 @@ def adam_scaled_direction(
     """
     if not grads:
         return [], []
-    torch._foreach_lerp_(exp_avgs, grads, per_tensor(1 - beta1, grads))
-    torch._foreach_mul_(exp_avg_sqs, per_tensor(beta2, exp_avg_sqs))
-    if isinstance(beta2, Tensor):
-        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, per_tensor(1 - beta2, grads)), grads)
-    else:
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    bias2_sqrt = [_sqrt(1 - beta2**t) for t in steps]
+    adam_moments_(grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2)
+    bias2_sqrt = [sqrt(1 - beta2**t) for t in steps]
     scales = [b2 / (1 - beta1**t) for b2, t in zip(bias2_sqrt, steps)]
     # Built in the one buffer that sqrt allocates (torch's Adam allocates the same one):
     # u = m · 1/(√v + ε·√bc2). An extra allocation costs more than the extra pass on CPU.
@@ -274,7 +341,7 @@ def lr_step(
         state.update(lop_step=k, lop_exp_avg=m, lop_exp_avg_sq=v)
         m_hat = m / (1 - beta1**k)
         v_hat = v / (1 - beta2**k)
-        return alpha - beta * m_hat / (_sqrt(v_hat) + lop_eps)
+        return alpha - beta * m_hat / (sqrt(v_hat) + lop_eps)
     raise ValueError(f"unknown lr-optimizer {lop!r}; valid: {', '.join(LOPS)}")
 
 

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from sensitivity import checks
 
 from . import functional as F
-from .members import member_count as _member_count, member_dtype, member_group, member_values as _member_values
+from .members import load_state, member_count as _member_count, member_dtype, member_group, member_values as _member_values
 from .registry import register
 
 __all__ = ["HypergradientOptimizer", "OPS", "LOPS", "NAMES"]
@@ -157,22 +157,10 @@ class HypergradientOptimizer(Optimizer):
                 raise ValueError("complex parameters are not supported")
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # α's own state (the lr-optimizer's, Adam's direction scale) is not a parameter's: keep
-        # its dtype (float64 for a fused array's members), which the base class would cast to the
-        # parameter's.
-        own = {pid: {k: v for k, v in s.items() if isinstance(v, Tensor) and (k.startswith("lop_") or k == "prev_direction_scale")}
-               for pid, s in state_dict["state"].items()}
-        super().load_state_dict(state_dict)
-        saved = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        for pid, p in zip(saved, (p for g in self.param_groups for p in g["params"])):
-            for key, value in own.get(pid, {}).items():
-                self.state[p][key] = value.to(device=p.device)
-        for group in self.param_groups:  # a fused group's α and member values: to its tensors' device
-            if isinstance(group["lr"], Tensor) and group["params"]:
-                device = group["params"][0].device
-                for key, value in list(group.items()):
-                    if key != "params":
-                        group[key] = _to_device(value, device)
+        # α's own state (the lr-optimizer's, Adam's direction scale) is not a parameter's: it keeps
+        # its dtype (float64 for a fused array's members).
+        load_state(self, state_dict, super().load_state_dict,
+                   own=lambda key: key.startswith("lop_") or key == "prev_direction_scale")
         self._last_grads.clear()  # grad identities from before the load are meaningless
 
     def members_kept(self) -> None:
@@ -247,7 +235,7 @@ class HypergradientOptimizer(Optimizer):
 
         # One host sync for every solo group's D, before any parameter moves (a fused array's
         # members keep α and D on the device: no sync).
-        values = iter(_to_floats(hypergrads))
+        values = iter(F.read_floats(hypergrads))
         for group, params, g, states, D, owned in gathered:
             if D is not None:
                 D = D.to(group["lr"].dtype) if isinstance(group["lr"], Tensor) else next(values)
@@ -278,11 +266,8 @@ class HypergradientOptimizer(Optimizer):
         if len(set(steps)) == 1:  # c depends on t only
             F.axpy_(params, u, -alpha * c[0])
         else:  # parameters skipped some steps (grad None), so their bias corrections differ
-            by_step: dict[int, list[int]] = {}
-            for i, t in enumerate(steps):
-                by_step.setdefault(t, []).append(i)
-            for idx in by_step.values():
-                F.axpy_([params[i] for i in idx], [u[i] for i in idx], -alpha * c[idx[0]])
+            for idx in F.by_step(steps).values():
+                F.axpy_(*F.pick([params, u], idx), -alpha * c[idx[0]])
         if self.lop is None:
             return  # no hypergradient: d_t is not kept
         for state, ui, ci in zip(states, u, c):
@@ -336,14 +321,6 @@ class HypergradientOptimizer(Optimizer):
             state["prev_direction"] = di
 
 
-def _to_device(value, device):
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to_device(v, device) for v in value)
-    return value
-
-
 def _clamp(alpha, lo, hi):
     """α clamped to [lr_min, lr_max] where given (a NaN α stays NaN, as in a solo run)."""
     if isinstance(alpha, Tensor):  # bounds: numbers or (K,) tensors; clamp keeps a NaN α NaN
@@ -357,17 +334,6 @@ def _clamp(alpha, lo, hi):
     if hi is not None:
         alpha = min(alpha, hi)
     return alpha
-
-
-def _to_floats(values: list[Tensor]) -> list[float]:
-    """Read 0-dim tensors with one host sync when they share a device."""
-    if not values:
-        return []
-    if len(values) == 1:
-        return [values[0].item()]
-    if len({v.device for v in values}) == 1:
-        return torch.stack([v.to(torch.float64) for v in values]).tolist()
-    return [v.item() for v in values]
 
 
 # -- registry -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch.optim import Optimizer
 from sensitivity import checks
 
 from . import functional as F
+from .members import load_state, member_count, member_dtype, member_group, member_values
 from .registry import register
 
 __all__ = ["L4"]
@@ -51,6 +52,13 @@ class L4(Optimizer):
     γ, γ_0 and τ act on the single, global L_min and are read from the first param group.
     ``step`` requires the closure.
 
+    **Fused arrays**: a param group may hold K members' tensors stacked on a leading member axis
+    (``sensitivity.optim.members``), with the fraction ``lr`` a (K,) tensor and any other
+    hyperparameter a number shared by all or a (K,) tensor. The closure then returns the
+    members' K losses (a (K,) tensor; it may return losses computed before the step), L_min is
+    one value per member (a (K,) float64 tensor), ĝ·d stops at the member axis, and η is one
+    value per member: the same formulas, no host sync.
+
     Args:
         params: tensors or param-group dicts.
         lr: α, the fraction of the linearised step to the loss target (default 0.15).
@@ -87,15 +95,28 @@ class L4(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        members = member_count(group) is not None
+        if members and len(self.param_groups) > 1:
+            raise ValueError("member axis: L4 over a fused array takes one param group")
+        for hp in member_values(group):  # once, or once per member of a fused array
+            checks.number("lr", hp["lr"] if "alpha" not in group else hp["alpha"], low=0)
+            checks.pair("betas", hp["betas"])
+            checks.number("eps", hp["eps"], low=0)
+            checks.number("gamma", hp["gamma"], low=0, high=1)
+            checks.number("gamma0", hp["gamma0"], low=0, high=1)
+            checks.number("tau", hp["tau"], low=1e-12)
+            checks.number("weight_decay", hp["weight_decay"], low=0)
         if "alpha" not in group:  # a new group: its "lr" is the fraction α
-            group["alpha"] = checks.number("lr", group["lr"], low=0)
-            group["lr"] = 0.0  # no step taken yet
-        checks.pair("betas", group["betas"])
-        checks.number("eps", group["eps"], low=0)
-        checks.number("gamma", group["gamma"], low=0, high=1)
-        checks.number("gamma0", group["gamma0"], low=0, high=1)
-        checks.number("tau", group["tau"], low=1e-12)
-        checks.number("weight_decay", group["weight_decay"], low=0)
+            if members:
+                group["alpha"] = group["lr"].to(member_dtype(group["lr"].device))
+                group["lr"] = torch.zeros_like(group["alpha"])  # no step taken yet
+            else:
+                group["alpha"] = checks.number("lr", group["lr"], low=0)
+                group["lr"] = 0.0
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # the members' L_min is float64 like a solo run's python float: it keeps its dtype
+        load_state(self, state_dict, super().load_state_dict, own=lambda key: key == "l4_min_loss")
 
     def _init_group(self, group: dict):
         params, grads, states = [], [], []
@@ -125,12 +146,13 @@ class L4(Optimizer):
             loss = closure()
         first = self.param_groups[0]
         global_state = self.state[first["params"][0]]
-        L = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        L = _loss_value(loss, first["lr"])
         if "l4_min_loss" not in global_state:
             global_state["l4_min_loss"] = first["gamma0"] * L
-        else:
-            global_state["l4_min_loss"] = min(global_state["l4_min_loss"], L)
+        else:  # min(L_min, L), as python's min treats a NaN loss
+            global_state["l4_min_loss"] = F.where(L < global_state["l4_min_loss"], L, global_state["l4_min_loss"])
         min_loss = global_state["l4_min_loss"]
+        members = isinstance(L, Tensor)
 
         work, inner = [], []
         for group in self.param_groups:
@@ -140,45 +162,73 @@ class L4(Optimizer):
             beta1, beta2 = group["betas"]
             g = F.coupled_l2(grads, params, group["weight_decay"])
             exp_avgs = [s["exp_avg"] for s in states]
-            bias1 = [1 - beta1 ** s["step"] for s in states]
+            steps = [s["step"] for s in states]
+            bias1 = [1 - beta1**t for t in steps]
+            dot = F.member_dot if members else F.dot
             if self.direction == "adam":
                 # d = c·u with u = m/(√v + ε·√bc2), c = √bc2/bc1; ĝ·d = (c/bc1)·(m·u).
                 u, c = F.adam_scaled_direction(
                     g, exp_avgs, [s["exp_avg_sq"] for s in states],
-                    steps=[s["step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
+                    steps=steps, beta1=beta1, beta2=beta2, eps=group["eps"],
                 )
-                inner.append(F.dot(exp_avgs, u, [ci / b1 for ci, b1 in zip(c, bias1)]))
+                inner.append(dot(exp_avgs, u, [ci / b1 for ci, b1 in zip(c, bias1)]))
             else:
-                torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
+                torch._foreach_lerp_(exp_avgs, g, F.per_tensor(1 - beta1, g))
                 u, c = exp_avgs, [1 / b1 for b1 in bias1]
-                inner.append(F.dot(exp_avgs, exp_avgs, [ci * ci for ci in c]))
-            work.append((group, params, u, c))
+                inner.append(dot(exp_avgs, exp_avgs, [ci * ci for ci in c]))
+            work.append((group, params, u, c, steps))
 
-        if work:
-            denominator = float(torch.stack([x.to(torch.float64) for x in inner]).sum()) + self._DIV_EPS
+        if work:  # (K,) sums per member, or one number with one host sync
+            denominator = torch.stack([x.to(member_dtype(x.device)) for x in inner]).sum(0)  # float64 (MPS: 32)
+            denominator = (denominator if members else float(denominator)) + self._DIV_EPS
             numerator = L - first["gamma"] * min_loss
-            for group, params, u, c in work:
+            for group, params, u, c, steps in work:
                 eta = group["alpha"] * numerator / denominator
-                by_scale: dict[float, list[int]] = {}
-                for i, ci in enumerate(c):
-                    by_scale.setdefault(ci, []).append(i)
-                for ci, idx in by_scale.items():
-                    torch._foreach_add_([params[i] for i in idx], [u[i] for i in idx], alpha=-eta * ci)
+                for idx in F.by_step(steps).values():  # c depends on the step count only
+                    F.axpy_(*F.pick([params, u], idx), -eta * c[idx[0]])
                 group["lr"] = eta
         global_state["l4_min_loss"] = min_loss * (1 + 1 / first["tau"])
         return loss
 
 
-def _adam_l4(params, *, lr, betas, eps, gamma, gamma0, tau, weight_decay):
-    return L4(params, lr, direction="adam", betas=betas, eps=eps, gamma=gamma, gamma0=gamma0, tau=tau,
-              weight_decay=weight_decay)
+def _loss_value(loss, lr):
+    """The loss as L4 reads it: a python float (one host sync), or for a member-axis group (its lr
+    a (K,) tensor) the members' (K,) losses in float64 on the device."""
+    if isinstance(lr, Tensor):
+        loss = torch.as_tensor(loss)
+        if loss.shape != lr.shape:
+            raise ValueError(f"L4 over {len(lr)} members: the closure must return their {len(lr)} losses, "
+                             f"got shape {tuple(loss.shape)}")
+        return loss.detach().to(device=lr.device, dtype=lr.dtype)
+    return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
 
 
-def _sgdn_l4(params, *, lr, momentum, gamma, gamma0, tau, weight_decay):
-    return L4(params, lr, direction="momentum", betas=(momentum, 0.999), gamma=gamma, gamma0=gamma0, tau=tau,
-              weight_decay=weight_decay)
+def _adam_args(*, lr, betas, eps, gamma, gamma0, tau, weight_decay) -> dict:
+    return dict(lr=lr, direction="adam", betas=tuple(betas), eps=eps, gamma=gamma, gamma0=gamma0, tau=tau,
+                weight_decay=weight_decay)
+
+
+def _sgdn_args(*, lr, momentum, gamma, gamma0, tau, weight_decay) -> dict:
+    # the reference's L4Mom: the momentum average is the direction (β_2 and ε are unused)
+    return dict(lr=lr, direction="momentum", betas=(momentum, 0.999), eps=1e-4, gamma=gamma, gamma0=gamma0, tau=tau,
+                weight_decay=weight_decay)
+
+
+def _factory(args):
+    def build(params, **hp):
+        kw = args(**hp)
+        return L4(params, kw.pop("lr"), **kw)
+
+    def members(params, hyperparameters):
+        """The member-axis form (`sensitivity.optim.members`): one group over the stacked tensors."""
+        kws = [args(**hp) for hp in hyperparameters]
+        direction = kws[0]["direction"]
+        return L4([member_group(params, [{k: v for k, v in kw.items() if k != "direction"} for kw in kws])],
+                  direction=direction)
+
+    return build, members
 
 
 # descriptions, papers and defaults: sensitivity/catalog.py
-register("adam-l4", _adam_l4)
-register("sgdn-l4", _sgdn_l4)
+register("adam-l4", *_factory(_adam_args))
+register("sgdn-l4", *_factory(_sgdn_args))

@@ -22,7 +22,7 @@ from sensitivity import checks
 
 from . import d_adapt_functional as D
 from . import lr_free_functional as F
-from .hd import _to_device
+from .members import to_device
 from .members import member_count, member_dtype, member_group, member_values
 from .registry import register
 
@@ -165,7 +165,7 @@ class LRFreeOptimizer(Optimizer):
             device = group["params"][0].device
             for key, value in list(group.items()):
                 if key != "params":
-                    group[key] = _to_device(value, device)
+                    group[key] = to_device(value, device)
 
     def _curve(self, group: dict) -> dict[str, Any]:  # pragma: no cover - every rule overrides it
         raise NotImplementedError

@@ -18,27 +18,35 @@ The contract an optimizer's members factory keeps (``registry.register(name, fac
   member whose numbers turn non-finite leaves the others bit for bit unchanged.
 - **State** that differs per member is stored with the member axis first: tensors ``(K, ...)``
   and per-member scalars as (K,) tensors. Python numbers (a step count) are shared by all
-  members. So :func:`select` can slice any member set out of a state dict, and :func:`join`
-  can stack 1-member state dicts back into one.
+  members. This holds in dicts and lists of state too, and for an optimizer-wide entry kept
+  under a key that is not a parameter (CAM-HD's ``state["cam_hd"]``). So :func:`select` can
+  slice any member set out of a state dict, and :func:`join` can stack 1-member state dicts
+  back into one.
 - ``param_groups[0]["lr"][k]`` is what member k's solo run reports as ``param_groups[0]["lr"]``,
   and multiplying it between steps (an lr decay) does what it does to the solo run.
 - Optional hooks: ``curve_metrics()`` returning ``{column: (K,) tensor}`` (the solo optimizer
   returns floats); ``members_kept()``, called after :func:`keep` replaced the tensors (to drop
   caches keyed by tensor identity); ``train()``/``eval()`` as the solo optimizer has them.
+- ``load_state_dict`` goes through :func:`load_state`, so per-member float64 state keeps its
+  dtype and the group's values follow its tensors' device.
+- Names: :func:`~sensitivity.optim.registry.create_members` takes (name, stacked tensor) pairs;
+  an optimizer that wants names (CAM-HD) gets them as ``param_names``, named as the solo tensors
+  are (a common prefix, such as a fused model's ``body.``, changes nothing).
+- An optimizer that reads the loss (L4) gets the members' K losses from its closure.
 - No host sync is needed per step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["member_dtype", "member_count", "member_value", "member_group", "member_values", "keep", "select",
-           "join", "lr_values"]
+           "join", "lr_values", "load_state", "to_device"]
 
 # Hyperparameters whose "no value" (None) means an unbounded side, as a number a tensor can hold.
 _UNBOUNDED = {"lr_min": -math.inf, "lr_max": math.inf}
@@ -126,6 +134,37 @@ def lr_values(opt: torch.optim.Optimizer) -> list[float]:
     return opt.param_groups[0]["lr"].tolist()
 
 
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    return value
+
+
+def load_state(opt: torch.optim.Optimizer, state_dict: dict, load: Callable[[dict], None],
+               own: Callable[[str], bool] = lambda key: False) -> None:
+    """``load(state_dict)`` (the base class's ``load_state_dict``), then what a member-axis group needs.
+
+    The state tensors under the keys `own` picks (the members' per-member numbers, float64 like a
+    solo run's python floats) keep their saved dtype, which the base class would cast to the
+    parameter's; every member group's values move to its tensors' device.
+    """
+    saved = {pid: {k: v for k, v in s.items() if isinstance(v, Tensor) and own(k)}
+             for pid, s in state_dict["state"].items() if isinstance(s, dict)}
+    load(state_dict)
+    ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+    for pid, p in zip(ids, (p for g in opt.param_groups for p in g["params"])):
+        for key, value in saved.get(pid, {}).items():
+            opt.state[p][key] = value.to(device=p.device)
+    for group in opt.param_groups:
+        if member_count(group) is not None and group["params"]:
+            device = group["params"][0].device
+            for key, value in list(group.items()):
+                if key != "params":
+                    group[key] = to_device(value, device)
+
+
 def _index(value: Any, idx: Tensor) -> Any:
     if isinstance(value, Tensor) and value.dim() > 0:
         return value.index_select(0, idx.to(value.device))
@@ -133,14 +172,16 @@ def _index(value: Any, idx: Tensor) -> Any:
         return tuple(_index(v, idx) for v in value)
     if isinstance(value, dict):
         return {k: _index(v, idx) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_index(v, idx) for v in value]
     return value
 
 
 def keep(opt: torch.optim.Optimizer, index: Sequence[int], params: Sequence[Tensor]) -> None:
     """Keep the members at `index` (in that order): `params` are the new stacked tensors (already sliced).
 
-    Every per-member value of the group and every per-member state tensor is sliced along the
-    member axis; the optimizer's ``members_kept()`` hook (if any) drops what it keyed by the old
+    Every per-member value of the group and every per-member state tensor (optimizer-wide
+    entries included) is sliced along the member axis; the optimizer's ``members_kept()`` hook (if any) drops what it keyed by the old
     tensors.
     """
     group = opt.param_groups[0]
@@ -154,6 +195,8 @@ def keep(opt: torch.optim.Optimizer, index: Sequence[int], params: Sequence[Tens
         if state is not None:
             opt.state[new] = {k: _index(v, idx) for k, v in state.items()}
     group["params"] = params
+    for key in [key for key in opt.state if not isinstance(key, Tensor)]:  # optimizer-wide entries
+        opt.state[key] = _index(opt.state[key], idx)
     hook = getattr(opt, "members_kept", None)
     if hook is not None:
         hook()
@@ -175,6 +218,8 @@ def _cat(values: list, what: str) -> Any:
         return tuple(_cat([v[i] for v in values], what) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: _cat([v[k] for v in values], f"{what}.{k}") for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [_cat([v[i] for v in values], f"{what}[{i}]") for i in range(len(first))]
     if any(not _equal(v, first) for v in values[1:]):
         raise ValueError(f"join: {what} differs between the members ({values[0]!r} vs another); they cannot "
                          "share one optimizer step")

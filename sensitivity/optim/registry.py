@@ -110,8 +110,10 @@ def create_members(name: str, params: Any, hyperparameters: list[dict]) -> torch
     """Optimizer `name` over stacked tensors `params` (leading member axis K), member k with
     ``hyperparameters[k]`` (keyword arguments of :func:`create`; defaults filled in here).
 
-    Each member's values pass the same checks as in :func:`create`. ValueError for a name
-    without a member-axis form.
+    `params` may be tensors or (name, tensor) pairs such as a fused model's
+    ``named_parameters()``; names are kept for an optimizer that wants them (CAM-HD's units and
+    layers) and dropped for the others, as in :func:`create`. Each member's values pass the same
+    checks as in :func:`create`. ValueError for a name without a member-axis form.
     """
     info = _REGISTRY.get(name)
     if info is None:
@@ -121,4 +123,8 @@ def create_members(name: str, params: Any, hyperparameters: list[dict]) -> torch
     if not hyperparameters:
         raise ValueError("create_members: no members")
     hps = [{**info.hyperparameters, **catalog.check(name, hp)} for hp in hyperparameters]
-    return info.members(list(params), hps)
+    params = normalize_params(params, keep_names=info.wants_names)
+    if any(isinstance(p, Mapping) for p in params):
+        raise ValueError("create_members: params must be the stacked tensors (or (name, tensor) pairs), "
+                         "not param-group dicts: the member axis is one param group")
+    return info.members(params, hps)

@@ -81,7 +81,8 @@ def test_defaults_come_from_the_registry_and_keywords_override_them():
     assert group["beta"] == available()["sgdn-hd-sgdn"].hyperparameters["beta"]
     assert group["momentum"] == 0.9
     adabound = create("adabound", tiny_model().parameters(), weight_decay=1e-4)
-    assert adabound.param_groups[0]["weight_decouple"] is False  # the paper's coupled L2
+    # (coupled L2, the paper's: test_reference holds it equal to pytorch-optimizer's weight_decouple=False)
+    assert adabound.param_groups[0]["weight_decay"] == 1e-4 and adabound.param_groups[0]["final_lr"] == 0.1
 
 
 @pytest.mark.parametrize(
