@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from ._io import prepare
+from .columns import prepare
 from .robustness import _interval, expected_best_of, valley_span
 from .stats import LOSSES
 

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._io import prepare
+from .columns import prepare
 from .stats import higher_is_better
 
 __all__ = ["valley_width", "expected_best", "expected_best_of", "importance"]

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._io import floats, prepare, words
+from .columns import floats, prepare, words
 
 __all__ = [
     "LOSSES", "higher_is_better", "sensitivity_table", "swept", "best_beta", "config_table", "best_configs",
