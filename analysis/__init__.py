@@ -9,12 +9,13 @@ Depends only on pandas, pyarrow, numpy, matplotlib, seaborn and optuna; never on
 """
 from ._io import ResultsError, StaleRowsWarning, load, prepare
 from .metrics import metrics_summary, metrics_table
-from .plots import (
-    combination_figure, combination_plot, curve_plot, curves_figure, decay_figure, expected_best_figure,
-    expected_best_plot, gamma_figure, hd_figure, importance_figure, importance_plot, valley_figure, valley_plot,
-)
+from .curve_plots import combination_figure, combination_plot, curve_plot, curves_figure, gamma_figure
+from .plots import decay_figure, hd_figure, valley_figure, valley_plot
 from .report import write_report
 from .robustness import expected_best, expected_best_of, importance, valley_width
+from .robustness_plots import (
+    expected_best_figure, expected_best_plot, importance_figure, importance_plot, ranking_figure, ranking_plot,
+)
 from .stats import (
     best_beta, best_configs, best_trials, combination_table, config_table, curve_stats, sensitivity_table,
     higher_is_better, swept, t_quantile, threshold_table,
@@ -29,6 +30,6 @@ __all__ = [
     "valley_width", "expected_best", "expected_best_of", "importance", "metrics_table", "metrics_summary",
     "valley_plot", "valley_figure", "decay_figure", "hd_figure", "curve_plot", "curves_figure", "gamma_figure",
     "combination_plot", "combination_figure", "expected_best_plot", "expected_best_figure", "importance_plot",
-    "importance_figure",
+    "importance_figure", "ranking_plot", "ranking_figure",
     "to_markdown", "best_config_summary", "threshold_summary", "expected_best_summary",
 ]

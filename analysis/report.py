@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from . import html, metrics, plots, robustness, stats, tables
+from . import curve_plots, html, metrics, plots, robustness, robustness_plots, stats, tables
 from ._io import StaleRowsWarning, load, results_root
 
 __all__ = ["write_report", "VALLEY_TOLERANCES"]
@@ -122,12 +122,12 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     def learning_curves():
         if curve is None or curve.empty:
             raise _Skip("curves.parquet has no rows for the best configurations")
-        w.figure("curves", plots.curves_figure(curve, hue="method", palette=palette))
+        w.figure("curves", curve_plots.curves_figure(curve, hue="method", palette=palette))
 
     def learned_lr():
         if curve is None or not (curve["variable"] == "lr").any():
             raise _Skip("no lr in the curves of the best configurations")
-        w.figure("lr", plots.curves_figure(curve, variables=("lr",), hue="method", palette=palette))
+        w.figure("lr", curve_plots.curves_figure(curve, variables=("lr",), hue="method", palette=palette))
 
     def gammas():
         if curve is None or not curve["variable"].str.startswith("gamma_").any():
@@ -137,13 +137,13 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
         moving = spread[spread > 1e-12].index.get_level_values("method").unique()
         if moving.empty:
             raise _Skip("γ does not change over the recorded epochs of any CAM-HD run (delta = 0, or one epoch)")
-        w.figure("gamma", plots.gamma_figure(g[g["method"].isin(moving)], hue="method"))
+        w.figure("gamma", curve_plots.gamma_figure(g[g["method"].isin(moving)], hue="method"))
 
     def combination():
         combo = stats.combination_table(trials)
         if combo.empty:
             raise _Skip("no CAM-HD label sweeps fixed gammas")
-        w.figure("combination", plots.combination_figure(combo))
+        w.figure("combination", curve_plots.combination_figure(combo))
         w.table("combination", combo)
 
     def thresholds():
@@ -168,14 +168,14 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
             raise _Skip("no optimizer has two or more configurations to draw from")
         eb = pd.concat([robustness.expected_best(several, metric=m) for m in stats.LOSSES
                         if (several["metric"] == m).any()], ignore_index=True)
-        w.figure("expected_best", plots.expected_best_figure(eb, palette=palette))
+        w.figure("expected_best", robustness_plots.expected_best_figure(eb, palette=palette))
         w.table("expected_best", eb, tables.expected_best_summary(eb))
 
     def importance():
         imp = robustness.importance(trials)
         if imp.empty:
             raise _Skip("no HD optimizer was swept over two or more values of both lr and beta")
-        w.figure("importance", plots.importance_figure(imp))
+        w.figure("importance", robustness_plots.importance_figure(imp))
         w.table("importance", imp)
 
     items = [sensitivity, valleys, decay, hd, best_table, learning_curves, learned_lr, gammas, combination,
