@@ -104,10 +104,14 @@ def _merge_trials(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _merge_curves(frames: list[pd.DataFrame], done: pd.Series) -> pd.DataFrame:
     """Curves of finished trials, each trial's from the newest source that has it."""
-    frames = [f.assign(_source=i) for i, f in enumerate(frames) if "trial_id" in f]
+    frames = [f for f in frames if "trial_id" in f]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
-    curves = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+    if len(frames) == 1:  # a compacted table: each trial once already (no copy of millions of rows)
+        keep = frames[0]["trial_id"].isin(done)
+        return frames[0] if keep.all() else frames[0][keep].reset_index(drop=True)
+    frames = [f.assign(_source=i) for i, f in enumerate(frames)]
+    curves = pd.concat(frames, ignore_index=True, sort=False)
     newest = curves.groupby("trial_id")["_source"].transform("max")
     keep = (curves["_source"] == newest) & curves["trial_id"].isin(done)  # orphans of a cut-off flush
     return curves[keep].drop(columns="_source").reset_index(drop=True)
