@@ -1,30 +1,24 @@
-"""Read a study's parquet tables and add the display columns every statistic groups by.
+"""Read a study's parquet tables (parts of a running sweep included) and add the display columns.
 
 The parquet schema (README.md, "The results tables") is the whole contract: nothing here imports
-``sensitivity``. A *series* is one line of a valley figure: a display label, plus the hyperparameters that vary
-within that label (``variant``), plus the lr schedule (``decay``). A *method* is the label and
-schedule alone: its variants compete for its best configuration. α0 (``lr``) and β (``beta``)
-are the swept axes and stay columns of their own.
+``sensitivity``. Which columns are hyperparameters, and the series they make, is ``analysis.columns``.
 """
 from __future__ import annotations
 
-import ast
 import json
-import math
 import pathlib
 import re
 import warnings
-from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import STATUSES, prepare
+
 __all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "results_root", "smoke_run", "STATUSES",
            "TRIAL_COLUMNS", "CURVE_COLUMNS"]
-
-STATUSES = ("ok", "diverged", "error")
 
 # What analysis reads; the contract has more, which are kept but not required.
 TRIAL_COLUMNS = (
@@ -32,18 +26,8 @@ TRIAL_COLUMNS = (
     "min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc",
 )
 # Outcomes an errored worker does not write: a table whose trials all lacked one gets it as missing values.
-OUTCOME_COLUMNS = ("min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc")
+READ_OUTCOMES = ("min_train_loss", "min_test_loss", "best_test_acc", "final_test_acc")
 CURVE_COLUMNS = ("trial_id", "epoch", "step", "train_loss", "test_loss", "train_acc", "test_acc", "lr")
-
-# Hyperparameters that may vary inside one label (design.md's keywords plus the task keys a
-# study entry may override). A whitelist, because extra per-seed columns (node, timings)
-# must never split the seeds of one configuration apart.
-HYPERPARAMETER_COLUMNS = (
-    "optimizer", "study", "dataset", "model", "model_args", "batch_size", "epochs", "weight_decay",
-    "train_fraction", "augment", "divergence_factor", "momentum", "betas", "eps", "lop_momentum",
-    "lop_betas", "lop_eps", "lr_min", "lr_max", "levels", "gammas", "delta", "decay_rate",
-    "alpha_inf", "optimizer_args", "dataset_args", "loss_smoothing",
-)
 
 
 class ResultsError(ValueError):
@@ -120,10 +104,14 @@ def _merge_trials(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _merge_curves(frames: list[pd.DataFrame], done: pd.Series) -> pd.DataFrame:
     """Curves of finished trials, each trial's from the newest source that has it."""
-    frames = [f.assign(_source=i) for i, f in enumerate(frames) if "trial_id" in f]
+    frames = [f for f in frames if "trial_id" in f]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
-    curves = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+    if len(frames) == 1:  # a compacted table: each trial once already (no copy of millions of rows)
+        keep = frames[0]["trial_id"].isin(done)
+        return frames[0] if keep.all() else frames[0][keep].reset_index(drop=True)
+    frames = [f.assign(_source=i) for i, f in enumerate(frames)]
+    curves = pd.concat(frames, ignore_index=True, sort=False)
     newest = curves.groupby("trial_id")["_source"].transform("max")
     keep = (curves["_source"] == newest) & curves["trial_id"].isin(done)  # orphans of a cut-off flush
     return curves[keep].drop(columns="_source").reset_index(drop=True)
@@ -198,8 +186,8 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
         errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
         first = " ".join(str(errors.iloc[0]).split()) if len(errors) else "no message recorded"
         raise ResultsError(f"all {len(trials)} trials errored: {first}")
-    _require(trials, [c for c in TRIAL_COLUMNS if c not in OUTCOME_COLUMNS], trials_path)
-    for column in OUTCOME_COLUMNS:
+    _require(trials, [c for c in TRIAL_COLUMNS if c not in READ_OUTCOMES], trials_path)
+    for column in READ_OUTCOMES:
         if column not in trials:
             trials[column] = np.nan
     if "smoke" not in trials:
@@ -236,97 +224,3 @@ def smoke_run(root) -> bool:
     except OSError:
         return False
     return re.search(r"smoke: true\b", head) is not None
-
-
-# ---------------------------------------------------------------------------- display keys
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
-
-
-def canonical(value) -> str:
-    """A stable text for any cell: lists, arrays and list-like strings print the same way."""
-    if value is None:
-        return "None"
-    if isinstance(value, str):
-        if value.startswith(("[", "(")):  # a list stored as text, e.g. gammas "[0.0, 1.0]" prints like [0, 1]
-            try:
-                return canonical(list(ast.literal_eval(value)))
-            except (ValueError, SyntaxError, TypeError):
-                return value
-        return value
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {canonical(v)}" for k, v in sorted(value.items())) + "}"
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "[" + ", ".join(canonical(v) for v in value) + "]"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)):
-        return "None" if math.isnan(value) else f"{float(value):g}"
-    return str(value)
-
-
-def floats(value) -> list[float] | None:
-    """Numbers of a list-valued cell stored as a list, an array or a string such as "[0.2, 0.8]"."""
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        found = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", value)
-        return [float(v) for v in found] or None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [float(v) for v in value]
-    return [float(value)]
-
-
-def words(value) -> list[str] | None:
-    """Names of a list-valued cell such as ``levels`` (list, array or "unit,global" string)."""
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        return re.findall(r"[A-Za-z_]+", value) or None
-    return [str(v) for v in value]
-
-
-def prepare(trials: pd.DataFrame) -> pd.DataFrame:
-    """Add ``label`` (falls back to ``optimizer``), ``variant``, ``series`` and ``method``; check ``status``.
-
-    ``series`` = label [variant] (decay) identifies a line of the valley plots; ``method`` =
-    label (decay) is one optimizer whose variants compete for its best configuration.
-
-    Idempotent, so every statistic can call it on whatever frame it is given.
-    """
-    if {"label", "variant", "series", "method"} <= set(trials.columns):
-        return trials
-    bad = sorted(set(trials["status"].dropna()) - set(STATUSES))
-    if bad or trials["status"].isna().any():
-        shown = ", ".join(map(str, bad)) or "null"
-        raise ValueError(f"status has {shown}; allowed: {', '.join(STATUSES)}")
-    out = trials.copy()
-    optimizer = out["optimizer"].astype(str)
-    label = out["label"].where(out["label"].notna(), optimizer) if "label" in out else optimizer
-    out["label"] = label.astype(str)
-    out["beta"] = pd.to_numeric(out["beta"], errors="coerce").astype(float)
-    out["lr"] = pd.to_numeric(out["lr"], errors="coerce").astype(float)
-    out["decay"] = pd.Series([None if _missing(d) else str(d) for d in out["decay"]], index=out.index, dtype=object)
-    # The sweep writes +inf losses for an errored trial (the contract forbids NaN there); an error
-    # is no outcome, so its losses and accuracies become missing here and never count as diverged.
-    errored = out["status"] == "error"
-    outcome = [c for c in out.columns if c.startswith(("min_", "final_", "best_")) and c.endswith(("_loss", "_acc"))]
-    for column in outcome:
-        out[column] = pd.to_numeric(out[column], errors="coerce").astype(float).mask(errored)
-    out["variant"] = _variants(out)
-    decay = out["decay"].map(lambda d: "" if d is None else f" ({d})")
-    variant = out["variant"].map(lambda v: f" [{v}]" if v else "")
-    out["series"] = out["label"] + variant + decay
-    out["method"] = out["label"] + decay  # "one optimizer" when its variants compete (best_configs)
-    return out
-
-
-def _variants(trials: pd.DataFrame) -> pd.Series:
-    columns = [c for c in HYPERPARAMETER_COLUMNS if c in trials.columns]
-    text = pd.DataFrame({c: trials[c].map(canonical) for c in columns}, index=trials.index)
-    variant = pd.Series("", index=trials.index, dtype=object)
-    for _, rows in text.groupby(trials["label"], sort=False):
-        varying = [c for c in columns if rows[c].nunique() > 1]
-        if varying:
-            variant[rows.index] = [", ".join(f"{c}={row[c]}" for c in varying) for _, row in rows.iterrows()]
-    return variant.astype(str)

@@ -2,8 +2,11 @@
 
 Everything is inline (PNG figures as base64 data URIs, CSS in a style element, no script), so the
 page opens offline, from a mail attachment or a copied folder. It holds the run's facts, the
-metrics and best-configuration tables, every figure, the notes on what was skipped, and the study
-file. Values that are not ``resolved`` (see ``analysis.metrics``) are marked.
+ranking, the comparisons with each base optimizer, the metrics and best-configuration tables,
+every figure, the notes on what was skipped, and the study file. Values that are not ``resolved``
+(see ``analysis.metrics``) are marked. A table longer than ``MAX_ROWS`` shows its first rows and
+names the CSV file beside the page that holds all of them, so the page stays a few megabytes
+however large the study.
 """
 from __future__ import annotations
 
@@ -11,11 +14,26 @@ import base64
 import html
 import math
 import pathlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["run_facts", "write_page"]
+__all__ = ["run_facts", "write_page", "Table", "MAX_ROWS"]
+
+MAX_ROWS = 100  # rows of one table on the page; the CSV beside it has every row
+
+
+@dataclass
+class Table:
+    """A table of the page: heading, frame, a note under the heading (or None), the CSV holding every
+    row (named when the page shows fewer), and lines of text shown above the table."""
+
+    heading: str
+    frame: pd.DataFrame
+    note: str | None = None
+    csv: str | None = None
+    lines: list[str] = field(default_factory=list)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -81,20 +99,28 @@ def _image(path: pathlib.Path) -> str:
 
 
 def write_page(path, *, title: str, facts: dict[str, str], figures: list[tuple[str, pathlib.Path]],
-               tables: list[tuple[str, pd.DataFrame, object]], notes: list[str], study: str | None) -> pathlib.Path:
-    """Write the page; ``tables`` are (heading, frame, a note under the heading or None)."""
+               tables: list[Table], notes: list[str], study: str | None, max_rows: int = MAX_ROWS) -> pathlib.Path:
+    """Write the page; each of ``tables`` shows at most ``max_rows`` rows."""
     path = pathlib.Path(path)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>Sensitivity report: {html.escape(title)}</h1>",
              "<h2>Run</h2>", _table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))]
-    for heading, frame, note in tables:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if note:
-            parts.append(f'<p class="note">{html.escape(note)}</p>')
+    for table in tables:
+        if table.frame.empty:
+            continue
+        frame = table.frame.head(max_rows)
+        parts.append(f"<h2>{html.escape(table.heading)}</h2>")
+        if table.note:
+            parts.append(f'<p class="note">{html.escape(table.note)}</p>')
+        if table.lines:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in table.lines) + "</ul>")
         if frame.astype(str).apply(lambda c: c.str.endswith(" ?")).any().any():
             parts.append('<p class="note">Highlighted values (ending in ?) are not resolved: the statistic '
-                         "depends on an edge off the α0 grid, or between grid points too far apart.</p>")
+                         "depends on an edge off the grid, or between grid points too far apart.</p>")
+        if len(table.frame) > len(frame):
+            where = f"; all of them are in {html.escape(table.csv)}" if table.csv else ""
+            parts.append(f'<p class="note">The first {len(frame)} of {len(table.frame)} rows{where}.</p>')
         parts.append(_table(frame))
     parts.append("<h2>Figures</h2>")
     for name, png in figures:

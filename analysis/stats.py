@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._io import floats, prepare, words
+from .columns import floats, prepare, words
 
 __all__ = [
     "LOSSES", "higher_is_better", "sensitivity_table", "swept", "best_beta", "config_table", "best_configs",
@@ -206,7 +206,8 @@ def curve_stats(curves: pd.DataFrame, trials: pd.DataFrame, *, variables=None, h
         skip = {"trial_id", "epoch", "step"}
         variables = [c for c in curves.columns if c not in skip and pd.api.types.is_numeric_dtype(curves[c])]
     variables = [v for v in variables if v in curves.columns]
-    merged = curves.merge(trials[["trial_id", hue]], on="trial_id", how="inner")
+    picked = curves[curves["trial_id"].isin(trials["trial_id"])]  # a few trials of millions of rows: filter first
+    merged = picked.merge(trials[["trial_id", hue]], on="trial_id", how="inner")
     long = merged.melt(id_vars=[hue, "epoch"], value_vars=variables, var_name="variable", value_name="value")
     long["value"] = long["value"].astype(float).where(lambda v: np.isfinite(v))
     long = long.dropna(subset=["value"])

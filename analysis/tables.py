@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["to_markdown", "pm", "best_config_summary", "threshold_summary", "expected_best_summary"]
+__all__ = ["to_markdown", "pm", "best_config_summary", "threshold_summary", "expected_best_summary",
+           "comparison_summary", "ranking_summary"]
 
 DASH = "—"
 
@@ -76,3 +77,37 @@ def expected_best_summary(table: pd.DataFrame, *, ks=(1, 2, 4, 8, 16)) -> pd.Dat
     wide = rows.pivot_table(index=["metric", "series", "n_configs"], columns="k", values="expected", sort=True)
     wide.columns = [f"k={k}" for k in wide.columns]
     return wide.reset_index().rename(columns={"series": "optimizer", "n_configs": "configs"})
+
+
+def _interval_text(value, low, high, fmt: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    text = f"{value:{fmt}}"
+    return text + (f" [{low:{fmt}}, {high:{fmt}}]" if np.isfinite(low) else "")
+
+
+def comparison_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """``comparisons_table`` rows for reading: "a − b" with its interval, significant, seeds paired."""
+    return pd.DataFrame({
+        "metric": table["metric"], "axis": table["axis"], "statistic": table["statistic"],
+        "a": [f"{a} @ {at}" if at else a for a, at in zip(table["a"], table["a_at"])],
+        "b": [f"{b} @ {at}" if at else b for b, at in zip(table["b"], table["b_at"])],
+        "a − b [95% CI]": [_interval_text(d, lo, hi) for d, lo, hi in
+                           zip(table["difference"], table["ci_low"], table["ci_high"])],
+        "significant": ["yes" if s else "no" for s in table["significant"]],
+        "paired seeds": [int(n) if p else 0 for n, p in zip(table["n_shared"], table["paired"])],
+    }).reset_index(drop=True)
+
+
+def ranking_summary(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The ranking for reading: rank, series, value [CI], and "<" or "≈" to the next series."""
+    return pd.DataFrame({
+        "metric": ranking["metric"], "statistic": ranking["statistic"], "rank": ranking["rank"],
+        "optimizer": [f"{s} @ {at}" if at else s for s, at in zip(ranking["series"], ranking["at"])],
+        "value [95% CI]": [_interval_text(v, lo, hi) + ("" if r else " ?") for v, lo, hi, r in
+                           zip(ranking["value"], ranking["ci_low"], ranking["ci_high"], ranking["resolved"])],
+        "vs next": [f"{m} {n}" if m else "" for m, n in zip(ranking["mark"], ranking["next"])],
+        "next − this [95% CI]": [_interval_text(-d, -hi, -lo) if n else "" for d, lo, hi, n in
+                                 zip(ranking["difference"], ranking["diff_low"], ranking["diff_high"],
+                                     ranking["next"])],
+    }).reset_index(drop=True)

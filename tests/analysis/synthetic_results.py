@@ -2,8 +2,10 @@
 
 The tables look like a small robustness + CAM-HD study: U-shaped valleys in log-lr, diverged
 runs at large lr (with and without a finite minimum before divergence), an errored trial,
-lr-decay rows, HD rows over β, a 2-level CAM-HD entry that learns γ, a combination-ratio entry
-(fixed γ, δ = 0, 10 epochs) and iters_to_<threshold> columns.
+lr-decay rows, HD rows over β, an SGDN label swept over lr × momentum (momentum scales the
+effective lr, lr / (1 − momentum), so 0.99 moves the valley a decade down), a 2-level CAM-HD
+entry that learns γ, a combination-ratio entry (fixed γ, δ = 0, 10 epochs) and
+iters_to_<threshold> columns.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pandas as pd
 STEPS_PER_EPOCH = 10
 THRESHOLDS = (0.5, 1.0)
 SGD_LRS = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
+MOMENTA = (0.0, 0.5, 0.9, 0.99)
 
 
 def _entries():
@@ -28,6 +31,8 @@ def _entries():
     yield "sgdn", "sgdn", None, SGD_LRS, [None], 0.01, 0.07, {"momentum": 0.9}, 6, 1.3
     yield "adam", "adam", None, [1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0], [None], 1e-3, 0.06, {}, 6, 1.6
     yield "sgd-hd", "sgd-hd", None, [1e-3, 1e-2, 0.1], [1e-5, 1e-4, 1e-3], 1e-2, 0.09, {}, 6, 1.2
+    for m in MOMENTA:
+        yield "sgdn", "sgdn-momentum", None, [1e-3, 1e-2, 0.1, 1.0], [None], 1e-2, 0.07, {"momentum": m}, 6, 1.0
     yield ("adam-cam-hd", "adam-cam-hd-2level", None, [1e-4, 1e-3, 1e-2], [1e-8], 1e-3, 0.05,
            {**cam, "gammas": [0.2, 0.8], "delta": 0.03}, 6, 1.5)
     for g in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -56,8 +61,12 @@ def generate(study: str = "fixture", *, width: float = 1.0, seeds=(0, 1, 2), gam
                     config = {"study": study, "optimizer": optimizer, "label": label, "lr": lr, "beta": beta,
                               "decay": decay, "seed": s, "epochs": epochs, **extra}
                     trial_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-                    decades = math.log10(lr) - math.log10(best_lr)
-                    target = floor + 0.25 * (decades / (width * shape)) ** 2 + abs(rng.normal(0, 0.01))
+                    decades, bottom = math.log10(lr) - math.log10(best_lr), floor
+                    if label == "sgdn-momentum":  # the valley follows lr / (1 − momentum), best at 0.9
+                        m = extra["momentum"]
+                        decades = math.log10(lr / (1 - m)) - math.log10(best_lr / (1 - 0.9))
+                        bottom = floor + 0.08 * abs(m - 0.9)
+                    target = bottom + 0.25 * (decades / (width * shape)) ** 2 + abs(rng.normal(0, 0.01))
                     if beta is not None and optimizer == "sgd-hd":
                         target += 0.05 * abs(math.log10(beta) + 4)
                     if extra.get("delta") == 0.0:  # combination ratio: best near γ_global = 0.75

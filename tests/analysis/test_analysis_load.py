@@ -133,3 +133,44 @@ def test_empty_trials_and_missing_curves(tmp_path, results_dir):
     trials.to_parquet(tmp_path / "trials.parquet")  # no curves.parquet: an empty curves table
     _, curves = analysis.load(tmp_path)
     assert curves.empty and {"trial_id", "epoch", "train_loss"} <= set(curves.columns)
+
+
+def test_every_column_but_outcomes_and_bookkeeping_is_a_hyperparameter():
+    from analysis.columns import is_hyperparameter
+
+    for column in ("momentum", "betas", "d_coef", "growth_rate", "warmup_steps", "weight_lr_power", "init_eta",
+                   "reps_rel", "use_bias_correction", "batch_size", "model_args", "lr", "beta", "decay"):
+        assert is_hyperparameter(column), column
+    for column in ("status", "min_train_loss", "final_test_acc", "best_test_acc", "init_test_loss", "final_lr",
+                   "epochs_completed", "steps", "iters_to_0.5", "wall_time_s", "error", "trial_id", "study", "label",
+                   "device", "node", "host", "round", "array_size", "array_id", "search_entry", "search_point",
+                   "smoke", "seed", "series", "variant", "method", "_scratch"):
+        assert not is_hyperparameter(column), column
+
+
+def test_new_optimizers_hyperparameters_split_series_and_bookkeeping_never_does():
+    rows = []
+    for i, (d_coef, growth) in enumerate([(0.5, "inf"), (1.0, "inf"), (2.0, "inf")]):
+        for seed in (0, 1):
+            rows.append({"optimizer": "prodigy", "lr": 1.0, "beta": None, "decay": None, "status": "ok",
+                         "seed": seed, "d_coef": d_coef, "growth_rate": growth, "betas": "[0.9, 0.999]",
+                         "host": f"h{seed}", "node": f"n{i}{seed}", "array_id": f"a{i}{seed}", "array_size": 2 + seed,
+                         "round": seed, "search_point": f'{{"d_coef": {d_coef}, "seed": {seed}}}',
+                         "wall_time_s": 1.0 + seed, "device": "cuda" if seed else "cpu", "init_train_loss": 2.3})
+    out = analysis.prepare(pd.DataFrame(rows))
+    assert sorted(set(out["series"])) == ["prodigy [d_coef=0.5]", "prodigy [d_coef=1]", "prodigy [d_coef=2]"]
+    assert out.groupby("series").size().eq(2).all()  # the seeds stay together
+
+
+def test_older_rows_without_a_value_and_an_older_optimizer_name_do_not_split_a_label():
+    # older tables: no momentum column value (the default was not written) and the alias sgd-hd;
+    # newer rows: momentum filled in and the canonical sgd-hd-sgd; an errored row lacks the task options
+    trials = pd.DataFrame({
+        "optimizer": ["sgd-hd", "sgd-hd-sgd", "sgd-hd-sgd", "sgd-hd-sgd"], "label": "sgd-hd",
+        "lr": [0.1, 0.1, 0.01, 0.01], "beta": 1e-4, "decay": None, "status": ["ok", "ok", "ok", "error"],
+        "seed": [0, 1, 0, 1], "momentum": [None, 0.0, 0.0, 0.0], "train_fraction": [1.0, 1.0, 1.0, None]})
+    out = analysis.prepare(trials)
+    assert set(out["series"]) == {"sgd-hd"} and set(out["variant"]) == {""}
+    # two values set besides a missing one do split, and the missing one shows as None
+    trials.loc[2:, "momentum"] = 0.9
+    assert sorted(set(analysis.prepare(trials)["variant"])) == ["momentum=0", "momentum=0.9", "momentum=None"]

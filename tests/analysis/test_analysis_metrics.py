@@ -1,4 +1,5 @@
-"""analysis.metrics_table: statistics with bootstrap intervals over seeds, on tables whose answers are known."""
+"""analysis.metrics_table: statistics over any swept axis with seed-bootstrap intervals, on tables whose answers
+are known."""
 from __future__ import annotations
 
 import math
@@ -13,17 +14,19 @@ from analysis.metrics import metrics_summary, metrics_table
 L0 = 2.3
 
 
-def _trials(points, *, optimizer="sgd", beta=None, l0=L0):
-    """Trial rows from {lr: [per-seed min_train_loss, ...]} (inf: diverged without a minimum)."""
+def _trials(points, *, optimizer="sgd", beta=None, l0=L0, axis="lr", lr=0.1, **fixed):
+    """Trial rows from {axis value: [per-seed min_train_loss, ...]} (inf: diverged without a minimum)."""
     rows = []
-    for lr, values in points.items():
+    for value, values in points.items():
         for seed, v in enumerate(values):
-            rows.append({"trial_id": f"{optimizer}-{beta}-{lr}-{seed}", "optimizer": optimizer, "lr": lr,
-                         "beta": beta, "decay": None, "seed": seed,
-                         "status": "diverged" if math.isinf(v) else "ok",
-                         "min_train_loss": v, "min_test_loss": v + 0.1,
-                         "init_train_loss": l0, "init_test_loss": l0 + 0.1,
-                         "best_test_acc": 0.5, "final_test_acc": 0.5})
+            row = {"trial_id": f"{optimizer}-{beta}-{axis}{value}-{seed}", "optimizer": optimizer, "lr": lr,
+                   "beta": beta, "decay": None, "seed": seed, **fixed,
+                   "status": "diverged" if math.isinf(v) else "ok",
+                   "min_train_loss": v, "min_test_loss": v + 0.1,
+                   "init_train_loss": l0, "init_test_loss": l0 + 0.1,
+                   "best_test_acc": 0.5, "final_test_acc": 0.5}
+            row[axis] = value
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -57,7 +60,8 @@ def test_known_values_of_a_noise_free_parabola():
     # identical seeds: every resample is the table itself
     assert np.allclose(table["ci_low"], table["value"], rtol=1e-12, atol=0)
     assert np.allclose(table["ci_high"], table["value"], rtol=1e-12, atol=0)
-    assert table["resolved"].all() and (table["n_lr"] == len(HALF_DECADES)).all() and (table["n_seeds"] == 3).all()
+    assert table["resolved"].all() and (table["n_values"] == len(HALF_DECADES)).all() and (table["n_seeds"] == 3).all()
+    assert set(table["axis"]) == {"lr"} and set(table["scale"]) == {"log"} and table["at_best"].all()
     test = _stat(table, "best_loss", metric="min_test_loss")
     assert test["value"] == pytest.approx(1.1)
 
@@ -137,11 +141,111 @@ def test_summary_and_public_name(results_dir):
     trials, _ = analysis.load(results_dir)
     table = analysis.metrics_table(trials, n_boot=50)
     assert set(table["metric"]) == {"min_train_loss", "min_test_loss"}
+    assert set(table["axis"]) == {"lr", "beta", "momentum"}  # sgd-hd's β, sgdn-momentum's momentum
     summary = metrics_summary(table)
-    assert len(summary) == table.groupby(["metric", "series", "beta"], dropna=False).ngroups
-    assert list(summary.columns[:3]) == ["metric", "optimizer", "β"]
+    assert len(summary) == table.groupby(["metric", "axis", "series", "at"]).ngroups
+    assert list(summary.columns[:4]) == ["metric", "axis", "optimizer", "at"]
+    generic = {"best_lr": "best", "best_beta": "best", "best_momentum": "best", "lr_sensitivity": "sensitivity",
+               "beta_sensitivity": "sensitivity", "momentum_sensitivity": "sensitivity"}
     for r in table.itertuples(index=False):
-        beta = summary["β"].isna() if pd.isna(r.beta) else summary["β"] == r.beta
-        (text,) = summary.loc[(summary["metric"] == r.metric) & (summary["optimizer"] == r.series) & beta,
-                              r.statistic]
+        (text,) = summary.loc[(summary["metric"] == r.metric) & (summary["axis"] == r.axis)
+                              & (summary["optimizer"] == r.series) & (summary["at"] == r.at),
+                              generic.get(r.statistic, r.statistic)]
         assert text.startswith(f"{r.value:.3g} [") and text.endswith(" ?") != r.resolved
+
+
+# ------------------------------------------------------------------------------- other axes
+def _two_axes(values_of, lrs=(1e-3, 1e-2, 1e-1), *, axis, seeds=3, optimizer="sgdn"):
+    """A label swept over lr × ``axis``: loss values_of(lr, value) on every seed."""
+    frames = []
+    for lr in lrs:
+        points = {v: [values_of(lr, v)] * seeds for v in values_of.grid}
+        frames.append(_trials(points, optimizer=optimizer, axis=axis, lr=lr))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_any_axis_gets_the_statistics_in_its_own_scale():
+    # β of an HD rule, log-spaced: the parabola 1 + (log10 β + 4)^2 on every α0 line, best at β = 1e-4
+    def hd(lr, beta):
+        return 1 + (math.log10(beta) + 4) ** 2 + 10 * abs(math.log10(lr) + 2)
+    hd.grid = [10.0 ** x for x in HALF_DECADES - 3]
+    trials = _two_axes(hd, axis="beta", optimizer="sgd-hd")
+    table = metrics_table(trials, axis="beta", n_boot=50)
+    assert set(table["axis"]) == {"beta"} and set(table["scale"]) == {"log"}
+    assert set(table["series"]) == {"sgd-hd"} and set(table["at"]) == {"lr=0.001", "lr=0.01", "lr=0.1"}
+    best = table[table["at_best"]]
+    assert set(best["at"]) == {"lr=0.01"} and (best["lr"] == 0.01).all() and best["beta"].isna().all()
+    at = best[best["metric"] == "min_train_loss"].set_index("statistic")["value"]
+    assert at["best_beta"] == pytest.approx(1e-4) and at["best_loss"] == pytest.approx(1.0)
+    assert at["valley_width@rtol=0.1"] == pytest.approx(2 * 0.4 * 0.5)  # decades of β, as for α0
+    y = 1 + (HALF_DECADES + 1) ** 2
+    assert at["beta_sensitivity"] == pytest.approx(np.minimum(y, L0).mean() - 1.0)
+
+
+def test_momentum_is_read_in_decades_of_one_minus_momentum():
+    # loss 1 + (−log10(1 − m) − 2)^2: best at m = 0.99, one unit per decade of 1 − m
+    def sgdn(lr, m):
+        return 1 + (-math.log10(1 - m) - 2) ** 2 + abs(math.log10(lr) + 2)
+    sgdn.grid = [0.0, 0.9, 0.99, 0.999, 0.9999]
+    table = metrics_table(_two_axes(sgdn, axis="momentum"), axis="momentum", metrics=("min_train_loss",), n_boot=50)
+    assert set(table["scale"]) == {"log1m"}
+    at = table[table["at_best"]].set_index("statistic")["value"]
+    assert at["best_momentum"] == pytest.approx(0.99)
+    # within 0.05 of the best: (d − 2)^2 ≤ 0.05 between d = 2 and its neighbours a decade away (5 → 1 + 1)
+    assert at["valley_width@atol=0.05"] == pytest.approx(2 * 0.05)
+    assert at["momentum_sensitivity"] == pytest.approx(np.mean([min(1 + d * d, L0) for d in (-2, -1, 0, 1, 2)]) - 1)
+
+
+def test_a_linear_axis_measures_widths_in_its_units_and_checks_only_its_edges():
+    # warmup 0..400 steps, loss 1 + ((w − 200) / 100)^2: the valley within 10% spans ±√0.1·100 steps
+    def schedule_free(lr, w):
+        return 1 + ((w - 200) / 100) ** 2 + abs(math.log10(lr) + 2)
+    schedule_free.grid = [0, 100, 200, 300, 400]
+    trials = _two_axes(schedule_free, axis="warmup_steps", optimizer="schedule-free-sgd")
+    table = metrics_table(trials, axis="warmup_steps", metrics=("min_train_loss",), n_boot=50)
+    at = table[table["at_best"]].set_index("statistic")
+    assert set(table["scale"]) == {"linear"} and table["max_gap"].isna().all()
+    assert at.loc["best_warmup_steps", "value"] == 200
+    assert at.loc["valley_width@rtol=0.1", "value"] == pytest.approx(2 * 100 * 0.1)  # linear interpolation
+    assert at.loc["best_warmup_steps", "resolved"]  # gaps of 100 steps: no unit to call them wide
+
+
+def test_an_axis_needs_three_values_and_a_number():
+    def two(lr, m):
+        return 1 + m + abs(math.log10(lr) + 2)
+    two.grid = [0.5, 0.9]
+    trials = _two_axes(two, axis="momentum")
+    assert metrics_table(trials, axis="momentum").empty
+    assert set(metrics_table(trials)["axis"]) == {"lr"}  # two momenta still split the lr series
+    assert set(metrics_table(trials)["series"]) == {"sgdn [momentum=0.5]", "sgdn [momentum=0.9]"}
+    with pytest.raises(ValueError, match="axis must be a numeric hyperparameter column of trials .*lr.*momentum"):
+        metrics_table(trials.assign(betas="[0.9, 0.999]"), axis="betas")
+    with pytest.raises(ValueError, match="got 'seed'"):
+        metrics_table(trials, axis="seed")
+
+
+def test_a_value_missing_in_older_rows_neither_splits_nor_crashes():
+    # newer rows carry momentum 0.9 (the default filled in), older ones lack it: one series
+    def sgdn(lr, m):
+        return 1 + abs(math.log10(lr) + 2)
+    sgdn.grid = [0.9]
+    trials = _two_axes(sgdn, axis="momentum", lrs=(1e-3, 1e-2, 1e-1, 1.0))
+    trials.loc[trials["lr"] < 0.05, "momentum"] = None
+    table = metrics_table(trials, n_boot=20)
+    assert set(table["series"]) == {"sgdn"} and (table["n_values"] == 4).all()
+    assert metrics_table(trials, axis="momentum").empty
+
+
+def test_each_axis_takes_the_scale_that_spaces_its_grid_evenly(results_dir):
+    scale = analysis.axis_scale
+    assert scale([1e-5, 1e-4, 1e-3]) == scale([32, 64, 128, 256]) == scale([1e-4, 1e-2]) == "log"
+    assert scale([0.0, 0.5, 0.9, 0.99]) == scale([0.9, 0.99, 0.999]) == "log1m"
+    assert scale([0.1, 0.2, 0.3]) == scale([0, 250, 500]) == scale([0, 1e-4, 1e-3]) == scale([0.5, 0.9]) == "linear"
+    assert scale([0.1, 0.2], axis="lr") == "log"  # α0 is always read in decades
+    trials, _ = analysis.load(results_dir)
+    axes = analysis.swept_axes(trials)
+    assert set(axes["axis"]) == {"lr", "beta", "momentum"}
+    momentum = axes[axes["axis"] == "momentum"].iloc[0]
+    assert (momentum["series"], momentum["scale"], momentum["n_lines"], momentum["n_values"]) == (
+        "sgdn-momentum", "log1m", 4, 4)  # one line per α0, four momenta on each
+    assert "sgdn-momentum [momentum=0.9]" in set(axes.loc[axes["axis"] == "lr", "series"])

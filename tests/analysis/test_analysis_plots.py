@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import analysis
-from analysis import plots
+from analysis import curve_plots, plots, robustness_plots, style
 
 INF, NAN = math.inf, math.nan
 
@@ -59,8 +59,8 @@ def test_valley_plot_draws_lines_and_marks_diverged_and_errored_points(table):
     assert [len(line.get_xdata()) for line in data_lines(ax)] == [2, 3, 3]  # finite points only
     # one ▲ per diverged configuration (lr 1 of both sgd series, both best at lr 1e-2), one ✕ for
     # adam's all-errored lr; line i's markers sit STAGGER·i below the top so none hides another
-    top = plots.TOP
-    assert markers(ax, "diverged") == [(100.0, top - plots.STAGGER), (100.0, top - 2 * plots.STAGGER)]
+    top = style.TOP
+    assert markers(ax, "diverged") == [(100.0, top - style.STAGGER), (100.0, top - 2 * style.STAGGER)]
     assert markers(ax, "error") == [(pytest.approx(10.0), top)]
     assert ax.get_xscale() == "log"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -104,7 +104,7 @@ def _styles_distinct(ax):
     lines = data_lines(ax)
     for i, a in enumerate(lines):
         for b in lines[:i]:
-            close = np.linalg.norm(np.subtract(to_rgb(a.get_color()), to_rgb(b.get_color()))) < plots.CLOSE_RGB
+            close = np.linalg.norm(np.subtract(to_rgb(a.get_color()), to_rgb(b.get_color()))) < style.CLOSE_RGB
             assert not (close and a.get_linestyle() == b.get_linestyle()), (a.get_label(), b.get_label())
 
 
@@ -112,17 +112,17 @@ def test_no_two_lines_of_a_panel_share_a_colour_and_a_line_style():
     table = _many_series(3)
     assert table["series"].nunique() == 9
     # 27 colours from three palettes: tab10's brown, red, ... come back in Set1 (the repeated-brown report)
-    palette = plots.palette_for(sorted(table["series"]))
+    palette = style.palette_for(sorted(table["series"]))
     for i in range(len(palette)):
         fig = analysis.valley_figure(table, palette=dict(list(palette.items())[i:] + list(palette.items())[:i]),
                                      max_series=100)
         for ax in fig.axes:
             assert len(data_lines(ax)) == 9
             _styles_distinct(ax)
-    six = table[table["series"].isin(sorted(palette)[:len(plots.LINESTYLES)])]
+    six = table[table["series"].isin(sorted(palette)[:len(style.LINESTYLES)])]
     ax = plots.valley_plot(six, palette={name: "tab:brown" for name in palette}, ax=axes()[0])
     _styles_distinct(ax)
-    assert len({line.get_linestyle() for line in data_lines(ax)}) == len(plots.LINESTYLES)
+    assert len({line.get_linestyle() for line in data_lines(ax)}) == len(style.LINESTYLES)
 
 
 def test_a_series_at_another_best_beta_in_the_test_panel_is_another_line_style(trials):
@@ -166,7 +166,7 @@ def test_valley_figure_rings_unresolved_points(table):
     assert sorted(markers(train, "unresolved")) == [(1.0, pytest.approx(0.8)), (1.0, pytest.approx(1.005))]
     assert markers(test, "unresolved") == []
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert texts[-1] == plots._MARKERS["unresolved"][1]
+    assert texts[-1] == style.MARKERS["unresolved"][1]
 
 
 def test_decay_figure_has_a_panel_per_base_optimizer(table):
@@ -201,11 +201,11 @@ def curve_stats():
 
 
 def test_curve_plot_draws_a_line_per_series_and_bands_where_seeds_allow(curve_stats):
-    ax = plots.curve_plot(curve_stats, y="train_loss", ax=axes()[0])
+    ax = curve_plots.curve_plot(curve_stats, y="train_loss", ax=axes()[0])
     assert [line.get_label() for line in ax.lines] == ["sgd", "adam"]
     assert len(ax.collections) == 1  # sgd's band
     assert ax.get_yscale() == "log"
-    assert plots.curve_plot(curve_stats, y="test_acc", ax=axes()[0]).get_yscale() == "linear"
+    assert curve_plots.curve_plot(curve_stats, y="test_acc", ax=axes()[0]).get_yscale() == "linear"
 
 
 def test_curves_figure_gamma_figure(curve_stats):
@@ -224,7 +224,7 @@ def test_curves_figure_gamma_figure(curve_stats):
 def test_combination_plot_draws_an_errorbar_line_per_label():
     table = pd.DataFrame({"line": ["a"] * 3 + ["b"] * 2, "gamma": [0.0, 0.5, 1.0, 0.0, 1.0],
                           "mean": [0.9, 0.95, 0.93, 0.8, 0.85], "se": [0.01, 0.01, NAN, 0.02, 0.02]})
-    ax = plots.combination_plot(table, ax=axes()[0])
+    ax = curve_plots.combination_plot(table, ax=axes()[0])
     assert len(ax.containers) == 2
     assert [len(c.lines[0].get_xdata()) for c in ax.containers] == [3, 2]
     assert len(analysis.combination_figure(table).axes) == 1
@@ -232,22 +232,22 @@ def test_combination_plot_draws_an_errorbar_line_per_label():
 
 def test_expected_best_and_importance_plots(table, trials):
     expected = analysis.expected_best(table)
-    ax = plots.expected_best_plot(expected, ax=axes()[0])
+    ax = robustness_plots.expected_best_plot(expected, ax=axes()[0])
     assert len(ax.lines) == expected["series"].nunique()
     assert max(len(line.get_xdata()) for line in ax.lines) == 6  # sgd-hd: 3 β × 2 lr configs
     both = pd.concat([expected, analysis.expected_best(table, metric="min_test_loss")])
     assert len(analysis.expected_best_figure(both).axes) == 2
     importance = analysis.importance(trials)
-    ax = plots.importance_plot(importance, ax=axes()[0])
+    ax = robustness_plots.importance_plot(importance, ax=axes()[0])
     assert sum(len(c) for c in ax.containers) == len(importance) == 2
     assert len(analysis.importance_figure(importance).axes) == 1
 
 
 def test_palette_for_keeps_given_colours_and_fills_gaps():
-    colors = plots.palette_for(["a", "b", "a"], {"a": (1, 0, 0)})
+    colors = style.palette_for(["a", "b", "a"], {"a": (1, 0, 0)})
     assert list(colors) == ["a", "b"] and colors["a"] == (1, 0, 0) and len(colors["b"]) == 3
-    assert len(set(plots.palette_for([f"s{i}" for i in range(12)]).values())) == 12
-    assert np.allclose(plots.palette_for(["x"], "viridis")["x"], plots.palette_for(["y"], "viridis")["y"])
+    assert len(set(style.palette_for([f"s{i}" for i in range(12)]).values())) == 12
+    assert np.allclose(style.palette_for(["x"], "viridis")["x"], style.palette_for(["y"], "viridis")["y"])
 
 
 def test_a_one_epoch_curve_is_a_marker_and_bands_stay_where_values_can_be():
@@ -268,10 +268,10 @@ def test_a_one_epoch_curve_is_a_marker_and_bands_stay_where_values_can_be():
 
 def test_bands_over_epochs_are_clipped_to_the_unit_interval_for_accuracy(curve_stats):
     stats = curve_stats.assign(high=curve_stats["high"] + 0.5, low=curve_stats["low"] - 2.0)
-    ax = plots.curve_plot(stats, y="test_acc", ax=axes()[0])
+    ax = curve_plots.curve_plot(stats, y="test_acc", ax=axes()[0])
     ys = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
     assert ys.min() >= 0.0 and ys.max() <= 1.0
-    ax = plots.curve_plot(stats, y="train_loss", ax=axes()[0])
+    ax = curve_plots.curve_plot(stats, y="train_loss", ax=axes()[0])
     ys = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
     assert ax.get_yscale() == "log" and ys.min() > 0
     assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -14,9 +14,10 @@ from synthetic_results import generate, write
 import analysis
 from analysis.report import write_report
 
-FIGURES = ["valley", "decay", "hd", "curves", "lr", "gamma", "combination", "expected_best", "importance"]
-TABLES = ["sensitivity", "best_configs", "combination", "thresholds", "valley_width", "expected_best", "importance",
-          "metrics"]
+FIGURES = ["valley", "ranking", "heatmap", "decay", "hd", "curves", "lr", "gamma", "combination", "expected_best",
+           "importance"]
+TABLES = ["sensitivity", "ranking", "heatmap", "best_configs", "combination", "thresholds", "valley_width",
+          "expected_best", "importance", "metrics", "comparisons"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,20 @@ def test_tables_hold_the_statistics(report, results_dir):
     widths = pd.read_csv(out / "valley_width.csv")
     assert set(zip(widths["rtol"], widths["atol"])) == {(0.1, 0.0), (0.0, 0.05)}
     assert (pd.read_csv(out / "importance.csv")["series"] == "sgd-hd").all()
+    table = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    assert set(table["axis"]) == {"lr", "beta", "momentum"}
+    assert set(table.loc[table["axis"] == "momentum", "scale"]) == {"log1m"}
+    pairs = pd.read_csv(out / "comparisons.csv", keep_default_na=False)
+    assert {"a", "b", "axis", "metric", "statistic", "difference", "ci_low", "ci_high", "significant",
+            "paired"} <= set(pairs.columns)
+    hd = pairs[(pairs["a"] == "sgd-hd") & (pairs["b"] == "sgd") & (pairs["statistic"] == "lr_sensitivity")]
+    assert len(hd) == 2 and hd["base"].all() and hd["paired"].all()
+    cells = pd.read_csv(out / "heatmap.csv", keep_default_na=False)
+    assert set(cells["series"]) == {"sgd-hd", "sgdn-momentum"}
+    assert cells.groupby(["series", "metric"])["best"].sum().eq(1).all()  # one best cell per map
+    ranking = pd.read_csv(out / "ranking.csv", keep_default_na=False)
+    assert set(ranking["statistic"]) == {"lr_sensitivity", "best_loss"}
+    assert ranking.groupby(["metric", "statistic"])["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
 
 
 def test_skips_what_the_data_cannot_support_with_one_line_each(tmp_path):
@@ -66,8 +81,8 @@ def test_skips_what_the_data_cannot_support_with_one_line_each(tmp_path):
                                              "sensitivity.csv", "sensitivity.md"]
     skipped = {line.split(":")[0]: line for line in lines if line.startswith("skipped")}
     assert sorted(skipped) == sorted(f"skipped {name}" for name in (
-        "valleys", "decay", "hd", "learning curves", "learned lr", "gammas", "combination", "thresholds",
-        "valley widths", "expected", "importance", "sensitivity metrics"))
+        "valleys", "ranking figure", "heatmap", "decay", "hd", "learning curves", "learned lr", "gammas", "combination",
+        "thresholds", "valley widths", "expected", "importance", "sensitivity metrics", "paired comparisons"))
     page = (tmp_path / "out" / "report.html").read_text()
     assert "no optimizer was run at two or more lr values" in page  # the page says what is not drawn
     assert "no optimizer was run at two or more lr values" in skipped["skipped valleys"]
@@ -99,6 +114,8 @@ def test_report_page_is_self_contained_and_holds_everything(report, results_dir)
         assert fact in page, fact
     assert "Metrics (95% bootstrap intervals over seeds)" in page and "lr_sensitivity" in page
     assert "Best configurations" in page and "adam-cam-hd-ratio" in page
+    assert "Ranking over α0" in page and "Against the base optimizer" in page and "sgd-hd @ beta=0.0001" in page
+    assert re.search(r"<li>min_train_loss, lr_sensitivity: [^<]*(&lt;|≈)", page)  # the order at a glance
     assert 'class="unresolved"' in page  # one-decade grids: the valley edges are not resolved
     assert (results_dir / "study.yaml").read_text().strip() in page
 
@@ -159,6 +176,25 @@ def test_report_page_renders_in_headless_chromium(report, tmp_path):
     pixels = matplotlib.image.imread(shot)[..., :3]
     ink = (pixels < 0.9).any(axis=-1).mean()  # share of pixels that are not (near) white
     assert 0.01 < ink < 0.9 and pixels.std() > 0.05, (ink, pixels.std())
+
+
+def test_figures_are_palette_pngs(report):
+    from PIL import Image
+
+    _, paths, _ = report
+    for path in (p for p in paths if p.suffix == ".png"):
+        with Image.open(path) as image:
+            assert image.mode == "P", path.name  # 256 colours: a third of the bytes of RGBA
+
+
+def test_long_tables_are_capped_on_the_page_with_their_csv_named(tmp_path):
+    from analysis.html import Table, write_page
+
+    frame = pd.DataFrame({"series": [f"s{i}" for i in range(250)], "value": range(250)})
+    page = write_page(tmp_path / "p.html", title="t", facts={}, figures=[], notes=[], study=None, max_rows=40,
+                      tables=[Table("Big", frame, None, "big.csv"), Table("Small", frame.head(3))]).read_text()
+    assert page.count("<tr>") == 1 + 41 + 4  # facts header; 40 rows + header; 3 rows + header
+    assert "The first 40 of 250 rows; all of them are in big.csv." in page and "s39" in page and "s40" not in page
 
 
 def test_run_facts_count_statuses_nodes_and_refinement_rounds():

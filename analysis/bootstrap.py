@@ -1,0 +1,129 @@
+"""The seed bootstrap behind every interval of ``metrics.csv`` and ``comparisons.csv``.
+
+The resampling unit is the seed: a seed fixes the initial weights and the data order of every
+run made with it, at every grid point and for every optimizer (the robustness study's design), so
+a replicate draws seeds with replacement and takes each drawn seed's runs together. A replicate
+is a row of counts (how often each seed was drawn); every mean is then one matrix product, so
+thousands of replicates of a whole grid cost a few array operations.
+
+Two intervals, both built for the few seeds a study runs (the plain percentile interval of a
+mean is narrower than a t-interval by about sqrt((n − 1)/n)·z/t(n − 1), so with 3 to 10 seeds it
+covers far less than its nominal level):
+
+- ``interval``, for one series' statistic (``metrics.csv``): the *expanded* percentile interval
+  (Hesterberg 2015, "What teachers should know about the bootstrap", §4.3), the percentiles taken
+  at α' with Φ⁻¹(α'/2) = −sqrt(n/(n − 1))·t(1 − α/2, n − 1). It stays inside what the replicates
+  reach, so a best α0 keeps to the grid and a width stays ≥ 0;
+- ``t_interval``, for a difference of two series (``comparisons.csv``): the estimate ±
+  sqrt(n/(n − 1))·t(1 − α/2, n − 1)·SE, the SE the replicates' standard deviation. With 3 seeds a
+  bootstrap has 10 distinct resamples and no percentile can reach 95% (all 3 differences share a
+  sign a quarter of the time under no difference at all); the t critical value can. Tested: two
+  series drawn from one distribution differ "significantly" in about 5% of draws with 2 to 10 seeds.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from .stats import t_quantile
+
+__all__ = ["rng_for", "seed_counts", "grid_means", "expanded_levels", "interval", "t_interval"]
+
+
+def rng_for(seed: int, *keys) -> np.random.Generator:
+    """A generator seeded from ``seed`` and the text of ``keys``: reproducible, and independent of
+    whatever else is in the table."""
+    return np.random.default_rng([int(seed), zlib.crc32("|".join(map(str, keys)).encode())])
+
+
+def seed_counts(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_seeds) counts: each row draws n_seeds seeds with replacement."""
+    if n_seeds == 0:
+        return np.zeros((n_boot, 0))
+    return rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot).astype(float)
+
+
+def grid_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(n_rows, n_points) means of ``values`` (n_points, n_seeds) under each row of ``counts``.
+
+    Missing values (NaN: the seed did not run there, or errored) are left out of a point's mean;
+    a point none of whose drawn seeds ran is NaN; one where a drawn seed has +inf (diverged
+    without a minimum) is +inf, as the point estimate counts it.
+    """
+    counts = np.atleast_2d(counts)
+    present = ~np.isnan(values)
+    infinite = np.isinf(values)
+    points = len(values)
+    stacked = np.vstack([np.where(present & ~infinite, values, 0.0), present, infinite])  # one product for all three
+    product = counts @ stacked.T
+    total, n, n_inf = product[:, :points], product[:, points:2 * points], product[:, 2 * points:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = total / n
+    means[n == 0] = np.nan
+    means[n_inf > 0] = np.inf
+    return means
+
+
+def expanded_levels(level: float, n: int) -> tuple[float, float]:
+    """The two percentile levels of the expanded interval for ``n`` resampled units."""
+    if n < 2:
+        return (1 - level) / 2, (1 + level) / 2
+    z = math.sqrt(n / (n - 1)) * t_quantile((1 + level) / 2, n - 1)
+    tail = 0.5 * math.erfc(z / math.sqrt(2))  # Φ(−z)
+    return tail, 1 - tail
+
+
+def interval(replicates: np.ndarray, *, level: float, n, min_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Expanded percentile interval of each row of ``replicates`` (rows, n_boot), NaN-aware.
+
+    ``n`` (one for all rows, or one per row) is the number of resampled seeds. A row whose
+    replicates are defined (not NaN) less than ``min_share`` of the time, or with fewer than two
+    seeds, has no interval (NaN, NaN). Quantiles interpolate linearly, as ``numpy.quantile``.
+    """
+    reps = np.atleast_2d(np.asarray(replicates, dtype=float))
+    rows = len(reps)
+    n = np.broadcast_to(np.asarray(n), (rows,))
+    low, high = np.full(rows, np.nan), np.full(rows, np.nan)
+    if rows == 0 or reps.shape[1] == 0:
+        return low, high
+    defined = (~np.isnan(reps)).sum(axis=1)
+    ok = (n >= 2) & (defined >= min_share * reps.shape[1]) & (defined > 0)
+    ordered = np.sort(reps, axis=1)  # NaN last
+    levels = np.array([expanded_levels(level, int(k)) for k in np.where(ok, n, 2)])
+    for j, out in enumerate((low, high)):
+        pos = levels[:, j] * (defined - 1).clip(min=0)
+        below = np.floor(pos).astype(int)
+        above = np.minimum(below + 1, (defined - 1).clip(min=0))
+        r = np.arange(rows)
+        a, b = ordered[r, below], ordered[r, above]
+        with np.errstate(invalid="ignore"):  # inf − inf where both neighbours are infinite
+            value = np.where(a == b, a, a + (pos - below) * (b - a))
+        out[ok] = value[ok]
+    return low, high
+
+
+def t_interval(estimate, replicates: np.ndarray, *, level: float, n, min_share: float = 0.5
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``estimate`` ± sqrt(n/(n − 1))·t(1 − α/2, n − 1)·SE per row, SE the std of the row's replicates.
+
+    ``estimate`` and ``n`` (resampled seeds) are one per row or one for all; rows with fewer than
+    two seeds, or replicates defined less than ``min_share`` of the time, have no interval.
+    """
+    reps = np.atleast_2d(np.asarray(replicates, dtype=float))
+    rows = len(reps)
+    estimate = np.broadcast_to(np.asarray(estimate, dtype=float), (rows,))
+    n = np.broadcast_to(np.asarray(n), (rows,))
+    low, high = np.full(rows, np.nan), np.full(rows, np.nan)
+    if rows == 0 or reps.shape[1] < 2:
+        return low, high
+    defined = (~np.isnan(reps)).sum(axis=1)
+    ok = (n >= 2) & (defined >= max(min_share * reps.shape[1], 2)) & np.isfinite(estimate)
+    if ok.any():
+        with np.errstate(invalid="ignore"):  # inf − inf in an infinite replicate: no SE, no interval
+            se = np.nanstd(reps[ok], axis=1, ddof=1)
+        k = n[ok].astype(int)
+        half = np.array([math.sqrt(m / (m - 1)) * t_quantile((1 + level) / 2, m - 1) for m in k]) * se
+        low[ok], high[ok] = estimate[ok] - half, estimate[ok] + half
+    return low, high
