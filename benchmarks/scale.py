@@ -91,13 +91,18 @@ def run(path: Path, out: Path, total: int) -> dict:
     return {"samples": samples, "elapsed": elapsed, "peak": peak}
 
 
+def _reached(samples: list[tuple[float, int]], goal: float) -> float:
+    """When the stored count reached `goal`, interpolated between the watcher's samples."""
+    for (t0, n0), (t1, n1) in zip(samples, samples[1:]):
+        if n1 >= goal:
+            return t1 if n1 == n0 else t0 + (t1 - t0) * max(0.0, goal - n0) / (n1 - n0)
+    return samples[-1][0]
+
+
 def tenths(samples: list[tuple[float, int]], total: int) -> list[float]:
-    """Trials/s over each tenth of the trials (the time from k/10 to (k+1)/10 of them stored)."""
-    times = []
-    for k in range(11):
-        goal = math.ceil(total * k / 10)
-        times.append(next(t for t, n in samples if n >= goal) if k else next(t for t, n in samples if n > 0))
-    return [(total / 10) / max(b - a, 1e-9) for a, b in zip(times, times[1:])]
+    """Trials/s over each tenth of the trials (from k/10 to (k+1)/10 of them stored)."""
+    times = [_reached(samples, total * k / 10) if k else next(t for t, n in samples if n > 0) for k in range(11)]
+    return [(total / 10) / max(b - a, 1e-3) for a, b in zip(times, times[1:])]
 
 
 def _train(arrays):
