@@ -238,6 +238,10 @@ class TrialRecord:
         """What `trial_id` hashes: the fields that change what the trial computes, canonical."""
         return canonical_value({key: getattr(self, key) for key in IDENTITY_FIELDS})
 
+    def encoded(self, key: str) -> str:
+        """One identity field as the canonical JSON text `trial_id` hashes (cheap: kept, not re-encoded)."""
+        return self._json[key]
+
     def series_key(self) -> str:
         """One series of a valley: the identity without α0 and seed (as a hash)."""
         identity = self.identity()
@@ -260,11 +264,12 @@ class TrialRecord:
         out = []
         for key in SHARED_FIELDS:
             if key in self._json:
-                text = self._json[key]
+                value = self._json[key]
+            elif key == "optimizer_args.levels":
+                value = self.optimizer_args.get("levels")  # a tuple of names, or None
             else:
-                value = self.optimizer_args.get("levels") if key == "optimizer_args.levels" else getattr(self, key)
-                text = _encode(value)
-            out.append((key, text))
+                value = getattr(self, key)  # device, data_dir, download: strings, None or a bool
+            out.append((key, value))
         return tuple(out)
 
     # -- what the trainer and the tables take ----------------------------------------------------

@@ -390,14 +390,14 @@ class Study:
         for key in space:
             if key not in used_space:
                 raise StudyError(f"search.space.{key}: not a hyperparameter of any optimizer entry")
-        # every trial must be a valid run_trial config; name the entry that is not
+        # every trial must be a valid run_trial config; name the entry that is not. Every entry runs
+        # the same seeds, so two trials are one exactly when their points are (checked on one seed).
         self._plans = plans
         self._cache: dict[tuple, list[TrialRecord]] = {}
+        self._point_cache: dict[tuple, list] = {}
         seen: dict[str, int] = {}
         for i in range(len(self.entries)):
-            records = self._cache.setdefault((i, False), [])
-            for spelled, record in self._entry_pairs(i, plans[i], smoke=False, probe=bool(self.search)):
-                records.append(record)
+            for spelled, record in self._points(i, smoke=False):
                 tid = record.trial_id
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
@@ -427,14 +427,13 @@ class Study:
         from sensitivity.train import validate_config
 
         seen = set()
-        for i, plan in enumerate(self._plans):
-            for spelled, record in self._entry_pairs(i, plan, smoke=smoke, probe=bool(self.search)):
+        for i in range(len(self.entries)):
+            for _, record in self._points(i, smoke):  # the seed changes no optimizer's checks
                 # lr and beta are checked without torch (numbers >= 0): each distinct rest is built once
-                rest = {k: v for k, v in record.hyperparameters().items() if k not in ("lr", "beta")}
-                key = repr((record.optimizer, sorted(rest.items()), record.decay))
+                key = tuple(record.encoded(k) for k in ("optimizer", "optimizer_args", "weight_decay", "decay"))
                 if key not in seen:
                     seen.add(key)
-                    self._check_config(i, {**spelled, "device": "cpu"}, validate_config)
+                    self._check_config(i, {**record.config(), "device": "cpu"}, validate_config)
 
     def _config_error(self, index: int, message: str) -> str:
         """run_trial's message ("epochs must be ...") with the study path of its key in front."""
@@ -492,32 +491,41 @@ class Study:
             task["dataset_args"] = args
         return task
 
-    def _entry_pairs(self, index: int, plan: dict, *, smoke: bool, probe: bool = False):
-        """(spelled config, record) of each grid trial of one entry (search mode: a probe per axis value).
-
-        Each point of the grid is checked once (`TrialRecord.from_config`, naming the entry's field
-        that is bad); its seeds are the same record with another seed.
-        """
+    def _points(self, index: int, smoke: bool) -> list[tuple[dict, TrialRecord]]:
+        """(spelled config, record) of each point of one entry's grid, on the first seed (search mode:
+        a probe per axis value). Each point is checked once (`TrialRecord.from_config`, naming the
+        entry's field that is bad); its other seeds are the same record with another seed."""
+        key = (index, smoke)
+        if key in self._point_cache:
+            return self._point_cache[key]
+        plan = self._plans[index]
         axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
         task = self._smoke_task(plan["task"]) if smoke else plan["task"]
-        seeds = self.model.seeds[:1] if smoke else self.model.seeds
+        seed = self.seeds(smoke)[0]
         entry = self.entries[index]
-        if probe:
+        if self.search:
             space = self.search.space
             axes = {**axes, **{k: [space[k].low, space[k].high] for k in plan["searched"]}}
         keys = list(axes)
+        points = []
         for combo in itertools.product(*(axes[k] for k in keys)):
-            values = dict(zip(keys, combo))
-            first = self._config(entry, task, values, seeds[0], plan["is_hd"])
-            record = self._check_config(index, first, TrialRecord.from_config)
-            for seed in seeds:
-                yield {**first, "seed": int(seed)}, record.replace(seed=seed)
+            config = self._config(entry, task, dict(zip(keys, combo)), seed, plan["is_hd"])
+            points.append((config, self._check_config(index, config, TrialRecord.from_config)))
+        self._point_cache[key] = points
+        return points
+
+    def _entry_pairs(self, index: int, smoke: bool):
+        """(spelled config, record) of each grid trial of one entry: its points, each on every seed."""
+        for config, record in self._points(index, smoke):
+            for seed in self.seeds(smoke):
+                yield {**config, "seed": int(seed)}, record.replace(seed=seed)
 
     def _records(self, index: int, smoke: bool) -> list[TrialRecord]:
         key = (index, smoke)
         if key not in self._cache:
-            self._cache[key] = [r for _, r in self._entry_pairs(index, self._plans[index], smoke=smoke,
-                                                                 probe=bool(self.search))]
+            seeds = self.seeds(smoke)
+            self._cache[key] = [r.replace(seed=seed) if seed != r.seed else r
+                                for _, r in self._points(index, smoke) for seed in seeds]
         return self._cache[key]
 
     def _config(self, entry: Entry, task: dict, values: dict, seed: int, is_hd: bool) -> dict:
@@ -547,15 +555,15 @@ class Study:
     def spelled_trials(self, smoke: bool = False):
         """(the config as the study spells it, its record) of every grid trial: for tables whose ids
         followed the spelling (`identity.legacy_ids`)."""
-        for i, plan in enumerate(self._plans):
-            yield from self._entry_pairs(i, plan, smoke=smoke, probe=bool(self.search))
+        for i in range(len(self.entries)):
+            yield from self._entry_pairs(i, smoke)
 
     def counts(self, smoke: bool = False) -> list[int]:
         """Trials (seeded runs) per optimizer entry, as the sweep will run them."""
         if self.search:
             n = min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
             return [n * len(self.seeds(smoke)) for _ in self.entries]
-        return [len(self.entry_trials(i, smoke)) for i in range(len(self.entries))]
+        return [len(self._points(i, smoke)) * len(self.seeds(smoke)) for i in range(len(self.entries))]
 
     def refine_counts(self, smoke: bool = False) -> list[int]:
         """The most trials refinement may add per entry: rounds × REFINE_POINTS α0 × seeds per lr series."""

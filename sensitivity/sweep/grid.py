@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+import ray
 from ray import tune
 
 from sensitivity import outcome
@@ -110,7 +111,8 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
         recorder.checkpoint_root = ckpt
         recorder.progress.show()
         for attempt in range(MAX_PASSES):
-            trainable = tune.with_parameters(grid_task, tasks=tasks, checkpoint_root=ckpt, cpu=resources["cpu"])
+            refs = [ray.put(task) for task in tasks]
+            trainable = tune.with_parameters(grid_task, tasks=refs, checkpoint_root=ckpt, cpu=resources["cpu"])
             name = f"grid-{stamp}" + (f"-round{round_}" if round_ else "") + (f"-pass{attempt}" if attempt else "")
             failed = tuner_run(trainable, resources=resources, storage=ray_storage, name=name, callback=recorder,
                                param_space={"bundle": tune.grid_search(list(range(len(tasks))))},

@@ -290,6 +290,8 @@ def grid_task(config: dict, tasks: list, checkpoint_root: str | None, cpu: float
     already holds (`Reported`)."""
     set_threads(cpu)
     task = tasks[config["bundle"]]
+    if isinstance(task, ray.ObjectRef):  # each task its own object: a worker fetches only its own
+        task = ray.get(task)
     reported = Reported(sum(len(u.records) for u in task))
     batches = Batches(reported)
     for unit in task:
