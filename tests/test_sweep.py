@@ -213,13 +213,14 @@ def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkey
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     unit = worker.Unit(configs, [{}] * 4)
-    worker.grid_task({"bundle": 0}, [unit], None, 1)
+    monkeypatch.setattr(worker, "REPORT_S", 0.0)  # a report per trial, as a slow trial's bundle reports
+    worker.grid_task({"bundle": 0}, [[unit]], None, 1)
     assert trained == [trial_id(c) for c in configs] and all(reports)
     # the worker is lost after its second report reached the driver: Tune restarts from that checkpoint
     second = reports[1]
     trained.clear()
     monkeypatch.setattr(tune, "get_checkpoint", lambda: second)
-    worker.grid_task({"bundle": 0}, [unit], None, 1)
+    worker.grid_task({"bundle": 0}, [[unit]], None, 1)
     assert trained == [trial_id(c) for c in configs[2:]]
 
 
