@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from . import checks
@@ -56,16 +57,44 @@ class Data:
 # readers: each returns uint8/float images (N, C, H, W) and int64 labels per split, on the CPU
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+DIGITS_CACHE = "digits-split-v1.npz"  # under the data root: the split below, so later processes skip scikit-learn
 
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixels are 0..16
-    y = torch.tensor(bunch.target, dtype=torch.int64)
-    itr, ite = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=bunch.target)
-    itr, ite = torch.tensor(itr), torch.tensor(ite)
+
+def _digits():
+    """scikit-learn's digits with a stratified 80/20 split (fixed seed). The split is kept under the
+    data root once made: importing scikit-learn costs every fresh worker process about 2 s."""
+    cache = data_root() / "digits" / DIGITS_CACHE
+    try:
+        with np.load(cache) as saved:
+            x, y, itr, ite = saved["x"], saved["y"], saved["train"], saved["test"]
+    except (OSError, KeyError, ValueError):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        bunch = load_digits()
+        x, y = bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+        itr, ite = (np.asarray(i) for i in train_test_split(range(len(y)), test_size=0.2, random_state=0,
+                                                            stratify=bunch.target))
+        _save_quietly(cache, x=x, y=y, train=itr, test=ite)
+    x = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1) / 16.0  # pixels are 0..16
+    y = torch.from_numpy(np.ascontiguousarray(y))
+    itr, ite = torch.from_numpy(itr), torch.from_numpy(ite)
     return x[itr], y[itr], x[ite], y[ite]
+
+
+def _save_quietly(path: Path, **arrays) -> None:
+    """Write an .npz atomically (temp file, rename); a cache that cannot be written is no error."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _missing(name: str, root: Path) -> list[Path]:

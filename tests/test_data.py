@@ -259,3 +259,18 @@ def test_every_dataset_model_pair_trains_one_step(_files, dataset, model):
 def test_pairs_cover_every_dataset_and_model():
     assert {d for d, _ in _PAIRS} == set(D.DATASETS) and {m for _, m in _PAIRS} == set(M.MODELS)
     assert ("digits", "vgg16") not in _PAIRS and ("mnist", "vgg16") not in _PAIRS
+
+
+def test_digits_split_is_kept_so_later_processes_skip_scikit_learn(tmp_path, monkeypatch):
+    import sys
+
+    from sensitivity import data as datamod
+
+    monkeypatch.setenv("SENSITIVITY_DATA", str(tmp_path))
+    first = datamod._digits()
+    assert (tmp_path / "digits" / datamod.DIGITS_CACHE).is_file()
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # importing scikit-learn now fails
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    again = datamod._digits()
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(first, again))
+    assert [len(p) for p in again] == [1437, 1437, 360, 360]
