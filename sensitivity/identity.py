@@ -110,7 +110,8 @@ class Current:
         self._written = -1  # how many trials the file on disk lists (-1: not written by this object)
 
     def write(self) -> None:
-        text = json.dumps({"study": self.study, "trials": self.labels}, sort_keys=True, indent=0)
+        # compact: json's C encoder (an indent would take its pure-Python one, seconds at 100,000 trials)
+        text = json.dumps({"study": self.study, "trials": self.labels}, sort_keys=True, separators=(",", ":"))
         self.store.write_text(CURRENT, text)
         self._written = len(self.labels)
 

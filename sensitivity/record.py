@@ -238,6 +238,11 @@ class TrialRecord:
         """What `trial_id` hashes: the fields that change what the trial computes, canonical."""
         return canonical_value({key: getattr(self, key) for key in IDENTITY_FIELDS})
 
+    def __reduce__(self):
+        # a flat tuple: pickling a study's records (to Ray's object store) in C, not through
+        # dataclass's per-instance field lookup; the kept JSON travels along (nothing re-encoded)
+        return _rebuild, (tuple(getattr(self, key) for key in _FIELDS), self.trial_id, self._json)
+
     def encoded(self, key: str) -> str:
         """One identity field as the canonical JSON text `trial_id` hashes (cheap: kept, not re-encoded)."""
         return self._json[key]
@@ -304,3 +309,12 @@ class TrialRecord:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.init)
+
+
+def _rebuild(values: tuple, trial_id: str, encoded: dict) -> TrialRecord:
+    record = object.__new__(TrialRecord)
+    for key, value in zip(_FIELDS, values):
+        object.__setattr__(record, key, value)
+    object.__setattr__(record, "_json", encoded)
+    object.__setattr__(record, "trial_id", trial_id)
+    return record

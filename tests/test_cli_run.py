@@ -174,8 +174,14 @@ def test_validate_optimizers_an_idle_run_and_plot_import_neither_torch_nor_ray(s
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_an_optimizers_own_range_check_stops_run_before_ray(tmp_path, capsys, no_ray):
-    # validate checks names, keys and types without torch; the optimizer's ranges need it: run asks first
+def test_an_optimizers_own_range_check_stops_run_before_any_trial(tmp_path, capsys, monkeypatch):
+    # validate checks names, keys and types without torch; the optimizer's ranges need it: run asks
+    # first, while Ray starts in the background, and stops the Ray it started
+    from sensitivity.sweep import startup
+
+    stopped = []
+    monkeypatch.setattr(startup.RayStart, "_run", lambda self: None)  # (no real Ray in this test)
+    monkeypatch.setattr(startup.RayStart, "abandon", lambda self: stopped.append(True))
     path = tmp_path / "b.yaml"
     path.write_text("name: b\ntask: {dataset: digits, model: logreg}\noptimizers:\n"
                     "  - {name: adam, lr: 0.1, betas: [1.5, 0.9]}\n")
@@ -184,7 +190,7 @@ def test_an_optimizers_own_range_check_stops_run_before_ray(tmp_path, capsys, no
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sensitivity: optimizers[0]: Invalid beta parameter at index 0: 1.5"
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and stopped == [True]
 
 
 def test_pending_counts_search_points_still_short_of_seeds(tmp_path):

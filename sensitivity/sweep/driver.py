@@ -45,12 +45,13 @@ def _nothing_left(plan: RunPlan) -> Summary:
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
               quiet: bool = False, retry_errors: bool = False, *, plan: RunPlan | None = None,
-              lease: Lease | None = None) -> Summary:
+              lease: Lease | None = None, ray_start=None) -> Summary:
     """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
 
     Holds the location's lease while it runs (`sensitivity.lease`): `lease`, when the caller took
     it, else one taken here. `plan` is the run's plan (`preflight.plan_run`), when the caller made
-    it under that lease; else it is made here. Raises StudyError for bad input (no GPU for a GPU
+    it under that lease; else it is made here. `ray_start` (a `startup.RayStart`): Ray, started in the
+    background by the caller while it checked the study, taken over here. Raises StudyError for bad input (no GPU for a GPU
     study, results of another kind in the directory, a lease held by another run),
     ResultsWriteError when the location cannot be written; returns a Summary whose `missing`
     counts trials that did not finish.
@@ -76,7 +77,8 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
             study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
         if retry_errors and store.trials is not None and "status" in store.trials:
             store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-        started = connect(address)
+        # Ray started in the background by the caller (`startup.RayStart`), or now
+        started = ray_start.result() if ray_start is not None else connect(address)
         resources = trial_resources(study, smoke, quiet)
         check_devices(study, plan)
         store.write_text(STUDY, study.to_yaml(smoke))
@@ -106,6 +108,8 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
     finally:
         if started:
             ray.shutdown()
+        elif ray_start is not None:
+            ray_start.abandon()  # the run stopped before it took the Ray started for it over
         if own_lease:
             lease.release()
 
