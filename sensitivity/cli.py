@@ -144,20 +144,16 @@ def _run(args) -> int:
             _nothing_left(study, plan, args)
             return 0
         check_local_data(study, args.smoke, args.address)  # before Ray is even imported
-        from sensitivity.sweep.startup import RayStart
+        from sensitivity.sweep.startup import Background
 
-        ray_start = RayStart(args.address)  # Ray starts while torch builds each optimizer configuration
-        try:
-            study.check_optimizers(args.smoke)  # the optimizers' own range checks (torch), before any trial
-        except BaseException:
-            ray_start.abandon()
-            raise
+        # the optimizers' own range checks (torch) while Ray starts; bad input stops the run before any trial
+        checks = Background(study.check_optimizers, args.smoke)
         plan.checked = True
         from sensitivity.sweep import run_study
 
         summary = run_study(study, out=args.out, address=args.address, storage=args.storage, smoke=args.smoke,
                             max_concurrent=args.max_concurrent, quiet=args.quiet, retry_errors=args.retry_errors,
-                            plan=plan, lease=lease, ray_start=ray_start)
+                            plan=plan, lease=lease, checks=checks)
     if not args.quiet:
         how = [f"{summary.fused} in {summary.arrays} fused arrays"] if summary.fused else []
         if summary.ran > summary.fused:

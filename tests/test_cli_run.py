@@ -176,12 +176,14 @@ def test_validate_optimizers_an_idle_run_and_plot_import_neither_torch_nor_ray(s
 
 def test_an_optimizers_own_range_check_stops_run_before_any_trial(tmp_path, capsys, monkeypatch):
     # validate checks names, keys and types without torch; the optimizer's ranges need it: run asks
-    # first, while Ray starts in the background, and stops the Ray it started
-    from sensitivity.sweep import startup
+    # while Ray starts, and stops the Ray it started
+    import ray
+
+    from sensitivity.sweep import driver
 
     stopped = []
-    monkeypatch.setattr(startup.RayStart, "_run", lambda self: None)  # (no real Ray in this test)
-    monkeypatch.setattr(startup.RayStart, "abandon", lambda self: stopped.append(True))
+    monkeypatch.setattr(driver, "connect", lambda address, timeout_s=None: True)  # (no real Ray in this test)
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
     path = tmp_path / "b.yaml"
     path.write_text("name: b\ntask: {dataset: digits, model: logreg}\noptimizers:\n"
                     "  - {name: adam, lr: 0.1, betas: [1.5, 0.9]}\n")

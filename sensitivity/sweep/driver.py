@@ -45,13 +45,13 @@ def _nothing_left(plan: RunPlan) -> Summary:
 def run_study(study: Study, out: str | os.PathLike = "results", address: str | None = None,
               storage: str | None = None, smoke: bool = False, max_concurrent: int | None = None,
               quiet: bool = False, retry_errors: bool = False, *, plan: RunPlan | None = None,
-              lease: Lease | None = None, ray_start=None) -> Summary:
+              lease: Lease | None = None, checks=None) -> Summary:
     """Run the study's missing trials; tables go to ``<storage or out>/<study.name>/``.
 
     Holds the location's lease while it runs (`sensitivity.lease`): `lease`, when the caller took
     it, else one taken here. `plan` is the run's plan (`preflight.plan_run`), when the caller made
-    it under that lease; else it is made here. `ray_start` (a `startup.RayStart`): Ray, started in the
-    background by the caller while it checked the study, taken over here. Raises StudyError for bad input (no GPU for a GPU
+    it under that lease; else it is made here. `checks` (a `startup.Background`): the optimizers' own
+    range checks, which the caller runs in the background while Ray starts here. Raises StudyError for bad input (no GPU for a GPU
     study, results of another kind in the directory, a lease held by another run),
     ResultsWriteError when the location cannot be written; returns a Summary whose `missing`
     counts trials that did not finish.
@@ -77,8 +77,9 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
             study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
         if retry_errors and store.trials is not None and "status" in store.trials:
             store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-        # Ray started in the background by the caller (`startup.RayStart`), or now
-        started = ray_start.result() if ray_start is not None else connect(address)
+        started = connect(address)
+        if checks is not None:
+            checks.result()  # bad input (StudyError) stops the run here, before any trial; Ray stops below
         resources = trial_resources(study, smoke, quiet)
         check_devices(study, plan)
         store.write_text(STUDY, study.to_yaml(smoke))
@@ -106,17 +107,17 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         _compact_quietly(store, lease)  # what finished stays readable as the two plain tables
         raise
     finally:
+        if checks is not None:
+            checks.thread.join()  # (an interrupted run: the checks' thread ends before the lease goes)
         if started:
             ray.shutdown()
-        elif ray_start is not None:
-            ray_start.abandon()  # the run stopped before it took the Ray started for it over
         if own_lease:
             lease.release()
 
 
 def _compact_quietly(store: ResultsStore | None, lease: Lease) -> None:
     """Compact after a failure, best effort: the parts alone already hold every finished trial."""
-    if store is None or lease.lost:
+    if store is None or lease.lost or store.trials is None:  # (nothing stored: nothing to fold, nothing written)
         return
     try:
         store.compact()

@@ -1,47 +1,37 @@
-"""Ray's start in the background, while the driver does its last checks (no Ray imported here).
+"""The driver's last checks in the background, while Ray starts (no Ray imported here).
 
-A run with trials left starts Ray (a few seconds: the local cluster's processes, or joining
-`--address`) at the same time as it builds each optimizer configuration once (torch's import, a
-few seconds more); `run_study` then takes the started Ray over. Bad input found meanwhile stops
-the run as before (exit 2), and the Ray it started is shut down again.
+A run with trials left builds each optimizer configuration once to run its own range checks
+(torch's import: a few seconds) while the main thread starts Ray (a few seconds more: Ray must be
+started from the thread that outlives it, since its processes die with the thread that spawned
+them). `run_study` asks for the checks' result once Ray is up; bad input stops the run as before
+(exit 2, one line), and the Ray it started is shut down again.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable
 
-__all__ = ["RayStart"]
+__all__ = ["Background"]
 
 
-class RayStart:
-    """`sweep.cluster.connect(address)` running in a thread; `result()` is its answer."""
+class Background:
+    """`fn(*args)` running in a thread; `result()` waits for it and raises what it raised."""
 
-    def __init__(self, address: str | None):
-        self.address = address
-        self.started = False
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.value: Any = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="sensitivity-ray-start", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(fn, args), name="sensitivity-checks", daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
+    def _run(self, fn, args) -> None:
         try:
-            from sensitivity.sweep.cluster import connect
-
-            self.started = connect(self.address)
+            self.value = fn(*args)
         except BaseException as exc:  # handed to whoever asks for the result
             self.error = exc
 
-    def result(self) -> bool:
-        """Whether this start started Ray (and so must stop it); raises what connecting raised."""
+    def result(self) -> Any:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        return self.started
-
-    def abandon(self) -> None:
-        """The run stops before it runs anything: stop the Ray this start started."""
-        self.thread.join()
-        if self.started:
-            import ray
-
-            ray.shutdown()
+        return self.value
