@@ -110,9 +110,17 @@ def words(value) -> list[str] | None:
 
 
 # ---------------------------------------------------------------------------- display keys
+# the plain optimizer a rule builds on, for names that do not start with it (the learning-rate-free
+# rules and the Adam variants): their valleys share a panel, and their comparisons a base
+_BASES = {"prodigy": "adam", "d-adapt-sgd": "sgd", "d-adapt-adam": "adam", "schedule-free-sgd": "sgd",
+          "schedule-free-adamw": "adam", "dog": "sgd", "ldog": "sgd", "radam": "adam", "adabound": "adam"}
+
+
 def base_optimizer(label: str) -> str:
-    """The base optimizer of a label: ``sgd`` for sgd, sgd-hd, sgd-cam-hd; ``adam`` for adam-l4."""
-    return str(label).split("-")[0]
+    """The base optimizer of a label: ``sgd`` for sgd, sgd-hd, sgd-cam-hd, d-adapt-sgd, dog; ``adam`` for
+    adam-l4, prodigy, schedule-free-adamw; otherwise the label's first word."""
+    label = str(label)
+    return _BASES.get(label, label.split("-")[0])
 
 
 def varying_columns(text: pd.DataFrame) -> list[str]:

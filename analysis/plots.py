@@ -6,13 +6,15 @@ Axes-level functions (``*_plot``) draw on one Axes and return it; figure-level f
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .columns import base_optimizer
 from .stats import LOSSES, best_beta
-from .style import (MARKERS, STAGGER, TOP, axes_or_current, figure_legend, grid, legend, line_styles, palette_for,
+from .style import (ABOVE, MARKERS, STAGGER, TOP, axes_or_current, figure_legend, grid, legend, line_styles, palette_for,
                     pretty, light_log_ticks)
 
 __all__ = ["valley_plot", "valley_figure", "decay_labels", "decay_figure", "hd_series", "hd_figure", "base_optimizer",
@@ -63,6 +65,7 @@ def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str
     names = _line_names(rows, hue, colors)
     styles = dict(line_styles({names[level]: c for level, c in colors.items()}), **(linestyles or {}))
     top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    ceiling = _ceiling(rows, hue)
     for i, (level, color) in enumerate(colors.items()):
         g = rows[rows[hue] == level].sort_values("lr")
         name = names[level]
@@ -70,8 +73,12 @@ def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str
             ax.plot([], [], color=color, ls=styles[name], label=f"{name} (no finite loss)")
             continue
         ok = np.isfinite(g["mean"])
-        ax.plot(g.loc[ok, "lr_ratio"], g.loc[ok, "mean"], marker="o", ms=3, color=color, ls=styles[name],
-                label=name)
+        above = ok & (g["mean"] > ceiling)
+        shown = g.loc[ok, "mean"].clip(upper=ceiling)  # the line goes up to the edge, the point is marked there
+        ax.plot(g.loc[ok, "lr_ratio"], shown, marker="o", ms=3, color=color, ls=styles[name], label=name)
+        if above.any():
+            ax.plot(g.loc[above, "lr_ratio"], [TOP - STAGGER * (i % 4)] * int(above.sum()), ls="none",
+                    marker=MARKERS["above"][0], ms=9, color=color, transform=top, gid="above", clip_on=False)
         ring = ok & np.isin(g["lr"].to_numpy(float), _unresolved_lrs(unresolved, metric, g))
         if ring.any():
             ax.plot(g.loc[ring, "lr_ratio"], g.loc[ring, "mean"], ls="none", marker="o", ms=9, mfc="none",
@@ -81,12 +88,26 @@ def valley_plot(table: pd.DataFrame, *, metric: str = "min_train_loss", hue: str
                 y = TOP - STAGGER * (i % 4)
                 ax.plot(g.loc[mask, "lr_ratio"], [y] * int(mask.sum()), ls="none", marker=MARKERS[gid][0],
                         color=color, transform=top, gid=gid, clip_on=False)
+    if np.isfinite(ceiling):
+        ax.set_ylim(top=ceiling)
     ax.set_xscale("log")
     light_log_ticks(ax)
     ax.set_xlabel("lr / best lr")
     ax.set_ylabel(pretty(metric))
     legend(ax)
     return ax
+
+
+def _ceiling(rows: pd.DataFrame, hue: str) -> float:
+    """Where a valley panel ends: ABOVE × the highest mean any line starts from at its smallest α0
+    (about L0: a step too small to train), so that one finite loss far above L0 (a run that blew up
+    without diverging) does not flatten every valley; inf when nothing rises above it."""
+    finite = rows[np.isfinite(rows["mean"])]
+    if finite.empty:
+        return math.inf
+    starts = finite.sort_values("lr").groupby(hue, sort=False)["mean"].first()
+    ceiling = ABOVE * float(starts.max())
+    return ceiling if ceiling > 0 and float(finite["mean"].max()) > ceiling else math.inf
 
 
 def valley_figure(table: pd.DataFrame, *, metrics=LOSSES, hue: str = "series", palette=None,

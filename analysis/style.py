@@ -18,7 +18,9 @@ PANEL = (3.6, 2.8)  # inches per panel: small, so reports and tests stay fast
 TOP = 0.97  # where diverged/errored points sit, in axes coordinates ...
 STAGGER = 0.03  # ... each line a little lower than the previous one, so coinciding markers stay visible
 MARKERS = {"diverged": ("^", "diverged (at top)"), "error": ("x", "all seeds errored (at top)"),
+            "above": ("2", "finite, above the panel (at top)"),
             "unresolved": ("o", "best α0 not resolved (edge of grid or wide gap)")}
+ABOVE = 1.25  # a valley panel ends at this many times the highest loss any line starts from (about L0)
 # line styles that tell apart lines whose colours are (nearly) the same
 LINESTYLES = ("-", "--", ":", "-.")
 CONSTRAINED_PANELS = 8  # more panels than this: a fixed layout (see grid)

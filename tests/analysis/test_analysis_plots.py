@@ -67,6 +67,24 @@ def test_valley_plot_draws_lines_and_marks_diverged_and_errored_points(table):
     assert "diverged (at top)" in legend and "all seeds errored (at top)" in legend
 
 
+def test_a_finite_loss_far_above_l0_is_marked_at_the_top_and_does_not_flatten_the_panel(trials):
+    """A run that blew up without diverging (min test loss 35 where L0 is about 2): the panel ends at
+    ABOVE × the highest starting loss, the line stops at the edge, the point is marked there."""
+    blown = trials[(trials["optimizer"] == "sgd") & trials["decay"].isna() & (trials["lr"] == 1e-1)].copy()
+    blown["min_train_loss"] = 35.0
+    rows = pd.concat([trials[~trials.index.isin(blown.index)], blown])
+    table = analysis.sensitivity_table(rows)
+    ax = plots.valley_plot(table[table["label"] == "sgd"], ax=axes()[0])
+    starts = table[(table["label"] == "sgd") & (table["metric"] == "min_train_loss")].sort_values("lr")
+    ceiling = style.ABOVE * starts.groupby("series")["mean"].first().max()
+    assert ax.get_ylim()[1] == pytest.approx(ceiling)
+    assert [x for x, _ in markers(ax, "above")] == [pytest.approx(10.0)]  # lr 0.1 / best lr 0.01
+    assert max(max(line.get_ydata()) for line in data_lines(ax)) == pytest.approx(ceiling)
+    assert "finite, above the panel (at top)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = plots.valley_plot(analysis.sensitivity_table(trials)[lambda t: t["label"] == "sgd"], ax=axes()[0])
+    assert markers(ax, "above") == []  # nothing far above L0: the panel is as matplotlib sizes it
+
+
 def test_valley_plot_names_a_series_without_any_finite_point(table):
     blown = table[table["label"] == "sgd"].assign(mean=INF, best_lr=NAN, lr_ratio=NAN, series="blown")
     ax = plots.valley_plot(pd.concat([table[table["label"] == "adam"], blown]), ax=axes()[0])
