@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= results
 
-.PHONY: demo test test-all install notebook bench clean
+.PHONY: demo test test-all install notebook bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -40,6 +40,11 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/results_store.py
 	$(PY) benchmarks/fused_throughput.py
 	$(PY) benchmarks/report_scale.py
+
+# On a machine with CUDA: the CUDA tests, the GPU benchmarks, a fused study and fused-vs-solo agreement,
+# as one table (< 8 min). Without CUDA it says so and exits 0; `--dry-run` checks the command on a CPU.
+gpu-check: $(VENV)/.installed
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) results
