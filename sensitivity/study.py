@@ -19,150 +19,16 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from sensitivity import checks
-from sensitivity.identity import value_key
+from sensitivity.axes import axis, decay, is_sequence_param, no_repeats, rate, smoke_axes, smoke_task
 from sensitivity.record import TrialRecord
-
-
-class StudyError(ValueError):
-    """A bad study file: one line naming the field and the allowed values."""
-
-
-# run_trial keys that an optimizer entry sets; the task may not set them
-ENTRY_KEYS = ("optimizer", "lr", "beta", "optimizer_args", "decay", "seed", "study", "label")
-# hyperparameters whose single value is a sequence: a flat list is one value
-SEQUENCE_HYPERPARAMETERS = {"betas", "lop_betas", "gammas", "levels"}
-METRICS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
-# new α0 per series and refinement round, at most: both sides of the best α0 and of each valley edge
-REFINE_POINTS = 4
-# smoke-test stand-in sizes: any model trains one epoch on this in seconds on CPU
-SMOKE_TRAIN, SMOKE_TEST, SMOKE_BATCH, SMOKE_OPTUNA_TRIALS = 32, 16, 16, 3
-
-
-# ---------------------------------------------------------------------------
-# schema (structure only; meaning is checked in _check below, with field paths)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Range(_Strict):
-    low: float
-    high: float
-    log: bool = False
-
-
-class Search(_Strict):
-    algorithm: Literal["optuna"] = "optuna"
-    sampler: Literal["tpe", "random"] = "tpe"
-    trials: int = Field(gt=0)
-    metric: Literal[METRICS] = "min_train_loss"  # type: ignore[valid-type]
-    space: dict[str, Range] = Field(min_length=1)
-    max_concurrent: int | None = Field(default=None, gt=0)
-
-
-class Refine(_Strict):
-    """Adaptive α0 refinement of a grid study (sensitivity.sweep.refine)."""
-
-    rounds: int = Field(gt=0)
-    resolution: float = Field(gt=0)  # decades: brackets wider than this are split at their log midpoint
-    tolerance: float = Field(default=0.1, gt=0)  # the valley: mean loss <= best·(1 + tolerance)
-    metric: Literal[METRICS] = "min_train_loss"  # type: ignore[valid-type]
-
-
-class Resources(_Strict):
-    cpu: float = Field(default=1.0, gt=0)
-    gpu: float = Field(default=0.0, ge=0)
-
-
-class Task(BaseModel):
-    model_config = ConfigDict(extra="allow")  # any run_trial key; checked against CONFIG_KEYS
-    dataset: str
-    model: str
-
-
-class Entry(BaseModel):
-    model_config = ConfigDict(extra="allow")  # hyperparameters; checked against optim.available()
-    name: str
-    label: str | None = None
-    task: dict[str, Any] = Field(default_factory=dict)
-
-
-class StudyModel(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    description: str = ""
-    task: Task
-    seeds: Union[int, list[int]] = Field(default=1, validate_default=True)
-    optimizers: list[Entry] = Field(min_length=1)
-    search: Search | None = None
-    refine: Refine | None = None
-    resources: Resources = Field(default_factory=Resources)
-    bundle: Union[Literal["auto"], int] = "auto"
-    fuse: Union[Literal["auto", "off"], int] = "auto"  # fused trial arrays where they pay (sensitivity.fused.plan)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value):
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError(f"a count must be >= 1, got {value}")
-            return list(range(value))
-        if not value or len(set(value)) != len(value) or min(value) < 0:
-            raise ValueError(f"a list must be non-empty distinct non-negative ints, got {value}")
-        return value
-
-    @field_validator("bundle")
-    @classmethod
-    def _bundle(cls, value):
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"must be 'auto' or an int >= 1, got {value}")
-        return value
-
-    @field_validator("fuse", mode="before")
-    @classmethod
-    def _fuse(cls, value):
-        if value is False:  # YAML 1.1 reads a bare `off` as false
-            return "off"
-        if value is True or (isinstance(value, int) and value < 1):
-            raise ValueError(f"must be 'auto', 'off' or an int >= 1, got {value!r}")
-        return value
-
-
-def _path(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("int", "list[int]", "literal['auto']", "literal['auto','off']", "Range", "str", "float"):
-            continue  # union-branch names pydantic adds to the location
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "study"
-
-
-def _pydantic_error(exc: ValidationError) -> StudyError:
-    err = exc.errors()[0]
-    path, kind, msg = _path(err["loc"]), err["type"], err["msg"]
-    if kind == "missing":
-        return StudyError(f"{path}: missing required field")
-    if kind == "extra_forbidden":
-        parent = [p for p in err["loc"][:-1] if isinstance(p, str)]
-        models = {"search": Search, "resources": Resources, "refine": Refine}
-        model = Range if parent[-2:-1] == ["space"] else models.get(parent[-1] if parent else "", StudyModel)
-        fields = model.model_fields
-        return StudyError(f"{path}: unknown field; choose from {', '.join(fields)}")
-    if kind == "string_pattern_mismatch":
-        msg = "use only lowercase letters, digits, '-' and '_'"
-    msg = msg.removeprefix("Value error, ")
-    if "got" not in msg:
-        msg = f"{msg} (got {err.get('input')!r})"
-    return StudyError(f"{path}: {msg}")
+from sensitivity.schema import (ENTRY_KEYS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Range, Refine, Resources, Search,
+                                StudyError, StudyModel, pydantic_error, read_yaml)
 
 
 # ---------------------------------------------------------------------------
@@ -184,61 +50,6 @@ def _train():
 def _choices(names) -> str:
     return ", ".join(sorted(names))
 
-
-# ---------------------------------------------------------------------------
-# axes
-
-
-def _is_sequence_param(key: str, default: Any) -> bool:
-    return key in SEQUENCE_HYPERPARAMETERS or isinstance(default, (list, tuple))
-
-
-def _axis(key: str, value: Any, sequence_valued: bool) -> list:
-    """The values an entry's field takes: a list is an axis unless it is one sequence value."""
-    if key == "decay":
-        return list(value) if isinstance(value, list) else [value]
-    if sequence_valued:
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
-            return [list(v) for v in value]
-        if isinstance(value, (list, tuple)) and not value:
-            return []
-        return [list(value) if isinstance(value, (list, tuple)) else value]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _decay(path: str, value: Any) -> dict | None:
-    if value is None or value == "none":
-        return None
-    if not isinstance(value, dict):
-        raise StudyError(f"{path}: expected {{every_epochs: N, factor: F}}, {{milestones: [..], factor: F}} or null, "
-                         f"got {value!r}")
-    keys = set(value)
-    if keys not in ({"every_epochs", "factor"}, {"milestones", "factor"}):
-        raise StudyError(f"{path}: keys must be every_epochs+factor or milestones+factor, got {', '.join(sorted(keys))}")
-    factor = checks.number(f"{path}.factor", value["factor"], low=0, low_open=True, error=StudyError)
-    if "every_epochs" in value:
-        every = checks.integer(f"{path}.every_epochs", value["every_epochs"], low=1, error=StudyError)
-        return {"every_epochs": every, "factor": factor}
-    stones = value["milestones"]
-    if not isinstance(stones, list) or not stones:
-        raise StudyError(f"{path}.milestones must be a non-empty list of epochs >= 1, got {stones!r}")
-    stones = [checks.integer(f"{path}.milestones[{j}]", m, low=1, error=StudyError) for j, m in enumerate(stones)]
-    return {"milestones": sorted(stones), "factor": factor}
-
-
-def _no_repeats(path: str, values: list) -> None:
-    """A value given twice in one axis (0.01 and 1.0e-2) would run one trial twice."""
-    seen: dict[str, int] = {}
-    for j, value in enumerate(values):
-        key = value_key(value)
-        if key in seen:
-            raise StudyError(f"{path}: value {value!r} is given twice (items {seen[key]} and {j}); remove one")
-        seen[key] = j
-
-
-def _rate(path: str, key: str, value: Any) -> float:
-    """A value of lr (> 0: its axes are logarithmic) or beta (>= 0)."""
-    return checks.number(path, value, low=0, low_open=key == "lr", error=StudyError)
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +74,7 @@ class Study:
         try:
             model = StudyModel.model_validate(data)
         except ValidationError as exc:
-            raise _pydantic_error(exc) from None
+            raise pydantic_error(exc) from None
         return cls(model, **kwargs)
 
     # -- properties ---------------------------------------------------------
@@ -366,22 +177,22 @@ class Study:
                 if key != "decay" and key not in allowed:
                     raise StudyError(f"{fpath}: unknown hyperparameter of {entry.name!r}; choose from "
                                      f"{_choices(allowed | {'decay', 'label', 'task'})}")
-                values = _axis(key, value, _is_sequence_param(key, defaults.get(key)))
+                values = axis(key, value, is_sequence_param(key, defaults.get(key)))
                 if key in space:
                     continue  # searched: the entry's grid for this key is replaced by the space
                 if not values:
                     raise StudyError(f"{fpath}: empty grid; give at least one value")
                 if key == "decay":
-                    values = [_decay(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
+                    values = [decay(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
                               for j, v in enumerate(values)]
                 elif key in ("lr", "beta"):
-                    values = [_rate(f"{fpath}[{j}]" if isinstance(value, list) else fpath, key, v)
+                    values = [rate(f"{fpath}[{j}]" if isinstance(value, list) else fpath, key, v)
                               for j, v in enumerate(values)]
-                _no_repeats(fpath, values)
+                no_repeats(fpath, values)
                 axes[key] = values
             searched = [k for k in space if k in allowed]
             if "lr" not in axes and "lr" not in searched and "lr" in defaults:
-                axes["lr"] = [_rate(f"{path}.lr (default)", "lr", defaults["lr"])]
+                axes["lr"] = [rate(f"{path}.lr (default)", "lr", defaults["lr"])]
             used_space.update(searched)
             if self.search and not searched:
                 raise StudyError(f"{path}: none of search.space ({_choices(space)}) is a hyperparameter of "
@@ -457,39 +268,9 @@ class Study:
         if rng.log:
             checks.number(f"{path}.low (log: true)", rng.low, low=0, low_open=True, error=StudyError)
         if key in ("lr", "beta"):
-            _rate(f"{path}.low", key, rng.low)
+            rate(f"{path}.low", key, rng.low)
 
     # -- expansion ----------------------------------------------------------
-
-    def _smoke_axes(self, axes: dict[str, list]) -> dict[str, list]:
-        out = {}
-        for key, values in axes.items():
-            if key == "lr":
-                out[key] = values if len(values) <= 2 else [values[0], values[-1]]  # smallest and largest usually
-            else:
-                out[key] = values[:1]
-        return out
-
-    def _smoke_task(self, task: dict) -> dict:
-        from sensitivity.spec import dataset_info
-
-        task = dict(task)
-        task["epochs"] = 1
-        task["batch_size"] = min(int(task.get("batch_size", SMOKE_BATCH)), SMOKE_BATCH)
-        if task["dataset"] not in ("digits", "synthetic"):
-            # the real files are not on test machines: same shape and classes, generated
-            shape, classes = dataset_info(task["dataset"])
-            task["dataset"] = "synthetic"
-            task["dataset_args"] = {"shape": list(shape), "num_classes": int(classes),
-                                    "train_size": SMOKE_TRAIN, "test_size": SMOKE_TEST}
-            task.pop("data_dir", None)
-            task.pop("download", None)
-            task.pop("augment", None)
-        elif task["dataset"] == "synthetic":
-            args = dict(task.get("dataset_args") or {})
-            args.update(train_size=SMOKE_TRAIN, test_size=SMOKE_TEST)
-            task["dataset_args"] = args
-        return task
 
     def _points(self, index: int, smoke: bool) -> list[tuple[dict, TrialRecord]]:
         """(spelled config, record) of each point of one entry's grid, on the first seed (search mode:
@@ -499,8 +280,8 @@ class Study:
         if key in self._point_cache:
             return self._point_cache[key]
         plan = self._plans[index]
-        axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
-        task = self._smoke_task(plan["task"]) if smoke else plan["task"]
+        axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
+        task = smoke_task(plan["task"]) if smoke else plan["task"]
         seed = self.seeds(smoke)[0]
         entry = self.entries[index]
         if self.search:
@@ -571,7 +352,7 @@ class Study:
             return [0 for _ in self.entries]
         out = []
         for i, plan in enumerate(self._plans):
-            axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
+            axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
             if len(axes.get("lr", [])) < 2:
                 out.append(0)  # one α0: nothing to bracket
                 continue
@@ -587,10 +368,10 @@ class Study:
     def search_plan(self, index: int, smoke: bool = False) -> dict:
         """What Optuna samples for one entry: base task, fixed values, categorical axes, ranges."""
         plan = self._plans[index]
-        axes = self._smoke_axes(plan["axes"]) if smoke else plan["axes"]
+        axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
         fixed = {k: v[0] for k, v in axes.items() if len(v) == 1}
         choices = {k: v for k, v in axes.items() if len(v) > 1}
-        return {"task": self._smoke_task(plan["task"]) if smoke else plan["task"], "fixed": fixed,
+        return {"task": smoke_task(plan["task"]) if smoke else plan["task"], "fixed": fixed,
                 "choices": choices, "ranges": {k: self.search.space[k] for k in plan["searched"]},
                 "is_hd": plan["is_hd"], "entry": self.entries[index]}
 
@@ -633,21 +414,6 @@ class Study:
         return head + yaml.safe_dump(self.resolved(smoke), sort_keys=False)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.1 wants 1.0e-3)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
 def runnable(config: dict) -> dict:
     """A trial config as run_trial takes it: without the keys only the sweep reads (label)."""
     keys = set(_train().CONFIG_KEYS)
@@ -661,11 +427,5 @@ def load_study(path: str | os.PathLike) -> Study:
         text = path.read_text()
     except OSError as exc:
         raise StudyError(f"{path}: cannot read study file ({exc.strerror or exc})") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyError(f"{path}:{where}: malformed YAML ({problem})") from None
+    data = read_yaml(text, path)
     return Study.from_dict(data)
