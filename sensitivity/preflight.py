@@ -49,7 +49,6 @@ class RunPlan:
     store: ResultsStore
     smoke: bool
     retry_errors: bool
-    records: list[TrialRecord]  # the grid's trials (search mode: the space's corners)
     total: int
     left: int
     errored: int  # rows with status error that stay (a run without --retry-errors skips them)
@@ -60,6 +59,11 @@ class RunPlan:
     @property
     def location(self) -> str:
         return self.store.location
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        """The grid's trials (search mode: the space's corners); a run takes them in slices (`Study.trial_slices`)."""
+        return self.study.trials(self.smoke)
 
 
 def location(study: Study, out: str | os.PathLike = "results", storage: str | None = None) -> str:
@@ -103,15 +107,14 @@ def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_error
     if write:
         rewritten += store.respell(_current_records(study, store, smoke, current))
     todo = pending(study, store, smoke, retry_errors)
-    return RunPlan(study, store, smoke, retry_errors, study.trials(smoke), todo.total, todo.left, todo.errored,
-                   current, rewritten)
+    return RunPlan(study, store, smoke, retry_errors, todo.total, todo.left, todo.errored, current, rewritten)
 
 
 def _others(study: Study, store: ResultsStore, smoke: bool) -> bool:
     """Whether some stored rows are not trials of the study's grid (an earlier version's, or stored
     under the earlier id rule): only then are the spelled configs' legacy ids worth computing."""
     done = store.done_ids()
-    return bool(done) and not done <= {r.trial_id for r in study.trials(smoke)}
+    return bool(done) and not done <= {r.trial_id for r in study.iter_trials(smoke)}
 
 
 def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Current) -> dict[str, TrialRecord]:
@@ -122,7 +125,7 @@ def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Cu
 
         known = current_search_records(study, store, smoke)
     else:
-        known = {r.trial_id: r for r in study.trials(smoke)}
+        known = {r.trial_id: r for r in study.iter_trials(smoke) if r.trial_id in current.labels and r.trial_id in store}
         if study.refine:
             known.update({r.trial_id: r for r in refined_trials(study, store, study.trials(smoke))})
             known.update(_series_rows(study, store, smoke))
@@ -156,7 +159,7 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     done = store.done_ids() - retried
     errored = 0 if retry_errors else n_errors
     if not study.search:
-        left = sum(r.trial_id not in done for r in study.trials(smoke))
+        left = sum(r.trial_id not in done for r in study.iter_trials(smoke))
         if left and _others(study, store, smoke):  # rows stored under the earlier id rule count too
             left = sum(record.trial_id not in done and legacy_trial_id(spelled) not in done
                        for spelled, record in study.spelled_trials(smoke))
@@ -215,9 +218,9 @@ def current_rows(study: Study, store: ResultsStore, smoke: bool = False, *, rena
         from sensitivity.sweep.points import current_search_ids  # Ray-free
 
         return Current(store, study.name, current_search_ids(study, store, smoke, rename=rename))
-    records = study.trials(smoke)
-    labels = {r.trial_id: r.display for r in records}
+    labels = {r.trial_id: r.display for r in study.iter_trials(smoke)}
     if study.refine:  # the rounds' α0 points belong to the study as much as the grid's
+        records = study.trials(smoke)
         labels.update({r.trial_id: r.display for r in refined_trials(study, store, records)})
         labels.update({tid: r.display for tid, r in _series_rows(study, store, smoke).items()})
     return Current(store, study.name, labels)
@@ -231,7 +234,7 @@ def missing_data(study: Study, smoke: bool = False) -> list[str]:
     if smoke:
         return []
     seen, out = set(), []
-    for record in study.trials(smoke):  # search mode: the trials of each entry's corners
+    for record in study.point_records(smoke):  # search mode: each entry's corners
         key = (record.dataset, record.data_dir, record.download)
         if key in seen:
             continue

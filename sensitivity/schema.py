@@ -14,7 +14,7 @@ import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["StudyError", "ENTRY_KEYS", "SEQUENCE_HYPERPARAMETERS", "METRICS", "REFINE_POINTS", "SMOKE_TRAIN",
+__all__ = ["StudyError", "ENTRY_KEYS", "SEQUENCE_HYPERPARAMETERS", "METRICS", "REFINE_POINTS", "KEEP_TRIALS", "SMOKE_TRAIN",
            "SMOKE_TEST", "SMOKE_BATCH", "SMOKE_OPTUNA_TRIALS", "Range", "Search", "Refine", "Resources", "Task",
            "Entry", "StudyModel", "pydantic_error", "read_yaml"]
 
@@ -30,6 +30,8 @@ SEQUENCE_HYPERPARAMETERS = {"betas", "lop_betas", "gammas", "levels"}
 METRICS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 # new α0 per series and refinement round, at most: both sides of the best α0 and of each valley edge
 REFINE_POINTS = 4
+# a study of at most this many trials keeps their records; a larger one makes them from its points when asked
+KEEP_TRIALS = 200_000
 # smoke-test stand-in sizes: any model trains one epoch on this in seconds on CPU
 SMOKE_TRAIN, SMOKE_TEST, SMOKE_BATCH, SMOKE_OPTUNA_TRIALS = 32, 16, 16, 3
 

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import ValidationError
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sensitivity import checks
 from sensitivity.axes import axis, decay, is_sequence_param, no_repeats, rate, smoke_axes, smoke_task
 from sensitivity.record import TrialRecord
-from sensitivity.schema import (ENTRY_KEYS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Range, Refine, Resources, Search,
+from sensitivity.schema import (ENTRY_KEYS, KEEP_TRIALS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Range, Refine, Resources, Search,
                                 StudyError, StudyModel, pydantic_error, read_yaml)
 
 
@@ -302,12 +302,16 @@ class Study:
                 yield {**config, "seed": int(seed)}, record.replace(seed=seed)
 
     def _records(self, index: int, smoke: bool) -> list[TrialRecord]:
+        """One entry's trials; kept while the study has at most KEEP_TRIALS of them (a larger study is
+        made again from its points at each call, so that no list of every trial stays in memory)."""
         key = (index, smoke)
-        if key not in self._cache:
-            seeds = self.seeds(smoke)
-            self._cache[key] = [r.replace(seed=seed) if seed != r.seed else r
-                                for _, r in self._points(index, smoke) for seed in seeds]
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        seeds = self.seeds(smoke)
+        records = [r.replace(seed=seed) if seed != r.seed else r for _, r in self._points(index, smoke) for seed in seeds]
+        if sum(self.counts(smoke)) <= KEEP_TRIALS:
+            self._cache[key] = records
+        return records
 
     def _config(self, entry: Entry, task: dict, values: dict, seed: int, is_hd: bool) -> dict:
         config = {"study": self.name, **copy.deepcopy(task), "optimizer": entry.name}
@@ -329,6 +333,35 @@ class Study:
     def trials(self, smoke: bool = False) -> list[TrialRecord]:
         """Every grid trial as its record (search mode: the trials the space's corners give)."""
         return [r for i in range(len(self.entries)) for r in self._records(i, smoke)]
+
+    def iter_trials(self, smoke: bool = False) -> Iterator[TrialRecord]:
+        """The trials of `trials`, one at a time, in the same order; a large study holds no list of them."""
+        seeds = self.seeds(smoke)
+        for i in range(len(self.entries)):
+            if (i, smoke) in self._cache:
+                yield from self._cache[(i, smoke)]
+                continue
+            for _, record in self._points(i, smoke):
+                for seed in seeds:
+                    yield record.replace(seed=seed) if seed != record.seed else record
+
+    def trial_slices(self, size: int, smoke: bool = False) -> Iterator[list[TrialRecord]]:
+        """The trials of `trials` in consecutive lists of at most `size`: a run plans and submits one
+        list at a time, so that a study larger than the driver's memory runs in bounded memory."""
+        chunk: list[TrialRecord] = []
+        for record in self.iter_trials(smoke):
+            chunk.append(record)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def point_records(self, smoke: bool = False) -> Iterator[TrialRecord]:
+        """One record per grid point of every entry, on the first seed (what no seed changes: devices, data)."""
+        for i in range(len(self.entries)):
+            for _, record in self._points(i, smoke):
+                yield record
 
     def entry_trials(self, index: int, smoke: bool = False) -> list[TrialRecord]:
         return list(self._records(index, smoke))

@@ -20,7 +20,7 @@ from sensitivity.sweep.tuner import Summary, remove_dir
 
 def check_devices(study: Study, plan: RunPlan) -> None:
     """StudyError (bad input) when a trial names a CUDA device and no node of the cluster has a GPU."""
-    named = sorted({r.device for r in plan.records if r.device.startswith("cuda")})
+    named = sorted({r.device for r in study.point_records(plan.smoke) if r.device.startswith("cuda")})
     if not named:
         return
     _, gpus, _, _ = cluster_totals()
@@ -94,7 +94,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
                                  max_concurrent, quiet, current=current)
         else:
             summary = run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root,
-                               max_concurrent, quiet, records=plan.records)
+                               max_concurrent, quiet, plan=plan)
         if study.search or study.refine:
             current = current_rows(study, store, smoke)  # what this run added, matched like the rest
             current.write()

@@ -2,7 +2,9 @@
 
 One task is one Ray Tune trial. Short units are packed several to a task (`pack`), since each
 Tune trial and each report costs the driver more than a short array's training; a task reports
-its trials in batches (`worker.Batches`). With ``refine:``, refinement rounds
+its trials in batches (`worker.Batches`). A grid larger than SLICE trials runs one slice after the
+other (a Tune run each), its records made from the study's points slice by slice, so that the
+driver never holds every trial of a million-trial study. With ``refine:``, refinement rounds
 (sensitivity.sweep.refine) follow the grid, each run the same way.
 
 A task whose Ray trial failed for good (its worker died every time Tune retried it: an
@@ -28,6 +30,8 @@ from sensitivity.sweep.tuner import MAX_FAILURES, Recorder, summarize, tuner_run
 from sensitivity.sweep.worker import Unit, grid_task
 
 MAX_PASSES = 8  # passes after failed Ray trials; each one stores a row or splits an array
+# trials planned, cut and submitted at a time: the driver's memory is bounded by a slice, not the study
+SLICE = 50_000
 
 
 def plan_units(study, records: list[TrialRecord], extras: list[dict], resources: dict) -> tuple[list[Unit], int]:
@@ -87,34 +91,40 @@ def after_failures(store, tasks: list[list[Unit]], failed: list[tuple[int, str]]
     return again, rows
 
 
-def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet,
-             records: list[TrialRecord]):
+def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet, plan):
+    """Run the plan's missing grid trials, then its refinement rounds; the grid goes SLICE trials at a time."""
     start = time.monotonic()
     recorder = Recorder(store, Progress(0, name=study.name, quiet=quiet))
     errors: list[str] = []
     sizes, skipped = [], []
 
-    def run(batch: list[TrialRecord], round_: int) -> None:
-        """Run the trials of ``batch`` not in the tables yet; their rows carry ``round``."""
-        done = store.done_ids()
-        todo = [r for r in batch if r.trial_id not in done]
-        skipped.append(len(batch) - len(todo))
-        if not todo:
-            sizes.append(1)
-            return
+    def run_slices(slices, total: int, round_: int) -> None:
+        """Run the trials of each slice not in the tables yet, one Tune run a slice; their rows carry ``round``."""
+        recorder.progress = Progress(total, name=study.name if not round_ else f"{study.name} round {round_}",
+                                     quiet=quiet)
+        recorder.progress.show()
+        for k, batch in enumerate(slices):
+            todo = [r for r in batch if r.trial_id not in store]
+            skipped.append(len(batch) - len(todo))
+            if todo:
+                name = f"grid-{stamp}" + (f"-round{round_}" if round_ else "") + (f"-slice{k}" if k else "")
+                run_tasks(todo, round_, name)
+            else:
+                sizes.append(1)
+        recorder.progress.show(final=True)
+
+    def run_tasks(todo: list[TrialRecord], round_: int, name: str) -> None:
         units, size = plan_units(study, todo, [{"round": round_}] * len(todo), resources)
         tasks = pack(units, resources)
+        del units
         sizes.append(size)
-        recorder.progress = Progress(len(todo), name=study.name if not round_ else f"{study.name} round {round_}",
-                                     quiet=quiet)
         ckpt = None if all(is_short(r) for r in todo) else checkpoint_root
         recorder.checkpoint_root = ckpt
-        recorder.progress.show()
         for attempt in range(MAX_PASSES):
             refs = [ray.put(task) for task in tasks]
             trainable = tune.with_parameters(grid_task, tasks=refs, checkpoint_root=ckpt, cpu=resources["cpu"])
-            name = f"grid-{stamp}" + (f"-round{round_}" if round_ else "") + (f"-pass{attempt}" if attempt else "")
-            failed = tuner_run(trainable, resources=resources, storage=ray_storage, name=name, callback=recorder,
+            failed = tuner_run(trainable, resources=resources, storage=ray_storage,
+                               name=name + (f"-pass{attempt}" if attempt else ""), callback=recorder,
                                param_space={"bundle": tune.grid_search(list(range(len(tasks))))},
                                max_concurrent=max_concurrent)
             tasks, rows = after_failures(store, tasks, [(c["bundle"], e) for c, e in failed])
@@ -124,12 +134,15 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
                 break
         else:
             errors.extend(e for _, e in failed)
-        recorder.progress.show(final=True)
 
-    run(records, 0)
-    configs = list(records)
-    if study.refine:
-        configs += refine_rounds(study.refine, store, records, run)
-    done = store.done_ids()
-    missing = sum(r.trial_id not in done for r in configs)
-    return summarize(store, len(configs), sum(skipped), recorder, start, max(sizes), errors, missing)
+    def run_round(batch: list[TrialRecord], round_: int) -> None:
+        run_slices([batch], sum(r.trial_id not in store for r in batch), round_)
+
+    # a refined study's grid may be done already (plan.left counts its rounds then): count it afresh
+    left = plan.left if not study.refine else sum(r.trial_id not in store for r in study.iter_trials(smoke))
+    run_slices(study.trial_slices(SLICE, smoke), left, 0)
+    rounds = refine_rounds(study.refine, store, study.trials(smoke), run_round) if study.refine else []
+    total = sum(study.counts(smoke)) + len(rounds)
+    missing = sum(r.trial_id not in store for r in study.iter_trials(smoke)) + sum(r.trial_id not in store
+                                                                                   for r in rounds)
+    return summarize(store, total, sum(skipped), recorder, start, max(sizes), errors, missing)
