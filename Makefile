@@ -40,6 +40,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/results_store.py
 	$(PY) benchmarks/fused_throughput.py
 	$(PY) benchmarks/report_scale.py
+	$(PY) benchmarks/scale.py
 
 # On a machine with CUDA: the CUDA tests, the GPU benchmarks, a fused study and fused-vs-solo agreement,
 # as one table (< 8 min). Without CUDA it says so and exits 0; `--dry-run` checks the command on a CPU.

@@ -9,7 +9,9 @@ an α0 grid × 10 seeds, ``fuse: auto``. Printed:
 - the driver's peak memory (target ≤ 1.5 GB);
 - end-to-end trials/s against the ceiling: the same arrays trained in-process with ``run_fused``
   on the same cores (target ≥ 0.8×);
-- every trial once in the tables; the `plot` time.
+- every trial once in the tables; the `plot` time;
+- the driver's own CPU time: trials per driver CPU-second, the most one driver sustains on a cluster
+  whose workers are elsewhere.
 
     .venv/bin/python benchmarks/scale.py                   # 100,000 trials (about half an hour on 2 cores)
     .venv/bin/python benchmarks/scale.py --trials 10000    # a quicker look
@@ -58,6 +60,16 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _stored(parts: Path, seen: dict[str, int]) -> int:
     """Trials stored so far: rows of every trials part (the parts of this run; the tables come at the end)."""
     try:
@@ -78,9 +90,10 @@ def run(path: Path, out: Path, total: int) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    parts, seen, samples, peak = out / "scale" / "parts", {}, [], 0
+    parts, seen, samples, peak, cpu = out / "scale" / "parts", {}, [], 0, 0.0
     while proc.poll() is None:
         peak = max(peak, _rss(proc.pid))
+        cpu = max(cpu, _cpu(proc.pid))
         samples.append((time.perf_counter() - start, _stored(parts, seen)))
         time.sleep(0.25)
     elapsed = time.perf_counter() - start
@@ -88,7 +101,7 @@ def run(path: Path, out: Path, total: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"sensitivity run failed ({proc.returncode}): {err[-2000:]}")
     samples.append((elapsed, total))
-    return {"samples": samples, "elapsed": elapsed, "peak": peak}
+    return {"samples": samples, "elapsed": elapsed, "peak": peak, "cpu": cpu}
 
 
 def _reached(samples: list[tuple[float, int]], goal: float) -> float:
@@ -158,6 +171,9 @@ def main() -> None:
         print("trials/s per tenth    " + " ".join(f"{r:.0f}" for r in rates))
         print(f"last / second tenth   {rates[-1] / rates[1]:8.2f}      (target >= 0.9)")
         print(f"driver peak RSS       {result['peak'] / 2**30:8.2f} GB   (target <= 1.5 GB)")
+        # what one driver process spends per trial: on a cluster, the most trials/s one head core sustains
+        print(f"driver CPU            {result['cpu']:8.1f} s    {total / max(result['cpu'], 1e-9):.0f} trials "
+              f"per driver CPU-second")
         end_to_end = total / result["elapsed"]
         table = pq.read_table(tmp / "out" / "scale" / "trials.parquet", columns=["trial_id"])
         once = table.num_rows == total and len(set(table.column("trial_id").to_pylist())) == total

@@ -44,6 +44,7 @@ TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 STUDY = "study.yaml"
 PARTS = "parts"
+KEEP_ROWS = 200_000  # rows a writer keeps in memory after those it read; past them it reads the files when asked
 PART_RE = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
 READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
 
@@ -208,8 +209,13 @@ class ResultsStore:
         self._has_trials = bool(sources)
         table = merge_trials(sources) if sources else None
         self._done: set[str] = set(_ids(table).to_pylist()) if table is not None else set()
-        # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read
-        self._trials_frames: list = [table] if table is not None else []
+        # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read;
+        # None once a run has appended more than KEEP_ROWS rows (read from the files when asked), so
+        # that a million-trial run does not hold its whole table in the driver
+        self._trials_frames: list | None = [table] if table is not None else []
+        if table is not None and table.num_rows > KEEP_ROWS:
+            self._trials_frames = None
+        self._appended = 0
 
     # -- reading ------------------------------------------------------------
 
@@ -250,6 +256,9 @@ class ResultsStore:
 
     @property
     def trials(self) -> pd.DataFrame | None:
+        if self._trials_frames is None:
+            sources, _, _ = self._sources("trials")
+            self._trials_frames = [merge_trials(sources)] if sources else []
         if not self._trials_frames:
             return None
         if len(self._trials_frames) > 1 or isinstance(self._trials_frames[0], pa.Table):
@@ -310,7 +319,11 @@ class ResultsStore:
         self._seq = seq
         self._done |= seen
         self._has_trials = True
-        self._trials_frames.append(table)  # as Arrow: a flush converts nothing
+        self._appended += len(fresh)
+        if self._appended > KEEP_ROWS:
+            self._trials_frames = None  # (read again from the files, should anything ask)
+        elif self._trials_frames is not None:
+            self._trials_frames.append(table)  # as Arrow: a flush converts nothing
         self._curves_cache = None
 
     def compact(self, exclude: Iterable[str] = ()) -> None:
@@ -339,6 +352,7 @@ class ResultsStore:
         frame = trials.to_pandas()
         self._done = set(frame["trial_id"]) if "trial_id" in frame else set()
         self._trials_frames = [frame]
+        self._appended = 0
         self._curves_cache = None
 
     def _delete(self, path: str) -> None:

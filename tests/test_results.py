@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import load as analysis_load_prepared
+from sensitivity import results
 from sensitivity.results import (CURVES, PARTS, TRIALS, ResultsStore, ResultsWriteError, clean_row, load,
                                  trial_id)
 
@@ -81,6 +82,17 @@ def test_append_writes_new_parts_only_and_each_trial_once(tmp_path):
         assert trials.loc[trials.trial_id == "b", "min_train_loss"].item() == math.inf
     # a new store (a resumed run) sees the same done set
     assert ResultsStore(path).done_ids() == {"a", "b", "c"}
+
+
+def test_a_long_run_keeps_no_table_in_memory_yet_reads_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "KEEP_ROWS", 3)  # a million-trial run's writer, in miniature
+    store = ResultsStore(tmp_path / "study")
+    for k in range(3):
+        store.append([row(f"t{k}a"), row(f"t{k}b")], [])
+    assert store._trials_frames is None  # past KEEP_ROWS appended rows: nothing held
+    assert sorted(store.trials["trial_id"]) == sorted(f"t{k}{x}" for k in range(3) for x in "ab")
+    store.append([row("t3a")], [])  # (a read, then more rows: read again when asked)
+    assert len(store.trials) == 7 and "t3a" in store and store.trials["trial_id"].is_unique
 
 
 def test_compact_folds_parts_into_the_two_plain_tables(tmp_path):
