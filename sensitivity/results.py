@@ -44,6 +44,7 @@ TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 STUDY = "study.yaml"
 PARTS = "parts"
+RESPELL_ROWS = 50_000
 KEEP_ROWS = 200_000  # rows a writer keeps in memory after those it read; past them it reads the files when asked
 PART_RE = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
 READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
@@ -69,6 +70,21 @@ def clean_row(row: Mapping[str, Any]) -> dict:
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _respelt(rows: pd.DataFrame, records: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows whose identity columns differ from their record's `columns()` (labels aside)."""
+    expected = pd.DataFrame([records[t].columns() for t in rows["trial_id"]], index=rows.index)
+    differ = pd.Series(False, index=rows.index)
+    for column in expected.columns:
+        if column in ("trial_id", "label"):  # labels come from current.json
+            continue
+        want = expected[column]
+        if column not in rows:
+            differ |= want.notna()
+            continue
+        differ |= ~_same_cells(rows[column], want)
+    return rows[differ]
 
 
 def _same_cells(got: pd.Series, want: pd.Series) -> pd.Series:
@@ -422,17 +438,9 @@ class ResultsStore:
         rows = trials[trials["trial_id"].isin(list(records))]
         if rows.empty:
             return 0
-        expected = pd.DataFrame([records[t].columns() for t in rows["trial_id"]], index=rows.index)
-        differ = pd.Series(False, index=rows.index)
-        for column in expected.columns:
-            if column in ("trial_id", "label"):  # labels come from current.json
-                continue
-            want = expected[column]
-            if column not in rows:
-                differ |= want.notna()
-                continue
-            differ |= ~_same_cells(rows[column], want)
-        changed = rows[differ]
+        # compared RESPELL_ROWS rows at a time: the expected columns of a million rows would not fit beside them
+        changed = pd.concat([_respelt(rows.iloc[k:k + RESPELL_ROWS], records)
+                             for k in range(0, len(rows), RESPELL_ROWS)])
         if changed.empty:
             return 0
         fresh = []
