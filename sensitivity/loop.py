@@ -132,7 +132,8 @@ class evaluation_point:
     def __enter__(self):
         for opt in self.swaps:
             opt.eval()
-        if self.swaps and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+        # running statistics: torch's batch norms and the fused one (`fused.layers`, not a _BatchNorm)
+        if self.swaps and any(isinstance(getattr(m, "running_mean", None), torch.Tensor) for m in self.model.modules()):
             x = self.data.train_x
             self.model.train()
             with torch.no_grad():
