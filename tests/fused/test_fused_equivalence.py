@@ -188,7 +188,7 @@ def test_resnet34_matches_solo(float64, step_losses, monkeypatch):
     _check(_configs("sgdn-hd", "resnet34", {"shape": [1, 2, 2], **TINY}, members=2, epochs=1), step_losses)
 
 
-@pytest.mark.exhaustive  # the full-width VGG-16 in float64: about a minute per optimizer on a CPU
+@pytest.mark.exhaustive  # the full-width VGG-16 in float64: one to two minutes per optimizer on a CPU
 @pytest.mark.parametrize("name", ["sgdn-hd", "schedule-free-sgd"])
 def test_full_width_vgg16_matches_solo(name, float64, step_losses, monkeypatch):
     monkeypatch.setitem(globals(), "MIN_STEPS", 4)
