@@ -22,7 +22,7 @@ Everything a trial does is written here once, whether one member runs or many:
 6. **Rows** (`outcome.row`): the record's identity columns and the outcome.
 
 What differs between one member and many is only *how* a step is computed: the **strategy**.
-`sensitivity.train.Solo` trains a plain torch module with the optimizer `optim.create` builds,
+`sensitivity.solo.Solo` trains a plain torch module with the optimizer `optim.create` builds,
 exactly as a researcher would write it; `sensitivity.fused.array.Stacked` trains the K members as
 one stacked model with the member-axis optimizer (`sensitivity.optim.members`). Why two
 strategies rather than the solo trial as an array of one: a solo trial keeps torch's own
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
@@ -51,9 +52,11 @@ from sensitivity import data as datamod
 from sensitivity.outcome import Tracker, decays_after, row, seeds
 from sensitivity.record import TrialRecord
 
-__all__ = ["TrialResult", "Member", "SYNC_EVERY", "resolve_device", "build_model", "train", "load_checkpoints"]
+__all__ = ["TrialResult", "Member", "SYNC_EVERY", "EVAL_BATCH", "resolve_device", "build_model", "seeded", "train",
+           "load_checkpoints", "checkpoint_kind"]
 
 SYNC_EVERY = 32  # steps between reads of the minibatch losses where reading costs a device sync
+EVAL_BATCH = 1024  # test-split examples per forward pass in eval mode (the result does not depend on it)
 CHECKPOINT_VERSION = 2
 BN_BATCHES = 50  # training batches that re-estimate batch-norm statistics at an optimizer's eval point
 
@@ -129,7 +132,8 @@ class evaluation_point:
     def __enter__(self):
         for opt in self.swaps:
             opt.eval()
-        if self.swaps and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+        # running statistics: torch's batch norms and the fused one (`fused.layers`, not a _BatchNorm)
+        if self.swaps and any(isinstance(getattr(m, "running_mean", None), torch.Tensor) for m in self.model.modules()):
             x = self.data.train_x
             self.model.train()
             with torch.no_grad():
@@ -142,6 +146,19 @@ class evaluation_point:
             opt.train()
         self.model.train()
         return False
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """torch's global RNGs seeded with `seed` for training: the CPU's and, on a CUDA device, that
+    device's (the only one the trial uses); the caller's states are restored afterwards."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for each in cuda:
+            with torch.cuda.device(each):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def checkpoint_path(checkpoint_dir, tid: str):
@@ -193,13 +210,7 @@ def train(records: list[TrialRecord], strategy_type, *, checkpoint_dir=None,
     models = [build_model(r, data.input_shape, data.num_classes) for r in records]
     strategy = strategy_type(records, models, device, data)
     resumed = states[0] is not None
-    cuda = [device] if device.type == "cuda" else []
-    rest_seed = seeds(first.seed)[2]
-    with torch.random.fork_rng(devices=cuda):  # restores the caller's RNG states afterwards
-        torch.random.default_generator.manual_seed(rest_seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(rest_seed)  # the training device only
+    with seeded(seeds(first.seed)[2], device):
         for m in members:
             m.gen = torch.Generator(device=device)
             m.gen.manual_seed(seeds(m.record.seed)[1])

@@ -1,5 +1,9 @@
 """Study files: load and validate a YAML study, expand it into run_trial configs.
 
+The flow: `schema` reads the file's structure, `entries` checks each optimizer entry into its
+plan (task, axes, searched keys), and :class:`Study` here expands the plans into trials (grid
+points, seeds, --smoke stand-ins, Optuna's sampled points) and writes the resolved study.
+
 A study is a task (dataset, model, training budget), seeds, and optimizer
 entries.  Each entry is a grid: every list is an axis, except for hyperparameters
 whose value is itself a sequence (``betas``, ``gammas``, ``levels``, ...) where a
@@ -24,36 +28,11 @@ from typing import Any, Iterator
 import yaml
 from pydantic import ValidationError
 
-from sensitivity import checks
-from sensitivity.axes import axis, decay, is_sequence_param, no_repeats, rate, smoke_axes, smoke_task
+from sensitivity.axes import smoke_axes, smoke_task
+from sensitivity.entries import entry_plans
 from sensitivity.record import TrialRecord
-from sensitivity.schema import (ENTRY_KEYS, KEEP_TRIALS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Range, Refine, Resources, Search,
+from sensitivity.schema import (KEEP_TRIALS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Refine, Resources, Search,
                                 StudyError, StudyModel, pydantic_error, read_yaml)
-
-
-# ---------------------------------------------------------------------------
-# dependencies: torch-free, so that `sensitivity validate` answers in a second
-
-
-def _optimizers() -> dict:
-    from sensitivity.catalog import available
-
-    return available()
-
-
-def _train():
-    from sensitivity import spec  # train.validate_config without what needs torch
-
-    return spec
-
-
-def _choices(names) -> str:
-    return ", ".join(sorted(names))
-
-
-
-# ---------------------------------------------------------------------------
-# the study
 
 
 class Study:
@@ -121,89 +100,11 @@ class Study:
 
     # -- validation ---------------------------------------------------------
 
-    def _task_config(self, overrides: dict, path: str) -> dict:
-        train = _train()
-        allowed = set(train.CONFIG_KEYS) - set(ENTRY_KEYS)
-        task = {**self.model.task.model_dump(), **overrides}
-        for key in task:
-            if key not in allowed:
-                where = f"{path}.{key}" if key in overrides else f"task.{key}"
-                if key in ENTRY_KEYS:
-                    raise StudyError(f"{where}: set per optimizer entry, not in the task")
-                raise StudyError(f"{where}: unknown task key; choose from {_choices(allowed)}")
-        from sensitivity.spec import DATASETS, MODELS
-
-        where = "task" if "dataset" not in overrides else path
-        if task["dataset"] not in DATASETS:
-            raise StudyError(f"{where}.dataset: unknown dataset {task['dataset']!r}; choose from {_choices(DATASETS)}")
-        where = "task" if "model" not in overrides else path
-        if task["model"] not in MODELS:
-            raise StudyError(f"{where}.model: unknown model {task['model']!r}; choose from {_choices(MODELS)}")
-        if task.get("data_dir") is not None and "://" not in str(task["data_dir"]):
-            # trials run in Ray's per-trial working directory: only absolute paths survive
-            task["data_dir"] = str((self.base_dir / os.path.expanduser(str(task["data_dir"]))).resolve())
-        return task
-
-    def _check(self) -> list[dict]:
-        """Validate every entry; return per-entry plans (task, fixed values, axes)."""
-        optimizers = _optimizers()
-        space = self.search.space if self.search else {}
-        if self.search and self.refine:
-            raise StudyError("refine: applies to grid studies only (an Optuna search places its own α0 points); "
-                             "remove refine or search")
-        for key, rng in space.items():
-            self._check_range(f"search.space.{key}", key, rng)
-        used_space = set()
-        plans = []
-        for i, entry in enumerate(self.entries):
-            path = f"optimizers[{i}]"
-            if entry.name not in optimizers:
-                raise StudyError(f"{path}.name: unknown optimizer {entry.name!r}; choose from {_choices(optimizers)}")
-            info = optimizers[entry.name]
-            defaults = dict(info.hyperparameters)
-            allowed = set(defaults) | {"lr"}
-            if info.is_hd:
-                allowed.add("beta")
-            else:
-                allowed.discard("beta")
-            task = self._task_config(entry.task, f"{path}.task")
-            axes: dict[str, list] = {}
-            for key, value in (entry.model_extra or {}).items():
-                fpath = f"{path}.{key}"
-                if key == "beta" and not info.is_hd:
-                    hd = [n for n, o in optimizers.items() if o.is_hd]
-                    raise StudyError(f"{fpath}: beta applies only to HD optimizers ({_choices(hd)}); "
-                                     f"{entry.name!r} is not one")
-                if key != "decay" and key not in allowed:
-                    raise StudyError(f"{fpath}: unknown hyperparameter of {entry.name!r}; choose from "
-                                     f"{_choices(allowed | {'decay', 'label', 'task'})}")
-                values = axis(key, value, is_sequence_param(key, defaults.get(key)))
-                if key in space:
-                    continue  # searched: the entry's grid for this key is replaced by the space
-                if not values:
-                    raise StudyError(f"{fpath}: empty grid; give at least one value")
-                if key == "decay":
-                    values = [decay(f"{fpath}[{j}]" if isinstance(value, list) else fpath, v)
-                              for j, v in enumerate(values)]
-                elif key in ("lr", "beta"):
-                    values = [rate(f"{fpath}[{j}]" if isinstance(value, list) else fpath, key, v)
-                              for j, v in enumerate(values)]
-                no_repeats(fpath, values)
-                axes[key] = values
-            searched = [k for k in space if k in allowed]
-            if "lr" not in axes and "lr" not in searched and "lr" in defaults:
-                axes["lr"] = [rate(f"{path}.lr (default)", "lr", defaults["lr"])]
-            used_space.update(searched)
-            if self.search and not searched:
-                raise StudyError(f"{path}: none of search.space ({_choices(space)}) is a hyperparameter of "
-                                 f"{entry.name!r}; choose from {_choices(allowed)}")
-            plans.append({"task": task, "axes": axes, "searched": searched, "is_hd": info.is_hd})
-        for key in space:
-            if key not in used_space:
-                raise StudyError(f"search.space.{key}: not a hyperparameter of any optimizer entry")
+    def _check(self) -> None:
+        """Check every entry into its plan (`entries`), then that no two grid points are one trial."""
+        self._plans = entry_plans(self.model, self.base_dir)
         # every trial must be a valid run_trial config; name the entry that is not. Every entry runs
         # the same seeds, so two trials are one exactly when their points are (checked on one seed).
-        self._plans = plans
         self._cache: dict[tuple, list[TrialRecord]] = {}
         self._point_cache: dict[tuple, list] = {}
         seen: dict[str, int] = {}
@@ -218,7 +119,6 @@ class Study:
                     raise StudyError(f"optimizers[{i}]: two of its grid points are one trial "
                                      f"({values | spelled.get('optimizer_args', {})}); remove one")
                 seen.setdefault(tid, i)
-        return plans
 
     def _check_config(self, index: int, config: dict, check):
         try:
@@ -260,16 +160,6 @@ class Study:
             return f"task.{message}"
         return f"optimizers[{index}]: {message}"
 
-    def _check_range(self, path: str, key: str, rng: Range) -> None:
-        for bound in ("low", "high"):
-            checks.number(f"{path}.{bound}", getattr(rng, bound), error=StudyError)
-        if not rng.low < rng.high:
-            raise StudyError(f"{path}: low must be < high, got low={rng.low} high={rng.high}")
-        if rng.log:
-            checks.number(f"{path}.low (log: true)", rng.low, low=0, low_open=True, error=StudyError)
-        if key in ("lr", "beta"):
-            rate(f"{path}.low", key, rng.low)
-
     # -- expansion ----------------------------------------------------------
 
     def _points(self, index: int, smoke: bool) -> list[tuple[dict, TrialRecord]]:
@@ -280,17 +170,17 @@ class Study:
         if key in self._point_cache:
             return self._point_cache[key]
         plan = self._plans[index]
-        axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
-        task = smoke_task(plan["task"]) if smoke else plan["task"]
+        axes = smoke_axes(plan.axes) if smoke else plan.axes
+        task = smoke_task(plan.task) if smoke else plan.task
         seed = self.seeds(smoke)[0]
         entry = self.entries[index]
         if self.search:
             space = self.search.space
-            axes = {**axes, **{k: [space[k].low, space[k].high] for k in plan["searched"]}}
+            axes = {**axes, **{k: [space[k].low, space[k].high] for k in plan.searched}}
         keys = list(axes)
         points = []
         for combo in itertools.product(*(axes[k] for k in keys)):
-            config = self._config(entry, task, dict(zip(keys, combo)), seed, plan["is_hd"])
+            config = self._config(entry, task, dict(zip(keys, combo)), seed)
             points.append((config, self._check_config(index, config, TrialRecord.from_config)))
         self._point_cache[key] = points
         return points
@@ -313,7 +203,7 @@ class Study:
             self._cache[key] = records
         return records
 
-    def _config(self, entry: Entry, task: dict, values: dict, seed: int, is_hd: bool) -> dict:
+    def _config(self, entry: Entry, task: dict, values: dict, seed: int) -> dict:
         config = {"study": self.name, **copy.deepcopy(task), "optimizer": entry.name}
         args = {}
         for key, value in values.items():
@@ -385,7 +275,7 @@ class Study:
             return [0 for _ in self.entries]
         out = []
         for i, plan in enumerate(self._plans):
-            axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
+            axes = smoke_axes(plan.axes) if smoke else plan.axes
             if len(axes.get("lr", [])) < 2:
                 out.append(0)  # one α0: nothing to bracket
                 continue
@@ -401,12 +291,12 @@ class Study:
     def search_plan(self, index: int, smoke: bool = False) -> dict:
         """What Optuna samples for one entry: base task, fixed values, categorical axes, ranges."""
         plan = self._plans[index]
-        axes = smoke_axes(plan["axes"]) if smoke else plan["axes"]
+        axes = smoke_axes(plan.axes) if smoke else plan.axes
         fixed = {k: v[0] for k, v in axes.items() if len(v) == 1}
         choices = {k: v for k, v in axes.items() if len(v) > 1}
-        return {"task": smoke_task(plan["task"]) if smoke else plan["task"], "fixed": fixed,
-                "choices": choices, "ranges": {k: self.search.space[k] for k in plan["searched"]},
-                "is_hd": plan["is_hd"], "entry": self.entries[index]}
+        return {"task": smoke_task(plan.task) if smoke else plan.task, "fixed": fixed,
+                "choices": choices, "ranges": {k: self.search.space[k] for k in plan.searched},
+                "is_hd": plan.is_hd, "entry": self.entries[index]}
 
     def search_trials(self, smoke: bool = False) -> int:
         return min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
@@ -420,7 +310,7 @@ class Study:
         plan = self.search_plan(index, smoke)
         first = None
         for seed in self.seeds(smoke):
-            config = self._config(plan["entry"], plan["task"], {**plan["fixed"], **values}, seed, plan["is_hd"])
+            config = self._config(plan["entry"], plan["task"], {**plan["fixed"], **values}, seed)
             if first is None:
                 first = self._check_config(index, config, TrialRecord.from_config)
             yield config, first.replace(seed=seed)
@@ -437,8 +327,8 @@ class Study:
                 entry["task"] = self.entries[i].task
             elif "task" in entry and not entry["task"]:
                 del entry["task"]
-        if "data_dir" in self._plans[0]["task"]:
-            data["task"]["data_dir"] = self._plans[0]["task"]["data_dir"]  # absolute, as the trials saw it
+        if "data_dir" in self._plans[0].task:
+            data["task"]["data_dir"] = self._plans[0].task["data_dir"]  # absolute, as the trials saw it
         return data
 
     def to_yaml(self, smoke: bool = False) -> str:
@@ -449,7 +339,9 @@ class Study:
 
 def runnable(config: dict) -> dict:
     """A trial config as run_trial takes it: without the keys only the sweep reads (label)."""
-    keys = set(_train().CONFIG_KEYS)
+    from sensitivity.spec import CONFIG_KEYS  # (run_trial's keys without what needs torch)
+
+    keys = set(CONFIG_KEYS)
     return {k: copy.deepcopy(v) for k, v in config.items() if k in keys}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sensitivity import loop, train
+from sensitivity import loop, solo, train
 from sensitivity.progress import Progress
 from sensitivity.record import TrialRecord
 from sensitivity.results import ResultsStore
@@ -39,7 +39,7 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
             raise RuntimeError("CUDA out of memory (simulated)")
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", flaky)
+    monkeypatch.setattr(solo, "evaluate", flaky)
     row, curve = run_one(RECORD, str(checkpoints))
     assert row["status"] == "error" and "out of memory" in row["error"]
     store = ResultsStore(tmp_path / "s")
@@ -49,7 +49,7 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
 
     # --retry-errors: the driver drops the error rows, and the trial runs again
     store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(solo, "evaluate", evaluate)
     train_epoch = loop._Epochs.epoch
 
     def counted(*args, **kwargs):

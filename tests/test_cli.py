@@ -119,6 +119,25 @@ def test_gpus_requested_where_the_cluster_has_none_exits_2(tmp_path, capsys, ray
     assert "resources.cpu: 64 CPU per trial but the largest node has 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu", [0, 0.5])
+def test_a_cuda_device_where_the_cluster_has_no_gpu_exits_2_before_any_trial(gpu, tmp_path, capsys, ray_local):
+    """device: cuda on a cluster without a GPU: one line naming task.device (and resources.gpu when the
+    study asks each trial for a GPU too, which would otherwise be reported alone), nothing run or written."""
+    if ray_local.cluster_resources().get("GPU"):
+        pytest.skip("this machine has a GPU")
+    path = tmp_path / "cuda.yaml"
+    path.write_text(HEAD.replace("epochs: 1}", "epochs: 1, device: cuda}") + "  - {name: sgd, lr: [0.1, 0.2]}\n"
+                    f"resources: {{cpu: 1, gpu: {gpu}}}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("sensitivity: task.device: cuda ") and "no node of the Ray cluster has" in err, err
+    assert ("resources.gpu: 0.5" in err) == (gpu > 0), err
+    written = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert not [n for n in written if n.endswith((".parquet", ".pt", ".yaml", ".json"))], written
+
+
 def test_cluster_yaml_is_a_launcher_config_with_a_closed_head():
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     assert config["provider"]["type"] == "aws"

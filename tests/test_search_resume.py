@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from sensitivity.identity import Current
 from sensitivity.results import ResultsStore, trial_id
 from sensitivity.study import Study
-from sensitivity.sweep.points import _point_values, current_search_ids, plan_entries
+from sensitivity.sweep.points import point_values, current_search_ids, plan_entries
 from sensitivity.sweep.search import _Entries, make_entries
 
 TASK = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [8]}, "epochs": 1}
@@ -40,7 +40,7 @@ def simulate(s: Study, store: ResultsStore, stop_after: int | None = None, stora
         assert proposal is not None
         asked += 1
         index = proposal["entry"]
-        values, point = _point_values(s, index, proposal["point"], False)
+        values, point = point_values(s, index, proposal["point"], False)
         rows = [{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c.lr, "label": c.label,
                  "optimizer": c.optimizer, "lr": c.lr, "seed": c.seed, "epochs": c.epochs,
                  "search_entry": index, "search_point": point}
@@ -99,7 +99,7 @@ def test_with_the_journal_a_resume_that_meets_old_points_completes_its_budget(tm
     # the killed run had asked a second point and stored one of its two seeds
     s = study(4, sampler)
     entries = make_entries(s, plan_entries(s, store, False), False, limit=1, storage=storage)
-    values, point = _point_values(s, 0, entries.suggest("killed")["point"], False)
+    values, point = point_values(s, 0, entries.suggest("killed")["point"], False)
     c = s.search_configs(0, values)[0]
     store.append([{"trial_id": trial_id(c), "status": "ok", "min_train_loss": c.lr, "label": c.label,
                    "optimizer": c.optimizer, "lr": c.lr, "seed": c.seed, "epochs": c.epochs,

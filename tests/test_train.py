@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sensitivity.outcome import Tracker
 from sensitivity import data as D
-from sensitivity import train
+from sensitivity import solo, train
 from sensitivity.optim import available
 from sensitivity.train import run_trial, validate_config
 
@@ -56,7 +56,7 @@ def _interrupt_at_eval(monkeypatch, n):
             raise KeyboardInterrupt("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(solo, "evaluate", evaluate)
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_schedule_free_is_evaluated_at_x_and_trained_at_y(monkeypatch):
         calls.append("evaluate")
         return evaluate(model, x, y)
 
-    monkeypatch.setattr(train, "evaluate", evaluated)
+    monkeypatch.setattr(solo, "evaluate", evaluated)
     result = train.run_trial({**BASE, "optimizer": "schedule-free-sgd", "lr": 0.5, "epochs": 2})
     assert result.row["status"] == "ok"
     assert calls == ["eval", "evaluate", "train"] * 3  # L0, then after each of the 2 epochs

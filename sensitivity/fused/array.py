@@ -36,16 +36,17 @@ import torch
 import torch.nn.functional as F
 
 from sensitivity import loop
-from sensitivity.loop import SYNC_EVERY, TrialResult
+from sensitivity.loop import EVAL_BATCH, SYNC_EVERY, TrialResult
 from sensitivity.record import SHARED_FIELDS, TrialRecord
+from sensitivity.solo import Solo
 
 from .models import fuse
 from .optim import MemberOptimizers
+from .plan import fit
 
-__all__ = ["SHARED_KEYS", "fusion_key", "run_fused", "array_id", "Stacked"]
+__all__ = ["SHARED_KEYS", "STRATEGIES", "fusion_key", "run_fused", "array_id", "strategy_groups", "Stacked"]
 
 SHARED_KEYS = SHARED_FIELDS  # what every member of an array shares; everything else may differ per member
-EVAL_BATCH = 1024
 
 
 def fusion_key(config: Mapping[str, Any] | TrialRecord) -> tuple:
@@ -57,7 +58,7 @@ def array_id(trial_ids: list[str]) -> str:
     return "a" + hashlib.sha1("\n".join(trial_ids).encode()).hexdigest()[:15]
 
 
-def _member_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _example_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy (K, N) of logits (K, N, C) against labels (K, N).
 
     Computed over the (K, C, N) view: torch's CPU log-softmax vectorises along the innermost
@@ -103,7 +104,7 @@ class Stacked:
         self.last = None
         with torch.enable_grad():
             out = model(xb)
-            losses = _member_losses(out, yb).mean(1)
+            losses = _example_losses(out, yb).mean(1)
             losses.sum().backward()
         losses = losses.detach()
         self.last = losses
@@ -132,7 +133,7 @@ class Stacked:
         for i in range(0, len(y), step):
             xb, yb = x[i:i + step], y[i:i + step]
             out = model(xb.unsqueeze(0).expand(k, *xb.shape))
-            loss += _member_losses(out, yb.expand(k, -1)).sum(1).double()
+            loss += _example_losses(out, yb.expand(k, -1)).sum(1).double()
             correct += (_predictions(out) == yb).sum(1)
         model.train()
         values = torch.stack([loss, correct]).tolist()
@@ -183,18 +184,24 @@ def _train_array(records: list[TrialRecord], states: list, checkpoint_dir) -> li
                 + _train_array(records[half:], states[half:], checkpoint_dir))
 
 
-def _groups(records: list[TrialRecord], states: list) -> list[tuple[str, list[int]]]:
-    """Members that train together: (strategy kind, positions), by the kind and epoch of their checkpoints.
+STRATEGIES = {Solo.kind: Solo, Stacked.kind: Stacked}  # which strategy resumes a checkpoint of each kind
 
-    Members without a checkpoint form one stacked group; those whose checkpoint a stacked array
-    wrote, one stacked group per epoch; a member whose checkpoint a solo run wrote resumes alone.
+
+def strategy_groups(states: list[dict | None], fresh: type) -> list[tuple[type, list[int]]]:
+    """Members that train together: (strategy, positions), by the kind and epoch of their checkpoints.
+
+    The one place that decides a member's strategy, for ``run_trial`` (`fresh` = Solo) and
+    ``run_fused`` (`fresh` = Stacked) alike: members without a checkpoint form one group of
+    `fresh`; those whose checkpoint a stacked array wrote, one stacked group per epoch (so an array
+    cut differently next time resumes every member); a member whose checkpoint a solo run wrote
+    resumes alone.
     """
     groups: dict[tuple, list[int]] = {}
     for j, state in enumerate(states):
         kind = loop.checkpoint_kind(state)
-        key = ("stacked", -1) if kind is None else (kind, state["epoch"] if kind == "stacked" else j)
+        key = (fresh.kind, -1) if kind is None else (kind, state["epoch"] if kind == Stacked.kind else j)
         groups.setdefault(key, []).append(j)
-    return [(kind, members) for (kind, _), members in sorted(groups.items(), key=lambda kv: kv[0][1])]
+    return [(STRATEGIES[kind], members) for (kind, _), members in sorted(groups.items(), key=lambda kv: kv[0][1])]
 
 
 def run_fused(configs: list[Mapping[str, Any] | TrialRecord], *, checkpoint_dir: str | None = None) -> list[TrialResult]:
@@ -203,7 +210,8 @@ def run_fused(configs: list[Mapping[str, Any] | TrialRecord], *, checkpoint_dir:
     The configs must share :data:`SHARED_KEYS` (ValueError naming the first that differs).
     With `checkpoint_dir`, each member's state is saved there once per epoch
     (``<checkpoint_dir>/<trial_id>.pt``), and a later call resumes every member that has one,
-    whichever members it is given with.
+    whichever members it is given with. Members that do not fit in the free memory of this
+    process's device (`plan.fit`) train as several arrays, one after the other.
     """
     if not configs:
         return []
@@ -213,29 +221,21 @@ def run_fused(configs: list[Mapping[str, Any] | TrialRecord], *, checkpoint_dir:
         raise ValueError("run_fused: the same trial appears twice in one array")
     states = loop.load_checkpoints(records, checkpoint_dir)
     results: list[TrialResult | None] = [None] * len(records)
-    for kind, positions in _groups(records, states):
-        members = [records[j] for j in positions]
-        if kind == "solo":
-            from sensitivity.train import Solo
-
-            done = loop.train(members, Solo, checkpoint_dir=checkpoint_dir, states=[states[positions[0]]])
+    for strategy, positions in strategy_groups(states, fresh=Stacked):
+        if strategy is Solo:  # (a group of one)
+            chunks = [positions]
         else:
-            done = []
-            cap = _fit(members[0])
-            parts = math.ceil(len(members) / cap)
-            for k in range(parts):  # interleaved, as the driver cuts arrays
-                chunk = positions[k::parts]
-                done_part = _train_array([records[j] for j in chunk], [states[j] for j in chunk], checkpoint_dir)
-                for j, result in zip(chunk, done_part):
-                    results[j] = result
-            continue
-        for j, result in zip(positions, done):
-            results[j] = result
+            parts = math.ceil(len(positions) / fit(records[positions[0]], _device_kind(records[positions[0]])))
+            chunks = [positions[k::parts] for k in range(parts)]  # interleaved, as the driver cuts arrays
+        for chunk in chunks:
+            members, member_states = [records[j] for j in chunk], [states[j] for j in chunk]
+            done = (loop.train(members, Solo, checkpoint_dir=checkpoint_dir, states=member_states)
+                    if strategy is Solo else _train_array(members, member_states, checkpoint_dir))
+            for j, result in zip(chunk, done):
+                results[j] = result
     return results
 
 
-def _fit(record: TrialRecord) -> int:
-    """Members of this record's model that fit in the free memory of the device this process trains on."""
-    from .plan import fit
-
-    return fit(record, loop.resolve_device(record.device).type)
+def _device_kind(record: TrialRecord) -> str:
+    """The kind of device this process trains `record` on (where the array runs, not the driver's)."""
+    return loop.resolve_device(record.device).type

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from .lr_free_functional import (_FRESH, Scalar, Workspace, _arg, axpy_, coef, ema_sq_, gate, l1, nonzero, py_max,
-                                 py_min, scale_, sq_norms, total, total_of_differences)
+from .lr_free_functional import (FRESH_WORKSPACE, Scalar, Workspace, axpy_, coef, ema_sq_, gate, l1, nonzero, operand,
+                                 py_max, py_min, scale_, sq_norms, total, total_of_differences)
 
 __all__ = ["d_step_size", "prodigy_accumulate", "prodigy_estimate", "prodigy_apply", "dadapt_sgd_accumulate",
            "dadapt_estimate", "dadapt_sgd_apply", "dadapt_adam_accumulate", "dadapt_adam_apply"]
@@ -30,7 +30,7 @@ def d_step_size(d: Tensor, lr, k: Tensor, beta1, beta2, bias_correction: bool) -
 
 
 def prodigy_accumulate(params, grads, p0s, exp_avgs, exp_avg_sqs, ss, *, d, dlr, d0, beta1, beta2, beta3,
-                       safeguard_warmup: bool, live=True, ws: Workspace = _FRESH) -> tuple[Tensor, Tensor]:
+                       safeguard_warmup: bool, live=True, ws: Workspace = FRESH_WORKSPACE) -> tuple[Tensor, Tensor]:
     """The first loop over one param group (its lr > 0; with a member axis, `live` marks the members whose is).
 
     Returns (Σ (d/d0)·dlr·⟨g, p0 − p⟩, Σ|s|) after the updates s ← β3·s + (d/d0)·dlr·g
@@ -73,7 +73,7 @@ def prodigy_estimate(d, d_max, d_numerator, numerator, denom, *, d0, d_coef, gro
 
 
 def prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, *, d, d_before, dlr, eps, weight_decay, decouple: bool,
-                  active, ws: Workspace = _FRESH) -> None:
+                  active, ws: Workspace = FRESH_WORKSPACE) -> None:
     """The step: p ← (1 − λ·dlr)·p (decoupled), then p ← p − dlr·m/(√v + d·ε) (β1 = 0: dlr·d·g), with d
     the updated estimate and dlr the step's d·lr·bias-correction; inactive members stay. `grads` are
     as :func:`prodigy_accumulate` left them, d_before·g."""
@@ -88,9 +88,9 @@ def _adam_step(params, exp_avgs, exp_avg_sqs, eps: Scalar, step: Scalar, ws: Wor
     """p ← p + step·m/(√v + ε), a range of tensors at a time (see :meth:`Workspace.spans`)."""
     for r in ws.spans(params):
         denom = ws.apply("sqrt", exp_avg_sqs[r])
-        torch._foreach_add_(denom, _arg(eps, denom))
+        torch._foreach_add_(denom, operand(eps, denom))
         if isinstance(step, Tensor):  # a device number: into the denominator (addcdiv takes python values only)
-            torch._foreach_div_(denom, _arg(step, denom))
+            torch._foreach_div_(denom, operand(step, denom))
             torch._foreach_addcdiv_(params[r], exp_avgs[r], denom)
         else:
             torch._foreach_addcdiv_(params[r], exp_avgs[r], denom, value=step)
@@ -111,7 +111,7 @@ def dadapt_estimate(d, d_hat, growth_rate, live=True):
     return gate(live, py_max(d, py_min(d_hat, d * growth_rate)), d)
 
 
-def dadapt_sgd_apply(params, ss, x0s, *, ck, ws: Workspace = _FRESH) -> None:
+def dadapt_sgd_apply(params, ss, x0s, *, ck, ws: Workspace = FRESH_WORKSPACE) -> None:
     """z = x0 − s; p ← (1 − ck)·p + ck·z (ck = 1 − momentum; the authors keep z, a function of x0 and s:
     with ck = 1, p = z)."""
     if not isinstance(ck, Tensor) and ck == 1:
@@ -123,7 +123,7 @@ def dadapt_sgd_apply(params, ss, x0s, *, ck, ws: Workspace = _FRESH) -> None:
 
 
 def dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, ss, *, dlr, beta1, beta2, eps, like, live=True,
-                           ws: Workspace = _FRESH):
+                           ws: Workspace = FRESH_WORKSPACE):
     """One group's sums: returns (dlr·⟨g, s/(√v + ε)⟩ with s, v before the step, Σ|s| after it).
 
     m ← β1·m + dlr(1−β1)·g, v ← β2·v + (1−β2)·g², s ← √β2·s + dlr(1−√β2)·g; `live` as in Prodigy.
@@ -132,7 +132,7 @@ def dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, ss, *, dlr, beta1, beta
     dot = torch.zeros_like(like)
     for r in ws.spans(grads):
         denom = ws.apply("sqrt", exp_avg_sqs[r])
-        torch._foreach_add_(denom, _arg(eps, denom))
+        torch._foreach_add_(denom, operand(eps, denom))
         dot = dot + total(grads[r], ws.apply("div", ss[r], denom, slot=1), like)
     numerator = gate(live, dlr * dot, 0.0)
     scale_(exp_avgs, gate(live, beta1, 1.0))
@@ -144,7 +144,7 @@ def dadapt_adam_accumulate(grads, exp_avgs, exp_avg_sqs, ss, *, dlr, beta1, beta
 
 
 def dadapt_adam_apply(params, exp_avgs, exp_avg_sqs, *, dlr, eps, weight_decay, decouple: bool, active,
-                      ws: Workspace = _FRESH) -> None:
+                      ws: Workspace = FRESH_WORKSPACE) -> None:
     """p ← (1 − λ·dlr)·p (decoupled), then p ← p − m/(√v + ε) (dlr is inside m); inactive members stay
     (their ε is +∞ here, so m/(√v + ε) = 0)."""
     if decouple and nonzero(weight_decay):

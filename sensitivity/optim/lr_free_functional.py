@@ -31,8 +31,8 @@ from . import functional as F
 from .members import member_dtype
 
 __all__ = [
-    "Scalar", "coef", "scale_", "axpy_", "ema_sq_", "nonzero", "py_max", "py_min", "gate", "safe_div", "total", "l1",
-    "sq_norms", "distances", "total_of_differences", "Workspace",
+    "Scalar", "coef", "operand", "scale_", "axpy_", "ema_sq_", "nonzero", "py_max", "py_min", "gate", "safe_div",
+    "total", "l1", "sq_norms", "distances", "total_of_differences", "Workspace", "FRESH_WORKSPACE",
     "schedule_free_weights", "schedule_free_step", "schedule_free_adamw_grads_", "schedule_free_swap",
     "dog_eta", "dog_apply",
 ]
@@ -57,7 +57,7 @@ def coef(value: Scalar, tensors: list[Tensor]):
     return [cast[t.dtype] for t in tensors]
 
 
-def _arg(value: Scalar, tensors: list[Tensor]):
+def operand(value: Scalar, tensors: list[Tensor]):
     """`value` for the foreach ops that take one tensor as well as a list (mul_, div_, add_): a 0-dim tensor
     stays one tensor when the tensors share its dtype (one fused kernel on an accelerator)."""
     if isinstance(value, Tensor) and value.dim() == 0 and all(t.dtype == value.dtype for t in tensors):
@@ -70,7 +70,7 @@ def _arg(value: Scalar, tensors: list[Tensor]):
 def scale_(xs: list[Tensor], a: Scalar) -> None:
     """x ← a·x in place."""
     if xs:
-        torch._foreach_mul_(xs, _arg(a, xs))
+        torch._foreach_mul_(xs, operand(a, xs))
 
 
 class Workspace:
@@ -136,7 +136,7 @@ class Workspace:
         return out
 
 
-_FRESH = Workspace()  # for callers that keep none (nothing outlives an op, so sharing it is safe)
+FRESH_WORKSPACE = Workspace()  # for callers that keep none (nothing outlives an op, so sharing it is safe)
 
 
 def axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
@@ -149,7 +149,7 @@ def axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
         torch._foreach_add_(ys, xs, alpha=a)
 
 
-def ema_sq_(vs: list[Tensor], grads: list[Tensor], beta: Scalar, c: Scalar, ws: Workspace = _FRESH) -> None:
+def ema_sq_(vs: list[Tensor], grads: list[Tensor], beta: Scalar, c: Scalar, ws: Workspace = FRESH_WORKSPACE) -> None:
     """v ← β·v + c·g² in place (``v.mul_(β).addcmul_(g, g, value=c)``; a per-member c needs c·g first)."""
     scale_(vs, beta)
     if isinstance(c, Tensor):
@@ -217,7 +217,7 @@ def _norms(xs: list[Tensor], like: Tensor, order: float) -> Tensor:
                         for x in xs], dim=1)
 
 
-def l1(xs: list[Tensor], like: Tensor, ws: Workspace = _FRESH) -> Tensor:
+def l1(xs: list[Tensor], like: Tensor, ws: Workspace = FRESH_WORKSPACE) -> Tensor:
     """Σ_i Σ|x_i| (``sum(x.abs().sum())``): foreach 1-norms, or on CPU |x| into kept memory and summed
     (CPU's 1-norm kernel is several times slower than the two passes)."""
     if not xs:
@@ -234,13 +234,13 @@ def sq_norms(xs: list[Tensor], like: Tensor) -> Tensor:
     return _norms(xs, like, 2).square()
 
 
-def distances(xs: list[Tensor], x0s: list[Tensor], like: Tensor, ws: Workspace = _FRESH) -> Tensor:
+def distances(xs: list[Tensor], x0s: list[Tensor], like: Tensor, ws: Workspace = FRESH_WORKSPACE) -> Tensor:
     """‖x_i − x0_i‖ of each tensor: (n,) solo, (K, n) with a member axis."""
     return torch.cat([_norms(ws.apply("sub", xs[r], x0s[r]), like, 2) for r in ws.spans(xs)], dim=-1)
 
 
 def total_of_differences(gs: list[Tensor], xs: list[Tensor], ys: list[Tensor], like: Tensor,
-                         ws: Workspace = _FRESH) -> Tensor:
+                         ws: Workspace = FRESH_WORKSPACE) -> Tensor:
     """Σ_i ⟨g_i, x_i − y_i⟩ (the difference formed, not ⟨g, x⟩ − ⟨g, y⟩, which cancels)."""
     out = torch.zeros_like(like)
     for r in ws.spans(gs):
@@ -280,7 +280,7 @@ def schedule_free_step(ys, zs, grads, *, lr, beta, ckp1) -> None:
 
 
 def schedule_free_adamw_grads_(grads, exp_avg_sqs, ys, *, k: int, beta2, eps, weight_decay,
-                               ws: Workspace = _FRESH) -> None:
+                               ws: Workspace = FRESH_WORKSPACE) -> None:
     """AdamW's gradients, in place: v ← β2·v + (1−β2)·g²; g ← g/(√(v/(1−β2^{k+1})) + ε) + λ·y."""
     ema_sq_(exp_avg_sqs, grads, beta2, 1 - beta2, ws)
     for r in ws.spans(grads):
@@ -302,7 +302,7 @@ def schedule_free_swap(params, zs, weight) -> None:
 
 
 def dog_eta(first: bool, params, grads, x0s, state: dict, *, lr, reps_rel, eps, layerwise: bool, like,
-            ws: Workspace = _FRESH) -> Tensor:
+            ws: Workspace = FRESH_WORKSPACE) -> Tensor:
     """η of the step; updates ``state["rbar"]`` and ``state["G"]`` (per tensor with `layerwise`).
 
     First step: r̄ = reps_rel·(1 + ‖x_0‖), G = Σ‖g‖² + ε; then r̄ ← max(r̄, ‖x − x_0‖), G ← G + Σ‖g‖²; η = lr·r̄/√G.

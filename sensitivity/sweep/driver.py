@@ -19,7 +19,11 @@ from sensitivity.sweep.tuner import Summary, remove_dir
 
 
 def check_devices(study: Study, plan: RunPlan) -> None:
-    """StudyError (bad input) when a trial names a CUDA device and no node of the cluster has a GPU."""
+    """StudyError (bad input) when a trial names a CUDA device and no node of the cluster has a GPU.
+
+    Checked before the trial resources (`cluster.trial_resources`), so that the one line names
+    task.device, and resources.gpu beside it when the study also asks each trial for a GPU.
+    """
     named = sorted({r.device for r in study.point_records(plan.smoke) if r.device.startswith("cuda")})
     if not named:
         return
@@ -31,6 +35,11 @@ def check_devices(study: Study, plan: RunPlan) -> None:
         if "device" in entry.task and str(entry.task["device"]).startswith("cuda"):
             field = f"optimizers[{i}].task.device"
             break
+    gpu = study.resources.gpu if not plan.smoke else 0  # (--smoke drops the GPU request on a cluster without one)
+    if gpu > 0:
+        raise StudyError(f"{field}: {named[0]} and resources.gpu: {gpu:g} ask for a GPU but no node of the Ray "
+                         f"cluster has one; use device: auto (cuda where the worker has one) or cpu with "
+                         f"resources.gpu: 0, or pass --address of a cluster with GPU workers")
     raise StudyError(f"{field}: {named[0]} requested but no node of the Ray cluster has a GPU; use device: auto "
                      f"(cuda where the worker has one) or cpu, or pass --address of a cluster with GPU workers")
 
@@ -80,8 +89,8 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         started = connect(address)
         if checks is not None:
             checks.result()  # bad input (StudyError) stops the run here, before any trial; Ray stops below
+        check_devices(study, plan)  # first: a trial pinned to cuda is named, whatever resources.gpu asks
         resources = trial_resources(study, smoke, quiet)
-        check_devices(study, plan)
         store.write_text(STUDY, study.to_yaml(smoke))
         current = plan.current
         current.write()

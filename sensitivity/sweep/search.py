@@ -16,8 +16,8 @@ from ray.tune.search import Searcher
 from sensitivity.progress import Progress
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
-from sensitivity.sweep.journal import _known_points, optuna_storage, optuna_study_name
-from sensitivity.sweep.points import _optuna_space, _point_values, plan_entries
+from sensitivity.sweep.journal import known_points, optuna_storage, optuna_study_name
+from sensitivity.sweep.points import optuna_space, point_values, plan_entries
 from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
 from sensitivity.sweep.worker import Reported, Unit, mean_metric, metric_value, payload, run_unit, set_threads
 
@@ -27,7 +27,7 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
     """Ray Tune trainable of one Optuna trial: the sampled point on every seed, in turn (or as one array)."""
     set_threads(cpu)
     index = config["entry"]
-    values, point = _point_values(study, index, config["point"], smoke)
+    values, point = point_values(study, index, config["point"], smoke)
     records = study.search_configs(index, values, smoke)
     reported = Reported(len(records))  # a retried Ray trial skips the seeds the driver holds
     found = [done[r.trial_id] if r.trial_id in done else reported.values[r.trial_id]
@@ -63,7 +63,7 @@ def point_failures(study: Study, store, smoke: bool, failed: list[tuple[dict, st
     for config, message in failed:
         if "entry" not in config or "point" not in config:
             continue
-        values, point = _point_values(study, config["entry"], config["point"], smoke)
+        values, point = point_values(study, config["entry"], config["point"], smoke)
         for record in study.search_configs(config["entry"], values, smoke):
             if record.trial_id not in store:
                 rows.append({**outcome.error_row(record, worker_died(message), 0.0),
@@ -164,10 +164,10 @@ def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int, stora
     searchers, finished = {}, {}
     for index, plan in enumerate(plans):
         name = optuna_study_name(study, index, smoke) if storage is not None else None
-        known = _known_points(storage, name) if storage is not None else []
+        known = known_points(storage, name) if storage is not None else []
         if plan["budget"] <= 0 and all(p["params"] in known for p in plan["complete"].values()):
             continue
-        searcher = OptunaSearch(space=_optuna_space(study, index, smoke), metric="objective", mode="min",
+        searcher = OptunaSearch(space=optuna_space(study, index, smoke), metric="objective", mode="min",
                                 sampler=_sampler(study.search.sampler, plan["seed"]),
                                 points_to_evaluate=[p["params"] for p in plan["partial"]] or None,
                                 storage=storage, study_name=name)
@@ -181,7 +181,7 @@ def make_entries(study: Study, plans: list[dict], smoke: bool, limit: int, stora
             continue  # its finished points are now in the storage; nothing to run
         searchers[index] = ConcurrencyLimiter(searcher, max_concurrent=limit)
     return _Entries(searchers, {i: plans[i]["budget"] for i in searchers}, finished,
-                    key_of=lambda index, point: _point_values(study, index, point, smoke)[1])
+                    key_of=lambda index, point: point_values(study, index, point, smoke)[1])
 
 
 def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_root, max_concurrent, quiet,

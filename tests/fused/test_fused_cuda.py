@@ -27,8 +27,8 @@ def test_cuda_array_agrees_with_solo(model, args):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam-hd"])
 def test_cuda_members_draw_their_augmentation_as_their_solo_runs_do(optimizer):
     """augment on, on the GPU: each member's crops and flips come from its own generator on the
-    device, and the loop seeds the CUDA RNG as a solo run does, so a member's batches, and with
-    them its losses, are its solo run's (float64 data and model: equal to round-off)."""
+    device, so a member's batches, and with them its losses, are its solo run's (float64 data and
+    model: equal to round-off). The global CUDA seed, which no loss shows, is test_fused_seeding's."""
     from dataclasses import replace
 
     from sensitivity import data as datamod

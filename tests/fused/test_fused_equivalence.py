@@ -158,6 +158,43 @@ def test_batch_norm_model_matches_solo_50_steps(name, float64, step_losses):
     _check(_resnet_configs(name, 5), step_losses)
 
 
+@pytest.mark.parametrize("name", ["sgdn", "adam-hd-adam", "sgd-cam-hd", "adam-l4"])
+def test_logreg_matches_solo(name, float64, step_losses):
+    """One linear layer: CAM-HD's units and layers, L4's losses, HD's α over the smallest model."""
+    _check(_configs(name, "logreg", SMALL, members=2), step_losses)
+
+
+TINY = {"train_size": 32, "test_size": 8}  # batches of 16: two steps an epoch
+# VGG-16's 13 conv-BN-ReLU layers and 5 max-pools at widths of 4 to 8 channels (the last 512, which
+# the classifier reads): its every layer kind and order, at a thousandth of the full model's cost
+NARROW_VGG16 = (4, 4, "M", 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 512, "M")
+
+
+@pytest.mark.parametrize("name", ["sgdn-hd", "schedule-free-sgd"])
+def test_vgg16_matches_solo(name, float64, step_losses, monkeypatch):
+    """Batch norm after every conv; Schedule-Free is evaluated at x, where each member's running
+    statistics are estimated again from the training batches (`loop.evaluation_point`)."""
+    from sensitivity import models
+
+    monkeypatch.setattr(models, "_VGG16", NARROW_VGG16)
+    monkeypatch.setitem(globals(), "MIN_STEPS", 4)
+    cfgs = _configs(name, "vgg16", {"shape": [1, 32, 32], **TINY}, members=2, epochs=2)
+    _check(cfgs, step_losses)
+
+
+def test_resnet34_matches_solo(float64, step_losses, monkeypatch):
+    """ResNet-34: ResNet-18's blocks, more of them per stage (its downsampling shortcuts included)."""
+    monkeypatch.setitem(globals(), "MIN_STEPS", 2)
+    _check(_configs("sgdn-hd", "resnet34", {"shape": [1, 2, 2], **TINY}, members=2, epochs=1), step_losses)
+
+
+@pytest.mark.exhaustive  # the full-width VGG-16 in float64: one to two minutes per optimizer on a CPU
+@pytest.mark.parametrize("name", ["sgdn-hd", "schedule-free-sgd"])
+def test_full_width_vgg16_matches_solo(name, float64, step_losses, monkeypatch):
+    monkeypatch.setitem(globals(), "MIN_STEPS", 4)
+    _check(_configs(name, "vgg16", {"shape": [1, 32, 32], **TINY}, members=2, epochs=2), step_losses)
+
+
 def test_cam_hd_three_levels_matches_solo(float64, step_losses):
     cfgs = _configs("adam-cam-hd", "mlp", SMALL, model_args={"hidden": [16]})
     for k, cfg in enumerate(cfgs):

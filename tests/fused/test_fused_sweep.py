@@ -137,5 +137,5 @@ def test_the_plan_follows_the_workers_not_the_driver(monkeypatch):
     monkeypatch.setattr(driver, "cluster_totals", lambda: (16.0, 4.0, 8.0, 1.0))  # CPU head, GPU workers
     driver.check_devices(pinned, run_plan)
     monkeypatch.setattr(driver, "cluster_totals", lambda: (2.0, 0.0, 2.0, 0.0))  # a laptop
-    with pytest.raises(StudyError, match=r"^task\.device: cuda requested but no node of the Ray cluster has a GPU"):
+    with pytest.raises(StudyError, match=r"^task\.device: cuda and resources\.gpu: 1 ask for a GPU but no node of the Ray"):
         driver.check_devices(pinned, run_plan)
