@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from sensitivity.identity import _canonical
+from sensitivity.identity import json_ready
 from sensitivity.results import resolve, write_atomic
 from sensitivity.study import Study
 
@@ -54,7 +54,7 @@ def optuna_storage(location: str):
 def optuna_study_name(study: Study, index: int, smoke: bool) -> str:
     """`<label>-<hash of the entry's search plan>`: a changed entry gets a study of its own."""
     plan = study.search_plan(index, smoke)
-    text = json.dumps(_canonical({"task": plan["task"], "fixed": plan["fixed"], "choices": plan["choices"],
+    text = json.dumps(json_ready({"task": plan["task"], "fixed": plan["fixed"], "choices": plan["choices"],
                                   "ranges": {k: r.model_dump() for k, r in plan["ranges"].items()},
                                   "optimizer": plan["entry"].name, "seeds": study.seeds(smoke),
                                   "metric": study.search.metric}), sort_keys=True)

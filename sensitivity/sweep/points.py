@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from sensitivity import checks
-from sensitivity.identity import _canonical, legacy_trial_id, value_key
+from sensitivity.identity import json_ready, legacy_trial_id, value_key
 from sensitivity.results import ResultsStore
 from sensitivity.study import Study
 from sensitivity.sweep.objective import metric_value
@@ -38,7 +38,7 @@ def _point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[
 
 
 def point_text(values: dict) -> str:
-    return json.dumps(_canonical(values), sort_keys=True)
+    return json.dumps(json_ready(values), sort_keys=True)
 
 
 def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict | None:
@@ -139,7 +139,7 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, re
 def _seed(study: Study, index: int, finished: int) -> int:
     """The entry's sampler seed: its configuration and how many points are done, so a resumed
     run draws new points instead of replaying the ones it already ran."""
-    text = json.dumps([study.name, _canonical(study.entries[index].model_dump()), finished], sort_keys=True)
+    text = json.dumps([study.name, json_ready(study.entries[index].model_dump()), finished], sort_keys=True)
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 2**31
 
 
