@@ -2,6 +2,7 @@
 
 `sensitivity run` and `sweep.run_study` both take the :class:`RunPlan` of :func:`plan_run`:
 
+0. both tables and their part files are readable parquet (a corrupt one is bad input, named);
 1. the smoke guard: a `--smoke` run and a full run never share one table (checked before
    anything is written);
 2. migrations of the stored rows (a write: the caller holds the study's lease): rows stored
@@ -98,7 +99,11 @@ def errored_rows(store: ResultsStore):
 def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
              write: bool = True) -> RunPlan:
     """The plan of a run (module docstring). With `write` (the caller holds the lease) the stored rows
-    are migrated first; without, nothing is written and the counts are what a run would start."""
+    are migrated first; without, nothing is written and the counts are what a run would start.
+
+    CorruptTableError (bad input) names a table or part file that is not readable parquet, before
+    anything is written or trained."""
+    store.check()
     smoke_guard(store, smoke)
     rewritten = 0
     if write and not study.search and _others(study, store, smoke):  # rows the study's ids do not name

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 
 from sensitivity.identity import NON_IDENTITY_KEYS, trial_id  # noqa: F401 (re-exported)
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
-    CorruptTableError, ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now,
+    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, table_bytes, through_now,
     through_of, write_atomic, write_error, writing)
 from sensitivity.tables import (  # noqa: F401  (clean_row, LOSS_COLUMNS: importable from here too)
     LOSS_COLUMNS, clean_row, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
@@ -143,6 +143,19 @@ class ResultsStore:
             done = pa.array(sorted(self._done), pa.string())
             self._curves_cache = merge_curves(sources, done).to_pandas()
         return self._curves_cache
+
+    def check(self) -> None:
+        """CorruptTableError naming the first table or part file that is not readable parquet.
+
+        The trials (tables and parts) were read whole when the store was made; the curves are read
+        only when a compaction or an analysis needs them, so their footers are checked here. A run
+        checks before it writes or trains anything: a corrupt ``curves.parquet`` is then bad input
+        (exit 2) at the start, not a failure after every trial has trained.
+        """
+        check_parquet(self.fs, self.curves_path)
+        for _seq, _writer, kind, path in self._parts():
+            if kind == "curves":
+                check_parquet(self.fs, path)
 
     def __contains__(self, tid: str) -> bool:
         """Whether the trial is stored (its row is in a table or a part)."""

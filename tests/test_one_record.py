@@ -207,6 +207,42 @@ def test_a_corrupt_table_is_bad_input_for_every_command(tmp_path, capsys):
         assert "trials.parquet" in err and len(err.strip().splitlines()) == 1, (argv, err)
 
 
+@pytest.mark.parametrize("left", [False, True], ids=["nothing left", "trials left"])
+@pytest.mark.parametrize("where", ["curves.parquet", "a curves part"])
+def test_a_corrupt_curves_table_stops_every_command_before_anything_is_written(tmp_path, capsys, monkeypatch,
+                                                                              where, left):
+    """Before, `run` exited 0 with nothing left and left curves.parquet corrupt, or trained every trial
+    left and then exited 2 at its compaction; now the plan checks both tables and their parts first."""
+    import sensitivity.preflight
+
+    data = {"name": "broken", "task": TASK, "optimizers": [{"name": "sgd", "lr": [0.1, 1.0]}]}
+    path = _write(tmp_path, data)
+    study = load_study(path)
+    location = tmp_path / "out" / "broken"
+    store = _store_finished(location, study.trials(), smoke=False, study=study)
+    if where == "curves.parquet":
+        store.compact()
+        bad = location / "curves.parquet"
+    else:
+        (bad,) = location.glob("parts/*.curves.parquet")
+    bad.write_bytes(b"garbage")
+    if left:
+        path = _write(tmp_path, {**data, "optimizers": [{"name": "sgd", "lr": [0.1, 1.0, 3.0]}]})
+
+    def never(*args, **kwargs):
+        raise AssertionError("a trial would train")
+
+    monkeypatch.setattr(sensitivity.preflight, "check_local_data", never)  # the last step before Ray starts
+    files = {p: p.read_bytes() for p in location.rglob("*.parquet")}
+    for argv in (["run", str(path), "--out", str(tmp_path / "out")], ["compact", str(location)],
+                 ["plot", str(location)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert str(bad) in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert {p: p.read_bytes() for p in location.rglob("*.parquet")} == files  # nothing rewritten, nothing lost
+
+
 def test_search_mode_rewrites_current_json_a_logarithmic_number_of_times():
     from sensitivity.identity import Current
 
