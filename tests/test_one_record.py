@@ -60,6 +60,44 @@ def test_two_spellings_are_one_trial_one_series_and_one_set_of_columns(what, one
     assert table["series"].nunique() == 1, table["series"].unique()
 
 
+@pytest.mark.slow
+def test_study_files_that_spell_one_study_two_ways_run_it_once_and_load_one_series_each(tmp_path, capsys, ray_local):
+    """Through the study file and the run path: a study run, then respelt (a scalar for a list, the
+    canonical name for an alias, defaults spelt out, a float for an int), reruns nothing and keeps one
+    series per entry (a renamed entry's old rows take its new label); an α0 added to the respelt study runs that trial alone, in the same series."""
+    out = tmp_path / "out"
+    first = {"name": "spell", "task": TASK, "seeds": 1, "optimizers": [
+        {"name": "adam", "lr": [0.01]},
+        {"name": "sgd-hd", "lr": 0.1},
+        {"name": "sgd", "lr": [0.1, 1]}]}
+    second = {**first, "optimizers": [
+        {"name": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1.0e-8},
+        {"name": "sgd-hd-sgd", "lr": 0.1, "beta": 0.001},
+        {"name": "sgd", "lr": [0.1, 1.0], "weight_decay": 0.0}]}
+    path = _write(tmp_path, first)
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    before = pd.read_parquet(out / "spell" / "trials.parquet")
+    assert len(before) == 4
+    path = _write(tmp_path, second)
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    assert "nothing to run; all 4 trials are in" in capsys.readouterr().out
+    trials, curves = analysis.load(out / "spell")
+    assert len(trials) == 4 and trials.attrs.get("stale_rows", 0) == 0
+    assert sorted(trials["series"].unique()) == ["adam", "sgd", "sgd-hd-sgd"], trials["series"].unique()
+    assert set(curves["trial_id"]) == set(before["trial_id"])
+    more = {**second, "optimizers": [{**second["optimizers"][0], "lr": [0.01, 0.003]}, *second["optimizers"][1:]]}
+    path = _write(tmp_path, more)
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    assert "ran 1 trials" in capsys.readouterr().out
+    trials, _ = analysis.load(out / "spell")
+    assert len(trials) == 5 and trials.attrs.get("stale_rows", 0) == 0
+    assert sorted(trials["series"].unique()) == ["adam", "sgd", "sgd-hd-sgd"], trials["series"].unique()
+    adam = trials[trials["series"] == "adam"]
+    assert sorted(adam["lr"]) == [0.003, 0.01] and adam["betas"].nunique() == 1
+
+
 def test_an_errored_trial_carries_every_identity_column():
     record = TrialRecord.from_config({**BASE, "optimizer": "sgd", "lr": 0.1, "device": "cuda:7"})
     row, curve = run_one(record)  # no such device here: the trial raises
