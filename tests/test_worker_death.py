@@ -86,9 +86,10 @@ DIE = {  # how the worker process ends while it trains trial "t1"
 
 def _worker(folder: Path, death: str, training: bool = True) -> None:
     """A process standing in for a Ray worker: its watcher learns what it trains, then it dies."""
-    code = (f"import os, signal\nfrom sensitivity.sweep import exits\nw = exits.watcher()\nassert w.ready\n"
+    code = ("import os, resource, signal\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file\n"
+            "from sensitivity.sweep import exits\nw = exits.watcher()\nassert w.ready\n"
             + (f"w.training({str(folder)!r}, ['t1', 't2'])\n" if training else "w.idle()\n") + DIE[death] + "\n")
-    subprocess.run([sys.executable, "-c", code], timeout=60)
+    subprocess.run([sys.executable, "-c", code], timeout=60, cwd=folder)
 
 
 def _record(folder: Path, tid: str, wait_s: float = 10.0) -> dict | None:
