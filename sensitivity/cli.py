@@ -7,7 +7,8 @@ Exit codes:
   trials did not finish (run the same command again to resume), the Ray cluster at --address
   did not answer, or the run was interrupted.
 - 2: bad input, one line on stderr: the study file, an option, dataset files missing on a local
-  run, a results directory that `plot` cannot read.
+  run, a results directory that `plot` cannot read, a table or part file that is not readable parquet
+  (`run`, `compact` and `plot` name it, before anything is written).
 
 `validate` and `optimizers` import neither torch nor ray.
 """
@@ -206,6 +207,7 @@ def _compact(args) -> int:
         if lease.note:
             print(lease.note, file=sys.stderr)
         store = ResultsStore(args.results)
+        store.check()  # a corrupt table or part: exit 2 naming it, before anything is rewritten
         if store.trials is None:
             return _bad(f"results: no trials.parquet and no parts in {args.results}")
         store.guard = lease.check

@@ -24,12 +24,12 @@ from sensitivity.record import TrialRecord, canonical_value, hash_identity, opti
 NON_IDENTITY_KEYS = frozenset({"data_dir", "device", "download", "trial_id", "study", "label", "node", "_extra"})
 
 
-def canonical(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready value with one spelling per meaning (tuples are lists, 1e-3 == 0.001); ints stay ints."""
     if isinstance(value, Mapping):
-        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): json_ready(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalar
@@ -37,9 +37,6 @@ def canonical(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return value  # json writes floats by repr: 1e-3 and 0.001 are one spelling
     return str(value)
-
-
-_canonical = canonical  # the spelling results.py still imports; new code imports `canonical`
 
 
 def value_key(value: Any) -> str:
@@ -55,7 +52,7 @@ def _spelled(config: Mapping[str, Any]) -> dict:
 
 def legacy_trial_id(config: Mapping[str, Any]) -> str:
     """The id of tables written before identity followed the effective config (for migration)."""
-    return hash_identity(canonical(_spelled(config)))
+    return hash_identity(json_ready(_spelled(config)))
 
 
 def canonical_config(config: Mapping[str, Any]) -> dict:
@@ -77,7 +74,7 @@ def trial_id(config: Mapping[str, Any] | TrialRecord) -> str:
     """Stable 16-hex-digit hash of a trial's effective config (a record's own id), ignoring where/how it runs."""
     if isinstance(config, TrialRecord):
         return config.trial_id
-    text = json.dumps(canonical({k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}),
+    text = json.dumps(json_ready({k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}),
                       sort_keys=True, separators=(",", ":"))
     return _id_of(text)
 

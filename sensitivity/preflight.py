@@ -2,6 +2,7 @@
 
 `sensitivity run` and `sweep.run_study` both take the :class:`RunPlan` of :func:`plan_run`:
 
+0. both tables and their part files are readable parquet (a corrupt one is bad input, named);
 1. the smoke guard: a `--smoke` run and a full run never share one table (checked before
    anything is written);
 2. migrations of the stored rows (a write: the caller holds the study's lease): rows stored
@@ -21,6 +22,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+
+import pandas as pd
 
 from sensitivity.identity import Current, legacy_ids
 from sensitivity.record import TrialRecord
@@ -98,7 +101,11 @@ def errored_rows(store: ResultsStore):
 def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
              write: bool = True) -> RunPlan:
     """The plan of a run (module docstring). With `write` (the caller holds the lease) the stored rows
-    are migrated first; without, nothing is written and the counts are what a run would start."""
+    are migrated first; without, nothing is written and the counts are what a run would start.
+
+    CorruptTableError (bad input) names a table or part file that is not readable parquet, before
+    anything is written or trained."""
+    store.check()
     smoke_guard(store, smoke)
     rewritten = 0
     if write and not study.search and _others(study, store, smoke):  # rows the study's ids do not name
@@ -128,7 +135,7 @@ def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Cu
         known = {r.trial_id: r for r in study.iter_trials(smoke) if r.trial_id in current.labels and r.trial_id in store}
         if study.refine:
             known.update({r.trial_id: r for r in refined_trials(study, store, study.trials(smoke))})
-            known.update(_series_rows(study, store, smoke))
+            known.update(_series_rows(study, store, smoke, known))
     return {tid: r for tid, r in known.items() if tid in current.labels and tid in store}
 
 
@@ -191,20 +198,51 @@ def refined_trials(study: Study, store: ResultsStore, grid: list[TrialRecord]) -
     return refine_rounds(study.refine, store, grid, lambda batch, round_: None)
 
 
-def _series_rows(study: Study, store: ResultsStore, smoke: bool) -> dict[str, TrialRecord]:
+ANY = "*"  # a stored row that names no optimizer
+
+
+def _series_rows(study: Study, store: ResultsStore, smoke: bool, known) -> dict[str, TrialRecord]:
     """In a refined study, every stored α0 point of a current series on one of the study's seeds.
 
     Refinement places α0 points from the rows it finds, so after a grid edit (a point added that a
-    round had measured, a resolution changed) the rounds are planned anew; the points measured
-    before still describe the same series and stay current.
+    round had measured, a point removed, a resolution changed) the rounds are planned anew; the
+    points measured before still describe the same series and stay current. (A plain grid keeps
+    no such points: an α0 removed from it is stale, see README "Which rows count".)
+
+    A stored row is a point of a series when the series' record at the row's α0 has the row's id.
+    Only rows not in `known` (the grid's and the rounds' ids, already current) are tried, each
+    against the series of its own seed and optimizer: the cost grows with the rows, not with
+    trials × stored α0 values.
     """
+    from sensitivity.record import optimizer_defaults
+
     trials = store.trials
-    if trials is None or "lr" not in trials or not len(trials):
+    if trials is None or not {"lr", "seed"} <= set(trials) or not len(trials):
         return {}
-    lrs = sorted({float(v) for v in trials["lr"].dropna().unique()})
-    ids = set(trials["trial_id"])
+    rows = trials[~trials["trial_id"].isin(set(known))]
+    rows = rows[rows["lr"].notna() & rows["seed"].notna()]
+    if rows.empty:
+        return {}
+    stored = [None if pd.isna(v) else v for v in rows["optimizer"]] if "optimizer" in rows else [None] * len(rows)
+    names: dict = {None: ANY}  # a row without the column: any optimizer
+    for name in set(stored) - {None}:
+        try:
+            names[name] = optimizer_defaults(str(name))[0]  # an alias stored by an older version
+        except KeyError:
+            names[name] = None  # no optimizer of this version: no series of the study
+    # (seed, optimizer) -> the α0 values of the rows there
+    candidates: dict[tuple, set[float]] = {}
+    for seed, name, lr in zip(rows["seed"], stored, rows["lr"]):
+        if names.get(name) is not None:
+            candidates.setdefault((int(seed), names[name]), set()).add(float(lr))
+    ids = set(rows["trial_id"])
+    templates: dict[str, TrialRecord] = {}  # one record per series and seed
+    for record in study.iter_trials(smoke):
+        if (record.seed, record.optimizer) in candidates or (record.seed, ANY) in candidates:
+            templates.setdefault(record.replace(lr=0.0).trial_id, record)
     out = {}
-    for template in study.trials(smoke):
+    for template in templates.values():
+        lrs = candidates.get((template.seed, template.optimizer), set()) | candidates.get((template.seed, ANY), set())
         for lr in lrs:
             record = template.replace(lr=lr)
             if record.trial_id in ids:
@@ -222,7 +260,7 @@ def current_rows(study: Study, store: ResultsStore, smoke: bool = False, *, rena
     if study.refine:  # the rounds' α0 points belong to the study as much as the grid's
         records = study.trials(smoke)
         labels.update({r.trial_id: r.display for r in refined_trials(study, store, records)})
-        labels.update({tid: r.display for tid, r in _series_rows(study, store, smoke).items()})
+        labels.update({tid: r.display for tid, r in _series_rows(study, store, smoke, labels).items()})
     return Current(store, study.name, labels)
 
 

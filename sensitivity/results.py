@@ -17,13 +17,14 @@ Every file is written to a temporary name and renamed, so a kill -9 at any point
 that load, with every finished trial at most once and nothing half-written visible.
 
 One writer (the run holding the study's lease, `sensitivity.lease`) writes a study's files.
+Rows become Arrow tables and sources merge in `sensitivity.tables`; files are read and written
+through `sensitivity.storage`; this module keeps the store: its reads, appends, compactions and
+the migrations of stored rows (`rename`, `respell`).
 Paths may be local or any URI pyarrow understands (``s3://``, ``gs://``; NFS mounts are local paths).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import uuid
@@ -34,11 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from sensitivity.identity import NON_IDENTITY_KEYS, trial_id  # noqa: F401 (re-exported)
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
-    CorruptTableError, ResultsWriteError, exists, join, read_parquet, resolve, table_bytes, through_now, through_of, write_atomic,
-    write_error, writing)
-
-from sensitivity.identity import NON_IDENTITY_KEYS, _canonical, trial_id  # noqa: F401 (re-exported)
+    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, table_bytes, through_now,
+    through_of, write_atomic, write_error, writing)
+from sensitivity.tables import (  # noqa: F401  (clean_row, LOSS_COLUMNS: importable from here too)
+    LOSS_COLUMNS, clean_row, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
 
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
@@ -48,158 +50,6 @@ RESPELL_ROWS = 50_000
 KEEP_ROWS = 200_000  # rows a writer keeps in memory after those it read; past them it reads the files when asked
 PART_RE = re.compile(r"^(\d{8,})-([0-9a-z]+)\.(trials|curves)\.parquet$")
 READ_ATTEMPTS = 5  # a compaction between a reader's steps makes it read again
-
-LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
-
-
-# ---------------------------------------------------------------------------
-# rows
-
-
-def clean_row(row: Mapping[str, Any]) -> dict:
-    """A row safe for parquet: no NaN losses (NaN -> +inf), nested values as JSON text."""
-    out = {}
-    for key, value in row.items():
-        if key in LOSS_COLUMNS and (value is None or (isinstance(value, float) and math.isnan(value))):
-            value = math.inf
-        if isinstance(value, (dict, list, tuple)):
-            value = json.dumps(_canonical(value), sort_keys=True)
-        out[key] = value
-    return out
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _respelt(rows: pd.DataFrame, records: Mapping[str, Any]) -> pd.DataFrame:
-    """The rows whose identity columns differ from their record's `columns()` (labels aside)."""
-    expected = pd.DataFrame([records[t].columns() for t in rows["trial_id"]], index=rows.index)
-    differ = pd.Series(False, index=rows.index)
-    for column in expected.columns:
-        if column in ("trial_id", "label"):  # labels come from current.json
-            continue
-        want = expected[column]
-        if column not in rows:
-            differ |= want.notna()
-            continue
-        differ |= ~_same_cells(rows[column], want)
-    return rows[differ]
-
-
-def _same_cells(got: pd.Series, want: pd.Series) -> pd.Series:
-    """Cell by cell: equal values, or both missing (a text "1" is not the number 1)."""
-    missing = got.isna().to_numpy() & want.isna().to_numpy()
-    a, b = got.to_numpy(dtype=object), want.to_numpy(dtype=object)
-    same = [_same(x, y) for x, y in zip(a, b)]
-    return pd.Series(missing | same, index=got.index)
-
-
-def _same(x: Any, y: Any) -> bool:
-    x, y = (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v for v in (x, y))
-    if isinstance(x, bool) or isinstance(y, bool):
-        return type(x) is type(y) and x == y
-    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-        return x == y
-    return type(x) is type(y) and x == y
-
-
-def _column(key: str, values: list) -> pa.Array:
-    """One column of rows as clean_row would write it, built without a row-by-row pass where possible."""
-    if key in LOSS_COLUMNS:
-        values = [math.inf if _is_missing(v) else v for v in values]
-    try:
-        array = pa.array(values, from_pandas=True)
-        if not pa.types.is_nested(array.type):
-            return array
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    values = [json.dumps(_canonical(v), sort_keys=True) if isinstance(v, (dict, list, tuple)) else v for v in values]
-    try:
-        return pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers and text mixed in one column: keep them as text
-        return pa.array([None if _is_missing(v) else str(v) for v in values], pa.string())
-
-
-def _rows_table(rows: list[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts) as an Arrow table, cleaned like `clean_row`; a flush's cost is linear in its rows."""
-    if not rows:
-        return _empty()
-    try:  # Arrow infers the columns of a list of dicts in one native pass
-        table = pa.Table.from_struct_array(pa.array(rows))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        table = None  # a column mixes types: build it column by column
-    if table is None:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        return pa.table({k: _column(k, [r.get(k) for r in rows]) for k in keys})
-    for index, name in enumerate(table.column_names):
-        if pa.types.is_nested(table.schema.field(index).type) or pa.types.is_null(table.schema.field(index).type) \
-                and name in LOSS_COLUMNS:
-            table = table.set_column(index, name, _column(name, [r.get(name) for r in rows]))
-        elif name in LOSS_COLUMNS:
-            column = table.column(index)
-            if pa.types.is_floating(column.type):
-                column = pc.if_else(pc.is_nan(column), math.inf, column)
-            table = table.set_column(index, name, pc.fill_null(column, math.inf))
-    return table
-
-
-def _empty() -> pa.Table:
-    return pa.table({"trial_id": pa.array([], pa.string())})
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    tables = [t.replace_schema_metadata(None) for t in tables]
-    if not tables:
-        return _empty()
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # a column whose type differs between parts: let pandas find the common type
-        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
-        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-
-
-def _ids(table: pa.Table) -> pa.Array:
-    return table.column("trial_id").combine_chunks() if "trial_id" in table.column_names \
-        else pa.array([], pa.string())
-
-
-def merge_trials(sources: list[pa.Table]) -> pa.Table:
-    """Trials of all sources (oldest first), each trial_id once with its newest row."""
-    table = _concat(sources)
-    ids = _ids(table)
-    if len(ids) == len(pc.unique(ids)):
-        return table
-    keep = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
-    return table.filter(pa.array(~keep))
-
-
-def merge_curves(sources: list[pa.Table], done: pa.Array) -> pa.Table:
-    """Curves of finished trials only, each trial's from the newest source that has it."""
-    winner: dict[str, int] = {}
-    counts = 0
-    uniques = []
-    for index, table in enumerate(sources):
-        unique = pc.unique(_ids(table)).to_pylist()
-        uniques.append(unique)
-        counts += len(unique)
-        for tid in unique:
-            winner[tid] = index
-    done_set = pa.array(done, pa.string()) if not isinstance(done, pa.Array) else done
-    kept = []
-    for index, (table, unique) in enumerate(zip(sources, uniques)):
-        if not len(table):
-            continue
-        if counts != len(winner) and any(winner[t] != index for t in unique):
-            mine = pa.array([t for t in unique if winner[t] == index], pa.string())
-            table = table.filter(pc.is_in(_ids(table), value_set=mine))
-        kept.append(table)
-    table = _concat(kept)
-    ids = _ids(table)
-    if len(ids) and not pc.all(pc.is_in(pc.unique(ids), value_set=done_set)).as_py():
-        table = table.filter(pc.is_in(ids, value_set=done_set))  # orphans of a crash mid-flush
-    return table
 
 
 class ResultsStore:
@@ -224,7 +74,7 @@ class ResultsStore:
         sources, self._trials_through, self._seq = self._sources("trials")
         self._has_trials = bool(sources)
         table = merge_trials(sources) if sources else None
-        self._done: set[str] = set(_ids(table).to_pylist()) if table is not None else set()
+        self._done: set[str] = set(id_column(table).to_pylist()) if table is not None else set()
         # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read;
         # None once a run has appended more than KEEP_ROWS rows (read from the files when asked), so
         # that a million-trial run does not hold its whole table in the driver
@@ -294,6 +144,19 @@ class ResultsStore:
             self._curves_cache = merge_curves(sources, done).to_pandas()
         return self._curves_cache
 
+    def check(self) -> None:
+        """CorruptTableError naming the first table or part file that is not readable parquet.
+
+        The trials (tables and parts) were read whole when the store was made; the curves are read
+        only when a compaction or an analysis needs them, so their footers are checked here. A run
+        checks before it writes or trains anything: a corrupt ``curves.parquet`` is then bad input
+        (exit 2) at the start, not a failure after every trial has trained.
+        """
+        check_parquet(self.fs, self.curves_path)
+        for _seq, _writer, kind, path in self._parts():
+            if kind == "curves":
+                check_parquet(self.fs, path)
+
     def __contains__(self, tid: str) -> bool:
         """Whether the trial is stored (its row is in a table or a part)."""
         return tid in self._done
@@ -329,8 +192,8 @@ class ResultsStore:
         self._check()
         seq = self._seq + 1
         if curve_rows:  # curves first: a trial is done once its trials part exists
-            write_atomic(self.fs, self._part_path(seq, "curves"), table_bytes(_rows_table(curve_rows)))
-        table = _rows_table(fresh)
+            write_atomic(self.fs, self._part_path(seq, "curves"), table_bytes(rows_table(curve_rows)))
+        table = rows_table(fresh)
         write_atomic(self.fs, self._part_path(seq, "trials"), table_bytes(table))
         self._seq = seq
         self._done |= seen
@@ -355,8 +218,8 @@ class ResultsStore:
         top = max(top, curve_top, self._seq)
         trials = merge_trials(trial_sources)
         if exclude:
-            trials = trials.filter(pc.invert(pc.is_in(_ids(trials), value_set=pa.array(sorted(exclude), pa.string()))))
-        curves = merge_curves(curve_sources, _ids(trials))
+            trials = trials.filter(pc.invert(pc.is_in(id_column(trials), value_set=pa.array(sorted(exclude), pa.string()))))
+        curves = merge_curves(curve_sources, id_column(trials))
         write_atomic(self.fs, self.curves_path, table_bytes(curves, through=top))
         write_atomic(self.fs, self.trials_path, table_bytes(trials, through=top))
         for seq, _writer, _kind, path in self._parts():
@@ -418,7 +281,7 @@ class ResultsStore:
         if curves is not None and "trial_id" in curves:
             moved = curves[curves["trial_id"].isin(list(moving))].copy()
             moved["trial_id"] = moved["trial_id"].map(moving)
-        records = [{k: v for k, v in r.items() if not _is_missing(v)} for r in rows.to_dict("records")]
+        records = [{k: v for k, v in r.items() if not is_missing(v)} for r in rows.to_dict("records")]
         self.append(records, moved.to_dict("records"))
         self.compact(exclude=moving)
         return len(moving)
@@ -439,7 +302,7 @@ class ResultsStore:
         if rows.empty:
             return 0
         # compared RESPELL_ROWS rows at a time: the expected columns of a million rows would not fit beside them
-        changed = pd.concat([_respelt(rows.iloc[k:k + RESPELL_ROWS], records)
+        changed = pd.concat([respelt(rows.iloc[k:k + RESPELL_ROWS], records)
                              for k in range(0, len(rows), RESPELL_ROWS)])
         if changed.empty:
             return 0
@@ -447,7 +310,7 @@ class ResultsStore:
         for row in changed.to_dict("records"):
             columns = records[row["trial_id"]].columns()
             columns.pop("label")
-            fresh.append({**{k: v for k, v in row.items() if not _is_missing(v)}, **columns})
+            fresh.append({**{k: v for k, v in row.items() if not is_missing(v)}, **columns})
         self._write_part(fresh, [])
         self.compact()
         return len(fresh)

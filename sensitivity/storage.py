@@ -113,9 +113,30 @@ def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
     try:
         return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:  # pyarrow raises several types for a corrupt file
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise CorruptTableError(f"results: {path} is not a readable parquet table ({reason}); move it away "
-                                f"(its rows would be lost) or restore it") from None
+        raise _corrupt(path, exc) from None
+
+
+def check_parquet(fs: pafs.FileSystem, path: str) -> None:
+    """CorruptTableError naming `path` when its parquet footer cannot be read; nothing when it is not there.
+
+    Reads the footer only (its end and schema), so a run can check a large table before it starts:
+    garbage, a truncated file or another format all fail here.
+    """
+    try:
+        with fs.open_input_file(path) as handle:
+            pq.read_metadata(handle).schema.to_arrow_schema()
+    except FileNotFoundError:
+        return
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not exists(fs, path):
+            return
+        raise _corrupt(path, exc) from None
+
+
+def _corrupt(path: str, exc: BaseException) -> CorruptTableError:
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return CorruptTableError(f"results: {path} is not a readable parquet table ({reason}); move it away "
+                             f"(its rows would be lost) or restore it")
 
 
 def through_of(table: pa.Table | None) -> int:

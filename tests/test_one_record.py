@@ -60,6 +60,43 @@ def test_two_spellings_are_one_trial_one_series_and_one_set_of_columns(what, one
     assert table["series"].nunique() == 1, table["series"].unique()
 
 
+@pytest.mark.slow
+def test_study_files_that_spell_one_study_two_ways_run_it_once_and_load_one_series_each(tmp_path, capsys, ray_local):
+    """Through the study file and the run path: a study run, then respelt (a scalar for a list, the
+    canonical name for an alias, defaults spelt out, a float for an int), reruns nothing and keeps one
+    series per entry (a renamed entry's old rows take its new label); an α0 added to the respelt study
+    is one new trial of the same series. One Ray run (the rerun never starts Ray)."""
+    out = tmp_path / "out"
+    first = {"name": "spell", "task": TASK, "seeds": 1, "optimizers": [
+        {"name": "adam", "lr": [0.01]},
+        {"name": "sgd-hd", "lr": 0.1},
+        {"name": "sgd", "lr": [0.1, 1]}]}
+    second = {**first, "optimizers": [
+        {"name": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1.0e-8},
+        {"name": "sgd-hd-sgd", "lr": 0.1, "beta": 0.001},
+        {"name": "sgd", "lr": [0.1, 1.0], "weight_decay": 0.0}]}
+    path = _write(tmp_path, first)
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    before = pd.read_parquet(out / "spell" / "trials.parquet")
+    assert len(before) == 4
+    path = _write(tmp_path, second)
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    assert "nothing to run; all 4 trials are in" in capsys.readouterr().out
+    trials, curves = analysis.load(out / "spell")
+    assert len(trials) == 4 and trials.attrs.get("stale_rows", 0) == 0
+    assert sorted(trials["series"].unique()) == ["adam", "sgd", "sgd-hd-sgd"], trials["series"].unique()
+    assert set(curves["trial_id"]) == set(before["trial_id"])
+    # an α0 added to the respelt study is a point of the same series (its trial not yet run)
+    added = load_study(_write(tmp_path, {**second, "optimizers": [{**second["optimizers"][0], "lr": [0.01, 0.003]},
+                                                                  *second["optimizers"][1:]]}))
+    new = [r for r in added.trials() if r.trial_id not in set(before["trial_id"])]
+    assert [(r.optimizer, r.lr) for r in new] == [("adam", 0.003)]
+    row = {**new[0].columns(), "status": "ok", "min_train_loss": 1.0, "min_test_loss": 1.0}
+    both = analysis.prepare(pd.concat([trials, pd.DataFrame([row])], ignore_index=True))
+    assert both.loc[both["optimizer"] == "adam", "series"].nunique() == 1
+
+
 def test_an_errored_trial_carries_every_identity_column():
     record = TrialRecord.from_config({**BASE, "optimizer": "sgd", "lr": 0.1, "device": "cuda:7"})
     row, curve = run_one(record)  # no such device here: the trial raises
@@ -205,6 +242,42 @@ def test_a_corrupt_table_is_bad_input_for_every_command(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "trials.parquet" in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["nothing left", "trials left"])
+@pytest.mark.parametrize("where", ["curves.parquet", "a curves part"])
+def test_a_corrupt_curves_table_stops_every_command_before_anything_is_written(tmp_path, capsys, monkeypatch,
+                                                                              where, left):
+    """Before, `run` exited 0 with nothing left and left curves.parquet corrupt, or trained every trial
+    left and then exited 2 at its compaction; now the plan checks both tables and their parts first."""
+    import sensitivity.preflight
+
+    data = {"name": "broken", "task": TASK, "optimizers": [{"name": "sgd", "lr": [0.1, 1.0]}]}
+    path = _write(tmp_path, data)
+    study = load_study(path)
+    location = tmp_path / "out" / "broken"
+    store = _store_finished(location, study.trials(), smoke=False, study=study)
+    if where == "curves.parquet":
+        store.compact()
+        bad = location / "curves.parquet"
+    else:
+        (bad,) = location.glob("parts/*.curves.parquet")
+    bad.write_bytes(b"garbage")
+    if left:
+        path = _write(tmp_path, {**data, "optimizers": [{"name": "sgd", "lr": [0.1, 1.0, 3.0]}]})
+
+    def never(*args, **kwargs):
+        raise AssertionError("a trial would train")
+
+    monkeypatch.setattr(sensitivity.preflight, "check_local_data", never)  # the last step before Ray starts
+    files = {p: p.read_bytes() for p in location.rglob("*.parquet")}
+    for argv in (["run", str(path), "--out", str(tmp_path / "out")], ["compact", str(location)],
+                 ["plot", str(location)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert str(bad) in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert {p: p.read_bytes() for p in location.rglob("*.parquet")} == files  # nothing rewritten, nothing lost
 
 
 def test_search_mode_rewrites_current_json_a_logarithmic_number_of_times():

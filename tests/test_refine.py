@@ -232,3 +232,40 @@ def test_a_refined_studys_measured_points_stay_current_after_a_grid_edit(tmp_pat
     other = TrialRecord.from_config({**grid[0].config(), "seed": 9, "lr": 0.3162})
     store.append([{"trial_id": other.trial_id, "lr": 0.3162, "seed": 9, "status": "ok", "min_train_loss": 1.0}], [])
     assert current_rows(edited, store).stale() == 1
+
+
+@pytest.mark.parametrize("refined", [False, True], ids=["plain grid", "refined grid"])
+def test_which_stored_alpha0_points_stay_current_after_a_grid_edit(tmp_path, refined):
+    """The rule README "Which rows count" states: an α0 added to a grid keeps every stored point current;
+    an α0 removed from a plain grid is stale (the researcher dropped it); in a refined study every
+    stored α0 of a current series stays current (the rounds placed and measured them), an α0 removed
+    from its grid included, and so does a row an older version stored under an alias."""
+    data = {"name": "edit", "task": TASK, "seeds": 2,
+            "optimizers": [{"name": "sgd-hd", "lr": [1e-3, 1e-2, 1e-1, 1.0]}, {"name": "adam", "lr": [1e-2]}]}
+    if refined:
+        data["refine"] = {"rounds": 1, "resolution": 0.5}
+    study = Study.from_dict(data)
+    grid = study.trials()
+    hd = [r for r in grid if r.optimizer == "sgd-hd-sgd"]
+    between = [r.replace(lr=0.03162) for r in hd if r.lr == 1e-2]  # a round's point (or one an old grid had)
+    rows = [{**r.columns(), "status": "ok", "min_train_loss": 1.0} for r in grid + between]
+    for row in rows:
+        if row["lr"] == 0.03162:
+            row["optimizer"] = "sgd-hd"  # stored by a version that kept the alias
+    store = ResultsStore(tmp_path / "edit")
+    store.append(rows, [])
+    added = Study.from_dict({**data, "optimizers": [{**data["optimizers"][0], "lr": [1e-3, 1e-2, 1e-1, 1.0, 10.0]},
+                                                    data["optimizers"][1]]})
+    assert current_rows(added, store).stale() == (0 if refined else len(between))
+    removed = Study.from_dict({**data, "optimizers": [{**data["optimizers"][0], "lr": [1e-3, 1e-2, 1e-1]},
+                                                      data["optimizers"][1]]})
+    current = current_rows(removed, store)
+    dropped = {r.trial_id for r in hd if r.lr == 1.0} | {r.trial_id for r in between}
+    if refined:
+        assert current.stale() == 0 and dropped <= set(current.labels)
+    else:
+        assert current.stale() == len(dropped) and not dropped & set(current.labels)
+    # another seed, another task: never a point of this study's series, refined or not
+    other = [hd[0].replace(seed=9), hd[0].replace(epochs=3)]
+    store.append([{**r.columns(), "status": "ok", "min_train_loss": 1.0} for r in other], [])
+    assert not {r.trial_id for r in other} & set(current_rows(removed, store).labels)

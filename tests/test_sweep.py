@@ -200,7 +200,7 @@ def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkey
     reports, trained = [], []
     monkeypatch.setattr(worker, "set_threads", lambda cpu: None)
 
-    def run_unit(unit, checkpoint_root):
+    def run_unit(unit, checkpoint_root, exits_root=None):
         for record in unit.records:
             trained.append(record.trial_id)
             yield [{"trial_id": record.trial_id}], []

@@ -314,6 +314,26 @@ def test_checkpoint_then_resume_gives_the_same_row(tmp_path, monkeypatch):
     assert _same(whole.row, plain.row)
 
 
+@pytest.mark.parametrize("optimizer, lr", [("schedule-free-sgd", 0.5), ("schedule-free-adamw", 0.01),
+                                           ("prodigy", 1.0), ("dog", 1.0)])
+def test_a_learning_rate_free_trial_resumes_bit_for_bit(tmp_path, monkeypatch, optimizer, lr):
+    """Interrupted in epoch 3 and resumed from the checkpoint of epoch 2, the trial ends with the row
+    and curve of the run never interrupted: Schedule-Free's z, k and weight sum and its mode (the
+    checkpoint is written in train mode, after the epoch's evaluation at x), Prodigy's d and sums,
+    DoG's distance and gradient sums all come back exactly."""
+    config = {**BASE, "optimizer": optimizer, "lr": lr, "epochs": 3, "weight_decay": 1e-4,
+              "model_args": {"hidden": [16]}}
+    whole = run_trial(config)
+    _interrupt_at_eval(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config, checkpoint_dir=tmp_path)
+    (saved,) = tmp_path.glob("*.pt")
+    assert torch.load(saved, weights_only=False)["epoch"] == 2
+    monkeypatch.undo()
+    resumed = run_trial(config, checkpoint_dir=tmp_path)
+    assert whole.row["status"] == "ok" and _same(whole.row, resumed.row) and whole.curve == resumed.curve
+
+
 # ---------------------------------------------------------------------------
 # options and bad configs
 

@@ -1,9 +1,11 @@
 """A trial that kills its worker every time (an out-of-memory kill, a segfault) ends with an error row.
 
 Before, Ray Tune retried its bundle until it gave up, the trial never got a row, and every rerun
-exited 1 "rerun to resume" forever. Now the trial gets an error row that says the worker died (and
-Ray's words for how), every other trial of its bundle or array runs, and --retry-errors runs it again.
-Budget: about 40 s (its own Ray in a subprocess: the fault is injected through the environment).
+exited 1 "rerun to resume" forever. Now the trial gets an error row that says the worker died and
+with what (the signal or exit code its watcher recorded, `sweep.exits`; Ray itself reports only a
+closed connection), every other trial of its bundle or array runs, and --retry-errors runs it again.
+Budget: about 40 s for the Ray test (its own Ray in a subprocess: the fault is injected through the
+environment), about 2 s for the watcher's own tests.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +23,7 @@ import pytest
 import yaml
 
 from sensitivity.study import load_study
+from sensitivity.sweep import exits
 
 BIN = Path(sys.executable).parent
 TASK = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [16]}, "batch_size": 64, "epochs": 2}
@@ -56,7 +60,11 @@ def test_a_trial_that_kills_its_worker_gets_an_error_row_and_can_be_retried(tmp_
     assert list(errors["trial_id"]) == [doomed.trial_id]
     message = errors["error"].item()
     assert message.startswith("WorkerDied: the worker process died while training this trial")
-    assert "Worker exit type" in message, message  # and with what: Ray's words on how the process ended
+    if exits.exit_status_supported():  # and with what: the fault kills with SIGKILL
+        assert "it ended with signal 9 (SIGKILL) (pid " in message, message
+    else:
+        assert "how it ended is unknown: the kernel reported no exit status" in message, message
+    assert "Worker exit type" in message, message  # and Ray's words
     assert set(trials.loc[trials["status"] != "error", "status"]) <= {"ok", "diverged"}
     for column in records[0].columns():  # an error row spelt as every other row
         assert errors[column].notna().all() or trials[column].isna().all(), column
@@ -67,3 +75,53 @@ def test_a_trial_that_kills_its_worker_gets_an_error_row_and_can_be_retried(tmp_
     assert retried.returncode == 0, retried.stderr[-3000:]
     trials = pd.read_parquet(out / "dies" / "trials.parquet")
     assert len(trials) == len(records) and (trials["status"] != "error").all()
+
+
+DIE = {  # how the worker process ends while it trains trial "t1"
+    "SIGKILL": "os.kill(os.getpid(), signal.SIGKILL)",
+    "SIGSEGV": "os.kill(os.getpid(), signal.SIGSEGV)",
+    "exit code 3": "os._exit(3)",
+}
+
+
+def _worker(folder: Path, death: str, training: bool = True) -> None:
+    """A process standing in for a Ray worker: its watcher learns what it trains, then it dies."""
+    code = ("import os, resource, signal\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file\n"
+            "from sensitivity.sweep import exits\nw = exits.watcher()\nassert w.ready\n"
+            + (f"w.training({str(folder)!r}, ['t1', 't2'])\n" if training else "w.idle()\n") + DIE[death] + "\n")
+    subprocess.run([sys.executable, "-c", code], timeout=60, cwd=folder)
+
+
+def _record(folder: Path, tid: str, wait_s: float = 10.0) -> dict | None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:  # the watcher writes once the kernel has reaped the worker
+        found = exits.read_exit(str(folder), tid)
+        if found:
+            return found
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("death", list(DIE))
+def test_the_watcher_records_the_signal_or_exit_code_a_worker_died_of(tmp_path, death):
+    _worker(tmp_path, death)
+    for tid in ("t1", "t2"):  # every trial the worker was training (an array's members)
+        record = _record(tmp_path, tid)
+        assert record is not None and record["trial_id"] == tid
+        if exits.exit_status_supported():
+            assert record["ending"].startswith("exit code 3" if death == "exit code 3" else "signal ") \
+                and death in record["ending"], record
+        else:
+            assert "no exit status" in record["unknown"], record
+
+
+def test_a_worker_that_dies_idle_leaves_no_record(tmp_path):
+    _worker(tmp_path, "SIGKILL", training=False)
+    assert _record(tmp_path, "t1", wait_s=2.0) is None
+
+
+def test_describe_names_signals_and_exit_codes():
+    assert exits.describe(9) == "signal 9 (SIGKILL)"
+    assert exits.describe(3 << 8) == "exit code 3"
+    assert exits.describe(11 | 0x80) == "signal 11 (SIGSEGV), core dumped"
+

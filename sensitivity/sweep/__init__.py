@@ -21,7 +21,8 @@
 Modules, along the flow: `cluster` (Ray connection, resources), `bundles` (grouping),
 `grid` and `search` (the two modes; `points` matches a search's stored points to its
 entries, `journal` keeps them as Optuna studies), `refine` (the refinement planner and its
-rounds), `worker` (one trial on a worker), `tuner` (one Tuner run, the recorder callback, the
+rounds), `worker` (one trial on a worker), `exits` (each worker's watcher: the signal or exit code of a
+worker that died while training), `tuner` (one Tuner run, the recorder callback, the
 summary), `driver` (`run_study`).
 """
 

@@ -9,7 +9,8 @@ driver never holds every trial of a million-trial study. With ``refine:``, refin
 
 A task whose Ray trial failed for good (its worker died every time Tune retried it: an
 out-of-memory kill, a segfault) runs again finer in a further pass (`after_failures`), down to
-single trials; a single trial whose worker died every time gets an error row saying so. So every
+single trials; a single trial whose worker died every time gets an error row saying so, and with
+what signal or exit code where the worker's watcher recorded it (`exits`). So every
 trial of a run ends with a row, and ``--retry-errors`` runs the one that killed its worker.
 """
 
@@ -23,10 +24,12 @@ from ray import tune
 from sensitivity import outcome
 from sensitivity.progress import Progress
 from sensitivity.record import TrialRecord
+from sensitivity.results import join
 from sensitivity.sweep.bundles import BUNDLES_PER_SLOT, bundle_size, is_short, make_bundles
 from sensitivity.sweep.cluster import slots
 from sensitivity.sweep.refine import refine_rounds
-from sensitivity.sweep.tuner import MAX_FAILURES, Recorder, summarize, tuner_run
+from sensitivity.sweep.exits import read_exit
+from sensitivity.sweep.tuner import MAX_FAILURES, Recorder, remove_dir, summarize, tuner_run
 from sensitivity.sweep.worker import Unit, grid_task
 
 MAX_PASSES = 8  # passes after failed Ray trials; each one stores a row or splits an array
@@ -58,21 +61,30 @@ def pack(units: list[Unit], resources: dict) -> list[list[Unit]]:
     return tasks
 
 
-def worker_died(message: str) -> str:
-    """The error of a trial whose worker died: what Ray said of it, on one line."""
+def worker_died(message: str, ending: dict | None = None) -> str:
+    """The error of a trial whose worker died, on one line: with what it ended (its watcher's record,
+    `exits.read_exit`, or why that is unknown), then what Ray said of it."""
     text = " ".join(str(message).split())
-    at = text.find("Worker exit type")  # Ray's own words on how the process ended, when it says
+    at = text.find("Worker exit type")  # Ray's own words: a closed connection, never the signal or code
+    if ending and ending.get("ending"):
+        how = f"it ended with {ending['ending']} (pid {ending.get('pid')} on {ending.get('host')})"
+    elif ending:
+        how = f"how it ended is unknown: {ending.get('unknown')}"
+    else:
+        how = ("how it ended is unknown: no watcher recorded it (the node was lost, or no watcher "
+               "could start there)")
     return (f"WorkerDied: the worker process died while training this trial, each of the {MAX_FAILURES + 1} "
-            f"times Ray Tune ran it; Ray: {text[at if at >= 0 else 0:][:500]}")
+            f"times Ray Tune ran it; {how}; Ray: {text[at if at >= 0 else 0:][:500]}")
 
 
-def after_failures(store, tasks: list[list[Unit]], failed: list[tuple[int, str]]
+def after_failures(store, tasks: list[list[Unit]], failed: list[tuple[int, str]], exits_root: str | None = None
                    ) -> tuple[list[list[Unit]], list[dict]]:
     """(tasks to run again, error rows): what the Ray trials that failed for good leave.
 
     Each failed task runs again finer, so the trial that kills its worker is found: a task of
     several units as one task per unit, a unit of several trials (an array, a bundle) as one task
-    per trial alone; a trial alone whose worker died every time gets an error row.
+    per trial alone; a trial alone whose worker died every time gets an error row, which says how
+    the process ended when its watcher recorded it under `exits_root`.
     """
     again, rows = [], []
     for index, message in failed:
@@ -87,7 +99,8 @@ def after_failures(store, tasks: list[list[Unit]], failed: list[tuple[int, str]]
             again.extend([Unit([r], [e])] for r, e in zip(units[0].records, units[0].extras))
         elif units:
             (culprit,), (extra,) = units[0].records, units[0].extras
-            rows.append({**outcome.error_row(culprit, worker_died(message), 0.0), **extra})
+            ending = read_exit(exits_root, culprit.trial_id) if exits_root else None
+            rows.append({**outcome.error_row(culprit, worker_died(message, ending), 0.0), **extra})
     return again, rows
 
 
@@ -95,6 +108,8 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     """Run the plan's missing grid trials, then its refinement rounds; the grid goes SLICE trials at a time."""
     start = time.monotonic()
     recorder = Recorder(store, Progress(0, name=study.name, quiet=quiet))
+    exits_root = join(ray_storage, "exits")  # the watchers' records of dead workers (this run's only)
+    remove_dir(exits_root)
     errors: list[str] = []
     sizes, skipped = [], []
 
@@ -122,12 +137,13 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
         recorder.checkpoint_root = ckpt
         for attempt in range(MAX_PASSES):
             refs = [ray.put(task) for task in tasks]
-            trainable = tune.with_parameters(grid_task, tasks=refs, checkpoint_root=ckpt, cpu=resources["cpu"])
+            trainable = tune.with_parameters(grid_task, tasks=refs, checkpoint_root=ckpt, cpu=resources["cpu"],
+                                             exits_root=exits_root)
             failed = tuner_run(trainable, resources=resources, storage=ray_storage,
                                name=name + (f"-pass{attempt}" if attempt else ""), callback=recorder,
                                param_space={"bundle": tune.grid_search(list(range(len(tasks))))},
                                max_concurrent=max_concurrent)
-            tasks, rows = after_failures(store, tasks, [(c["bundle"], e) for c, e in failed])
+            tasks, rows = after_failures(store, tasks, [(c["bundle"], e) for c, e in failed], exits_root)
             if rows:
                 recorder.record(rows, [])
             if not tasks:

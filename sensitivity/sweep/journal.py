@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from sensitivity.identity import canonical
+from sensitivity.identity import json_ready
 from sensitivity.results import resolve, write_atomic
 from sensitivity.study import Study
 
@@ -54,14 +54,14 @@ def optuna_storage(location: str):
 def optuna_study_name(study: Study, index: int, smoke: bool) -> str:
     """`<label>-<hash of the entry's search plan>`: a changed entry gets a study of its own."""
     plan = study.search_plan(index, smoke)
-    text = json.dumps(canonical({"task": plan["task"], "fixed": plan["fixed"], "choices": plan["choices"],
+    text = json.dumps(json_ready({"task": plan["task"], "fixed": plan["fixed"], "choices": plan["choices"],
                                   "ranges": {k: r.model_dump() for k, r in plan["ranges"].items()},
                                   "optimizer": plan["entry"].name, "seeds": study.seeds(smoke),
                                   "metric": study.search.metric}), sort_keys=True)
     return f"{study.label(index)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def known_points(storage, name: str) -> list[dict]:
+def _known_points(storage, name: str) -> list[dict]:
     """Params of the entry's COMPLETE Optuna trials; trials an interrupted run left RUNNING become FAIL."""
     import optuna
     from optuna.trial import TrialState

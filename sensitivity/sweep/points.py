@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from sensitivity import checks
-from sensitivity.identity import canonical, legacy_trial_id, value_key
+from sensitivity.identity import json_ready, legacy_trial_id, value_key
 from sensitivity.results import ResultsStore
 from sensitivity.study import Study
 from sensitivity.sweep.objective import metric_value
@@ -22,7 +22,7 @@ def _choice_key(key: str) -> str:
     return f"{key}__choice"
 
 
-def point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
+def _point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
     """Sampled config -> (hyperparameter values, the point as JSON of those values).
 
     The point names values, not Optuna's choice indices: a row says what it ran, whatever
@@ -38,7 +38,7 @@ def point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[d
 
 
 def point_text(values: dict) -> str:
-    return json.dumps(canonical(values), sort_keys=True)
+    return json.dumps(json_ready(values), sort_keys=True)
 
 
 def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict | None:
@@ -60,7 +60,7 @@ def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict 
     return params
 
 
-def optuna_space(study: Study, index: int, smoke: bool) -> dict:
+def _optuna_space(study: Study, index: int, smoke: bool) -> dict:
     import optuna
 
     plan = study.search_plan(index, smoke)
@@ -83,7 +83,7 @@ def _stored_values(point: str, entry, study: Study, smoke: bool) -> dict | None:
         return None
     if any(k.endswith("__choice") for k in values):
         try:  # the old format: indices into the choices of the entry at that position
-            return point_values(study, int(entry), values, smoke)[0]
+            return _point_values(study, int(entry), values, smoke)[0]
         except (IndexError, KeyError, TypeError, ValueError):
             return None
     return values
@@ -139,7 +139,7 @@ def match_points(study: Study, store: ResultsStore, smoke: bool, metric: str, re
 def _seed(study: Study, index: int, finished: int) -> int:
     """The entry's sampler seed: its configuration and how many points are done, so a resumed
     run draws new points instead of replaying the ones it already ran."""
-    text = json.dumps([study.name, canonical(study.entries[index].model_dump()), finished], sort_keys=True)
+    text = json.dumps([study.name, json_ready(study.entries[index].model_dump()), finished], sort_keys=True)
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 2**31
 
 

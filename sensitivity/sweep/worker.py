@@ -29,6 +29,7 @@ from ray import tune
 from sensitivity import outcome
 from sensitivity.record import TrialRecord
 from sensitivity.results import resolve
+from sensitivity.sweep import exits
 from sensitivity.sweep.objective import mean_metric, metric_value  # noqa: F401 (importable from here)
 
 TRAINING_LOG = "SENSITIVITY_TRAINING_LOG"  # a folder: every training leaves <trial_id>.<pid>.<n> there (tests count them)
@@ -138,13 +139,15 @@ def checkpoint_names(records: list[TrialRecord]) -> list[str]:
     return [f"{r.trial_id}.pt" for r in records]
 
 
-def run_unit(unit: Unit, checkpoint_root: str | None):
+def run_unit(unit: Unit, checkpoint_root: str | None, exits_root: str | None = None):
     """Train a unit; yield (rows, curves) as they finish: once for an array, once per trial otherwise.
 
     Never raises for a failing trial: it becomes an error row. An array that fails for any reason
     runs its members again alone, so a failure is recorded against the trial that causes it.
     Each row carries the node that ran it and the unit's annotations. On remote storage (s3://,
-    gs://) the unit's checkpoint files are mirrored from a node-local folder (`Mirror`).
+    gs://) the unit's checkpoint files are mirrored from a node-local folder (`Mirror`). With
+    `exits_root`, this process's watcher (`exits.watcher`) knows which trials it trains, and records
+    there how the process ended should it die while training them.
     """
     from sensitivity.fused import run_fused
     from sensitivity.train import run_trial
@@ -157,6 +160,13 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
     node, host = node_identity()
     log = os.environ.get(TRAINING_LOG)
     doomed = set(filter(None, os.environ.get(FAULT_KILL, "").split(",")))
+    watch = exits.watcher() if exits_root else None
+
+    def start(batch: list[TrialRecord]) -> None:
+        if watch is not None:
+            watch.training(exits_root, [r.trial_id for r in batch])
+        for record in batch:
+            _start_training(record, log, doomed)
 
     def stamped(done: list[tuple[dict, list[dict]]]):
         rows, curves = [], []
@@ -169,8 +179,7 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
 
     try:
         if unit.fused and len(records) > 1:
-            for record in records:
-                _start_training(record, log, doomed)
+            start(records)
             try:
                 results = run_fused(records, checkpoint_dir=local)
             except Exception:
@@ -179,15 +188,17 @@ def run_unit(unit: Unit, checkpoint_root: str | None):
                 yield stamped([((r.row, r.curve), e) for r, e in zip(results, extras)])
                 return
         for record, extra in zip(records, extras):
-            _start_training(record, log, doomed)
-            start = time.time()
+            start([record])
+            began = time.time()
             try:
                 result = run_trial(record, checkpoint_dir=local)
                 done = (result.row, result.curve)
             except Exception as exc:  # the sweep goes on; the message is kept in the row
-                done = (error_row(record, exc, time.time() - start), [])
+                done = (error_row(record, exc, time.time() - began), [])
             yield stamped([(done, extra)])
     finally:
+        if watch is not None:
+            watch.idle()
         if mirror is not None:
             mirror.close()
 
@@ -284,10 +295,11 @@ class Batches:
         self.last = time.monotonic()
 
 
-def grid_task(config: dict, tasks: list, checkpoint_root: str | None, cpu: float) -> None:
+def grid_task(config: dict, tasks: list, checkpoint_root: str | None, cpu: float,
+              exits_root: str | None = None) -> None:
     """Ray Tune trainable: train one task's units (fused arrays, and bundles of trials one after the
     other), reporting their trials in batches (`Batches`). A retried task skips the trials the driver
-    already holds (`Reported`)."""
+    already holds (`Reported`); a worker that dies leaves a record of how under `exits_root`."""
     set_threads(cpu)
     task = tasks[config["bundle"]]
     if isinstance(task, ray.ObjectRef):  # each task its own object: a worker fetches only its own
@@ -298,6 +310,7 @@ def grid_task(config: dict, tasks: list, checkpoint_root: str | None, cpu: float
         todo = [(r, e) for r, e in zip(unit.records, unit.extras) if r.trial_id not in reported]
         if not todo:
             continue
-        for rows, curves in run_unit(Unit([r for r, _ in todo], [e for _, e in todo], unit.fused), checkpoint_root):
+        for rows, curves in run_unit(Unit([r for r, _ in todo], [e for _, e in todo], unit.fused), checkpoint_root,
+                                     exits_root):
             batches.add(rows, curves)
     batches.flush()

@@ -143,6 +143,48 @@ def test_member_axis_state_dict_round_trip(name, init_eta):
         assert values.dtype == torch.float64 and torch.equal(values, opt.curve_metrics()[column])
 
 
+def _eval_round_trip(build, params, grads, split: int):
+    """(uninterrupted, resumed) parameters: both switch to eval mode after `split` steps, as the
+    authors' README does before saving; one goes on in place (train() again), the other is saved there,
+    at x, and loaded into a new optimizer over copies of x, which train() takes back to y."""
+    whole = [p.clone() for p in params]
+    opt = build(whole)
+    _steps(opt, whole, grads[:split])
+    opt.eval()
+    buffer = io.BytesIO()
+    torch.save({"optimizer": opt.state_dict(), "params": [p.clone() for p in whole]}, buffer)
+    opt.train()
+    _steps(opt, whole, grads[split:])
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = [p.clone() for p in saved["params"]]
+    again = build(resumed)
+    again.load_state_dict(saved["optimizer"])
+    assert again.param_groups[0]["train_mode"] is False  # loaded in the mode it was saved in
+    with pytest.raises(RuntimeError, match="not in train mode"):
+        again.step()
+    again.train()
+    _steps(again, resumed, grads[split:])
+    return whole, resumed, opt, again
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+@pytest.mark.parametrize("axis", ["solo", "member axis"])
+def test_schedule_free_state_dict_saved_in_eval_mode_resumes_exactly(name, axis):
+    grads = _grads(16)
+    if axis == "solo":
+        grads = [[g[0] for g in step] for step in grads]
+        whole, resumed, opt, again = _eval_round_trip(lambda ps: _solo(name, False, 0, ps),
+                                                      [p[0].clone() for p in _params()], grads, 8)
+    else:
+        whole, resumed, opt, again = _eval_round_trip(lambda ps: _fused(name, False, ps), _params(), grads, 8)
+    for a, b in zip(whole, resumed):
+        assert torch.equal(a, b)
+    opt.eval(), again.eval()  # and the averages x they end at
+    for a, b in zip(whole, resumed):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name, init_eta", MEMBER_CASES)
 def test_member_sets_split_and_join(name, init_eta):
     """A state dict cut into member sets (`members.select`) and stacked again (`members.join`) resumes
