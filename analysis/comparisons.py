@@ -27,7 +27,7 @@ from .axes import check_axis, same_task
 from .bootstrap import rng_for, seed_counts, t_interval
 from .columns import base_optimizer, prepare
 from .grids import statistics
-from .metrics import KS, MAX_GAP, TOLERANCES, Evaluated, _check, evaluate, evaluate_all
+from .metrics import KS, MAX_GAP, TOLERANCES, Evaluated, check_settings, evaluate, evaluate_all
 from .stats import LOSSES
 
 __all__ = ["comparisons_table", "comparisons_from", "compare", "ranking_table", "neighbour_marks"]
@@ -115,7 +115,7 @@ def comparisons_table(trials: pd.DataFrame, *, axis=None, metrics=LOSSES, statis
     value_a, value_b, difference (a − b), ci_low, ci_high, significant, paired, n_shared (seeds
     both ran), resolved (both values are), base (b is a's base optimizer).
     """
-    _check(metrics, level, n_boot, max_gap)
+    check_settings(metrics, level, n_boot, max_gap)
     evaluated = evaluate_all(trials, axis=axis, metrics=metrics, tolerances=tolerances, ks=ks, max_gap=max_gap,
                              n_boot=n_boot, seed=seed)
     return comparisons_from(evaluated, statistic=statistic, pairs=pairs, n_boot=n_boot, level=level, seed=seed)

@@ -13,7 +13,7 @@ import pandas as pd
 from .axes import AT, axis_frame, axis_frames, candidate_axes
 from .columns import prepare, texts
 from .grids import init_column
-from .stats import LOSSES, _counts, _mean_se
+from .stats import LOSSES, cell_counts, mean_se
 
 __all__ = ["heatmap_table", "map_axes"]
 
@@ -60,13 +60,13 @@ def heatmap_table(trials: pd.DataFrame, *, axis: str, metrics=LOSSES, frame: pd.
     keys = ["series", "at", "lr", "value"]
     groups = [frame[k] for k in keys]
     ident = frame.groupby(keys, sort=True)[["label", "variant", "decay", "scale"]].first()
-    counts = _counts(frame, keys)
+    counts = cell_counts(frame, keys)
     parts = []
     for metric in metrics:
         init = init_column(metric)
         l0 = (frame.groupby("series")[init].apply(lambda v: v[np.isfinite(v.astype(float))].astype(float).mean())
               if init in frame else pd.Series(np.nan, index=frame["series"].unique()))
-        cells = ident.join(counts).join(_mean_se(frame[metric], groups)).reset_index()
+        cells = ident.join(counts).join(mean_se(frame[metric], groups)).reset_index()
         cells = cells.assign(metric=metric, axis=axis, l0=cells["series"].map(l0).astype(float))
         finite = cells[np.isfinite(cells["mean"])]
         best = finite.loc[finite.groupby("series")["mean"].idxmin()] if len(finite) else finite

@@ -66,7 +66,8 @@ class Evaluated:
     at_best: bool = False
 
 
-def _check(metrics, level: float, n_boot: int, max_gap: float) -> None:
+def check_settings(metrics, level: float, n_boot: int, max_gap: float) -> None:
+    """ValueError (one line) for metrics that are not losses, or a bad level, n_boot or max_gap."""
     bad = [m for m in metrics if m not in LOSSES and not m.endswith("_loss")]
     if bad:
         raise ValueError(f"metrics must be loss columns such as {', '.join(LOSSES)}; got {', '.join(bad)}")
@@ -137,7 +138,7 @@ def metrics_table(trials: pd.DataFrame, *, axis=None, metrics=LOSSES, tolerances
     statistic, value, ci_low, ci_high, resolved, n_values (grid points), n_seeds (fewest seeds at a
     grid point), max_gap (NaN on a linear axis).
     """
-    _check(metrics, level, n_boot, max_gap)
+    check_settings(metrics, level, n_boot, max_gap)
     evaluated = evaluate_all(trials, axis=axis, metrics=metrics, tolerances=tolerances, ks=ks, max_gap=max_gap,
                              n_boot=n_boot, seed=seed)
     return metrics_from(evaluated, level=level, max_gap=max_gap, tolerances=tolerances, ks=ks)

@@ -39,7 +39,7 @@ def _score(values: pd.Series, metric) -> pd.Series:
     return -values if higher_is_better(metric) else values
 
 
-def _mean_se(values: pd.Series, groups: list) -> pd.DataFrame:
+def mean_se(values: pd.Series, groups: list) -> pd.DataFrame:
     """Per group: n (non-null values), mean (inf if any inf), se (finite values only)."""
     v = values.astype(float)
     finite = v.where(np.isfinite(v))
@@ -55,7 +55,8 @@ def _first(trials: pd.DataFrame, keys: list[str], columns) -> pd.DataFrame:
     return trials.groupby(keys, dropna=False, sort=False)[list(columns)].first()
 
 
-def _counts(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def cell_counts(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: how many trials diverged (n_diverged) and how many errored (n_error)."""
     groups = [trials[k] for k in keys]
     status = trials["status"]
     return pd.DataFrame({
@@ -75,10 +76,10 @@ def sensitivity_table(trials: pd.DataFrame, *, metrics=LOSSES) -> pd.DataFrame:
     keys = list(CONFIG)
     groups = [trials[k] for k in keys]
     ident = _first(trials, keys, ["label", "variant", "decay"])
-    counts = _counts(trials, keys)
+    counts = cell_counts(trials, keys)
     parts = []
     for metric in metrics:
-        stats = _mean_se(trials[metric], groups)
+        stats = mean_se(trials[metric], groups)
         parts.append(ident.join(counts).join(stats).assign(metric=metric).reset_index())
     table = pd.concat(parts, ignore_index=True)
     table = table.sort_values(["metric", "series", "beta", "lr"], na_position="first", kind="stable")
@@ -126,9 +127,9 @@ def config_table(trials: pd.DataFrame, *, columns=None) -> pd.DataFrame:
     groups = [trials[k] for k in keys]
     out = _first(trials, keys, ["method", "label", "variant", "decay"])
     out = out.join(trials.groupby(groups, dropna=False, sort=False).size().rename("n_trials"))
-    out = out.join(_counts(trials, keys))
+    out = out.join(cell_counts(trials, keys))
     for col in columns:
-        stats = _mean_se(trials[col], groups)
+        stats = mean_se(trials[col], groups)
         out[f"{col}_mean"], out[f"{col}_se"] = stats["mean"], stats["se"]
     out = out.reset_index().sort_values(list(keys), na_position="first", kind="stable")
     return out[["method", "series", "label", "variant", "decay", "beta", "lr", "n_trials", "n_diverged", "n_error",
@@ -289,7 +290,7 @@ def combination_table(trials: pd.DataFrame, *, y: str = "final_test_acc", level:
     if rows.empty:
         return pd.DataFrame(columns=columns)
     keys = ["label", "decay", "beta", "lr", "gamma"]
-    stats = _mean_se(rows[y], [rows[k] for k in keys]).reset_index()
+    stats = mean_se(rows[y], [rows[k] for k in keys]).reset_index()
     spread = rows.groupby("label")[["decay", "beta", "lr"]].nunique(dropna=False)
 
     def line(row) -> str:

@@ -90,12 +90,12 @@ class Workspace:
         self.keep = keep
         self._flat: dict[tuple, Tensor] = {}
 
-    def _keeps(self, tensors: list[Tensor]) -> bool:
+    def keeps(self, tensors: list[Tensor]) -> bool:
         return self.keep if self.keep is not None else bool(tensors) and tensors[0].device.type == "cpu"
 
     def spans(self, tensors: list[Tensor]) -> list[slice]:
         """Ranges of `tensors` whose temporaries are made together."""
-        if not self._keeps(tensors):
+        if not self.keeps(tensors):
             return [slice(0, len(tensors))]
         out, start, size = [], 0, 0
         for i, t in enumerate(tensors):
@@ -127,7 +127,7 @@ class Workspace:
     def apply(self, op: str, *args, slot: int = 0) -> list[Tensor]:
         """``torch.<op>`` (sub, mul, div, sqrt) of the lists as new tensors: per tensor into kept memory,
         or one ``torch._foreach_<op>``."""
-        if not self._keeps(args[0]):
+        if not self.keeps(args[0]):
             return list(getattr(torch, f"_foreach_{op}")(*args))
         out = self._views(args[0], slot)
         fn = getattr(torch, op)
@@ -222,7 +222,7 @@ def l1(xs: list[Tensor], like: Tensor, ws: Workspace = FRESH_WORKSPACE) -> Tenso
     (CPU's 1-norm kernel is several times slower than the two passes)."""
     if not xs:
         return torch.zeros_like(like)
-    if not ws._keeps(xs):
+    if not ws.keeps(xs):
         return _norms(xs, like, 1).sum(-1)
     parts = [a.sum() if like.dim() == 0 else a.reshape(a.shape[0], -1).sum(1)
              for r in ws.spans(xs) for a in ws.apply("abs", xs[r])]
