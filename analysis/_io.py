@@ -6,9 +6,9 @@ The parquet schema (README.md, "The results tables") is the whole contract: noth
 from __future__ import annotations
 
 import json
-import pathlib
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .columns import STATUSES, prepare
+from .location import Location, ResultsError
 
-__all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "results_root", "smoke_run", "STATUSES",
+__all__ = ["ResultsError", "StaleRowsWarning", "load", "prepare", "STATUSES",
            "TRIAL_COLUMNS", "CURVE_COLUMNS"]
 
 # What analysis reads; the contract has more, which are kept but not required.
@@ -30,10 +31,6 @@ READ_OUTCOMES = ("min_train_loss", "min_test_loss", "best_test_acc", "final_test
 CURVE_COLUMNS = ("trial_id", "epoch", "step", "train_loss", "test_loss", "train_acc", "test_acc", "lr")
 
 
-class ResultsError(ValueError):
-    """A results directory that is missing, unreadable or not shaped like the contract."""
-
-
 class StaleRowsWarning(UserWarning):
     """`load` left out rows of an earlier version of the study."""
 
@@ -43,55 +40,59 @@ THROUGH_KEY = b"sensitivity.through"  # a compacted table's last part; older par
 READ_ATTEMPTS = 5
 
 
-def _read(path: pathlib.Path) -> tuple[pd.DataFrame, int] | None:
+READERS = 16  # parts read at once from an object store (one request each)
+
+
+def _read(loc: Location, name: str) -> tuple[pd.DataFrame, int] | None:
     """(frame, last part it holds) of one file; None when it vanished (a compaction deleted it)."""
-    try:
-        # One read of the bytes: a running sweep replaces files by rename, and pyarrow may
-        # open a path more than once, which could mix two versions of it.
-        data = path.read_bytes()
-    except FileNotFoundError:
+    # One read of the bytes: a running sweep replaces files by rename, and pyarrow may
+    # open a path more than once, which could mix two versions of it.
+    data = loc.read_bytes(name)
+    if data is None:
         return None
     try:
         table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ResultsError(f"cannot read {path}: {reason}") from None
+        raise ResultsError(f"cannot read {loc.show(name)}: {reason}") from None
     through = int((table.schema.metadata or {}).get(THROUGH_KEY, b"-1"))
     return table.replace_schema_metadata(None).to_pandas(), through
 
 
-def _through_now(path: pathlib.Path) -> int:
+def _read_all(loc: Location, names: list[str]) -> list[tuple[pd.DataFrame, int] | None]:
+    if loc.uri and len(names) > 1:  # an object store answers each request in tens of ms: many at once
+        with ThreadPoolExecutor(min(READERS, len(names))) as pool:
+            return list(pool.map(lambda name: _read(loc, name), names))
+    return [_read(loc, name) for name in names]
+
+
+def _through_now(loc: Location, name: str) -> int:
     try:
-        return int((pq.read_metadata(path).metadata or {}).get(THROUGH_KEY, b"-1"))
+        with loc.fs.open_input_file(loc.file(name)) as handle:
+            return int((pq.read_metadata(handle).metadata or {}).get(THROUGH_KEY, b"-1"))
     except (FileNotFoundError, OSError):
         return -1
 
 
-def _sources(root: pathlib.Path, kind: str) -> list[pd.DataFrame]:
+def _sources(loc: Location, kind: str) -> list[pd.DataFrame]:
     """The compacted table of one kind and the parts written after it, oldest first.
 
     A run writes ``parts/<seq>-<writer>.<kind>.parquet`` as trials finish; ``<kind>.parquet``
     holds every part up to the sequence number in its metadata.
     """
-    base_path = root / f"{kind}.parquet"
+    base_name = f"{kind}.parquet"
     for _ in range(READ_ATTEMPTS):
-        base = _read(base_path) if base_path.is_file() else None
+        base = _read(loc, base_name)
         through = base[1] if base else -1
         parts = []
-        for path in (root / "parts").glob(f"*.{kind}.parquet"):
-            match = PART.match(path.name)
-            if match and int(match.group(1)) > through:
-                parts.append((int(match.group(1)), match.group(2), path))
-        frames = [base[0]] if base else []
-        for _, _, path in sorted(parts):
-            part = _read(path)
-            if part is None:
-                break
-            frames.append(part[0])
-        else:
-            if _through_now(base_path) == through:
-                return frames
-    raise ResultsError(f"{root}: the tables kept changing while being read; load again")
+        for name in loc.files("parts"):
+            match = PART.match(name)
+            if match and match.group(3) == kind and int(match.group(1)) > through:
+                parts.append((int(match.group(1)), match.group(2), f"parts/{name}"))
+        read = _read_all(loc, [name for _, _, name in sorted(parts)])
+        if all(part is not None for part in read) and _through_now(loc, base_name) == through:
+            return ([base[0]] if base else []) + [part[0] for part in read]
+    raise ResultsError(f"{loc.show()}: the tables kept changing while being read; load again")
 
 
 def _merge_trials(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -117,21 +118,21 @@ def _merge_curves(frames: list[pd.DataFrame], done: pd.Series) -> pd.DataFrame:
     return curves[keep].drop(columns="_source").reset_index(drop=True)
 
 
-def _require(frame: pd.DataFrame, columns, path: pathlib.Path) -> None:
+def _require(frame: pd.DataFrame, columns, path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ResultsError(f"{path} lacks column(s) {', '.join(missing)}")
 
 
-def _current(root: pathlib.Path) -> dict[str, str] | None:
+def _current(loc: Location) -> dict[str, str] | None:
     """``current.json``: trial_id -> label of the study as it is now (None for older results)."""
-    path = root / "current.json"
-    if not path.is_file():
+    data = loc.read_bytes("current.json")
+    if data is None:
         return None
     try:
-        return dict(json.loads(path.read_text())["trials"])
+        return dict(json.loads(data)["trials"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ResultsError(f"cannot read {path}: {exc}") from None
+        raise ResultsError(f"cannot read {loc.show('current.json')}: {exc}") from None
 
 
 def _split_stale(trials: pd.DataFrame, curves: pd.DataFrame, current: dict[str, str] | None,
@@ -167,18 +168,20 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
     missing ``curves.parquet`` gives an empty curves table (the curve figures are then skipped).
     Parts of a run still going, or cut short, are read too: each trial appears once, its newest row.
 
-    ``results_dir`` may also be the path of its trials.parquet or curves.parquet. An empty table,
+    ``results_dir`` is a local path or a URI as ``sensitivity run --storage`` takes it (``s3://``,
+    ``gs://``, ``file://``, with a query such as ``?endpoint_override=host:port&scheme=http``;
+    ``analysis.location``), and may also be the path of its trials.parquet or curves.parquet. An empty table,
     or one whose trials all errored, raises ResultsError saying so; outcome columns no trial wrote
     are added as missing values. ``smoke`` (bool) comes from the table, else from the ``smoke:``
     header of the study.yaml beside it.
     """
-    root = results_root(results_dir)
-    if not root.is_dir():
-        raise ResultsError(f"results directory not found: {root}")
-    trials_path, curves_path = root / "trials.parquet", root / "curves.parquet"
-    trial_frames = _sources(root, "trials")
+    loc = Location(results_dir)
+    if not loc.is_dir():
+        raise ResultsError(f"results directory not found: {loc.show()}")
+    trials_path, curves_path = loc.show("trials.parquet"), loc.show("curves.parquet")
+    trial_frames = _sources(loc, "trials")
     if not trial_frames:
-        raise ResultsError(f"no trials.parquet in {root} (expected <out>/<study>/trials.parquet)")
+        raise ResultsError(f"no trials.parquet in {loc.show()} (expected <out>/<study>/trials.parquet)")
     trials = _merge_trials(trial_frames)
     if trials.empty:
         raise ResultsError(f"{trials_path} has no finished trials yet")
@@ -191,14 +194,14 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
         if column not in trials:
             trials[column] = np.nan
     if "smoke" not in trials:
-        trials["smoke"] = smoke_run(root)
-    curve_frames = _sources(root, "curves")
+        trials["smoke"] = _smoke(loc)
+    curve_frames = _sources(loc, "curves")
     curves = _merge_curves(curve_frames, trials["trial_id"])
     if curve_frames:
         _require(curves, CURVE_COLUMNS, curves_path)
-    trials, curves, stale = _split_stale(trials, curves, _current(root), include_stale)
+    trials, curves, stale = _split_stale(trials, curves, _current(loc), include_stale)
     if stale and not include_stale:
-        warnings.warn(f"{root}: left out {stale} stale rows (an earlier version of the study); "
+        warnings.warn(f"{loc.show()}: left out {stale} stale rows (an earlier version of the study); "
                       f"load(..., include_stale=True) keeps them", StaleRowsWarning, stacklevel=2)
     if trials.empty:
         raise ResultsError(f"{trials_path} has no trials of the current study ({stale} stale rows; "
@@ -211,16 +214,7 @@ def load(results_dir, *, include_stale: bool = False) -> tuple[pd.DataFrame, pd.
     return trials, curves
 
 
-def results_root(path) -> pathlib.Path:
-    """A study's results directory, given it or one of its parquet tables."""
-    path = pathlib.Path(path)
-    return path.parent if path.suffix == ".parquet" and path.is_file() else path
-
-
-def smoke_run(root) -> bool:
+def _smoke(loc: Location) -> bool:
     """Whether the study.yaml beside the tables says the run was ``--smoke`` (False without one)."""
-    try:
-        head = (pathlib.Path(root) / "study.yaml").read_text(errors="replace")[:300]
-    except OSError:
-        return False
+    head = (loc.read_text("study.yaml") or "")[:300]
     return re.search(r"smoke: true\b", head) is not None

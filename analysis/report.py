@@ -20,7 +20,8 @@ import pandas as pd
 
 from . import (axes, comparisons, curve_plots, html, map_plots, maps, metrics, plots, robustness, robustness_plots,
                stats, tables)
-from ._io import StaleRowsWarning, load, results_root
+from ._io import StaleRowsWarning, load
+from .location import Location, figures_dir
 
 __all__ = ["write_report", "VALLEY_TOLERANCES"]
 
@@ -87,7 +88,8 @@ def _write_png(fig, path: pathlib.Path, *, dpi: int) -> None:
 
 
 def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = print) -> list[pathlib.Path]:
-    """Write the study's figures and tables to ``out_dir`` (default ``<results_dir>/figures``).
+    """Write the study's figures and tables to ``out_dir`` (default ``<results_dir>/figures``, or
+    ``<study>/figures`` in the working directory for a URI: ``location.figures_dir``).
 
     Returns the written paths. Raises ``analysis.ResultsError`` (one line) when the results
     directory is missing or corrupt.
@@ -98,10 +100,10 @@ def write_report(results_dir, out_dir=None, *, echo: Callable[[str], object] = p
     if trials.attrs.get("stale_rows"):
         echo(f"left out {trials.attrs['stale_rows']} stale rows (an earlier version of the study; "
              f"analysis.load(..., include_stale=True) keeps them)")
-    out = pathlib.Path(out_dir) if out_dir is not None else results_root(results_dir) / "figures"
+    out = pathlib.Path(out_dir) if out_dir is not None else figures_dir(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     studies = trials["study"].dropna().unique() if "study" in trials else []
-    title = ", ".join(map(str, studies)) or results_root(results_dir).name
+    title = ", ".join(map(str, studies)) or Location(results_dir).name
     if trials["smoke"].any():  # a --smoke run: 1 epoch on tiny stand-in data, no finding
         title += " (smoke run: 1 epoch, tiny data)"
     w = _Writer(out, echo, title)
@@ -271,11 +273,7 @@ def _neighbours(pairs: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
 
 
 def _study_text(results_dir) -> str | None:
-    path = pathlib.Path(results_dir) / "study.yaml"
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+    return Location(results_dir).read_text("study.yaml")
 
 
 def _max_gap(study_text: str | None) -> float:

@@ -7,8 +7,9 @@ Exit codes:
   trials did not finish (run the same command again to resume), the Ray cluster at --address
   did not answer, or the run was interrupted.
 - 2: bad input, one line on stderr: the study file, an option, dataset files missing on a local
-  run, a results directory that `plot` cannot read, a table or part file that is not readable parquet
-  (`run`, `compact` and `plot` name it, before anything is written).
+  run, a --storage or results URI that pyarrow cannot use, a results directory that `plot` cannot read,
+  a table or part file that is not readable parquet (`run`, `compact` and `plot` name it, before
+  anything is written).
 
 `validate` and `optimizers` import neither torch nor ray.
 """
@@ -78,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("results", help="a study's results directory or URI (OUT/<study name>)")
 
     plot = sub.add_parser("plot", help="figures and tables of a results directory")
-    plot.add_argument("results", help="a study's results directory (OUT/<study name>) or its trials.parquet")
-    plot.add_argument("--out", help="where figures go (default: RESULTS/figures)")
+    plot.add_argument("results", help="a study's results directory or URI (OUT/<study name>, or a --storage "
+                                      "URI/<study name>), or its trials.parquet")
+    plot.add_argument("--out", help="where figures go (default: RESULTS/figures; for a URI, ./<study name>/figures)")
     return parser
 
 
@@ -201,7 +203,8 @@ def _report_errors(failures, earlier: int, args) -> None:
 
 def _compact(args) -> int:
     from sensitivity.lease import Lease
-    from sensitivity.results import ResultsStore
+    from sensitivity.results import CURVES, TRIALS, ResultsStore
+    from sensitivity.storage import join
 
     with Lease(args.results) as lease:  # a writer like a run: never beside one (held: exit 2 naming the holder)
         if lease.note:
@@ -212,28 +215,30 @@ def _compact(args) -> int:
             return _bad(f"results: no trials.parquet and no parts in {args.results}")
         store.guard = lease.check
         store.compact()
-    print(f"{len(store.done_ids())} trials in {store.trials_path} and {store.curves_path}")
+    # named as given (a URI keeps its scheme and query)
+    print(f"{len(store.done_ids())} trials in {join(args.results, TRIALS)} and {join(args.results, CURVES)}")
     return 0
 
 
 def _plot(args) -> int:
     from pathlib import Path
 
-    from analysis._io import results_root
+    from analysis.location import figures_dir, is_uri
     from analysis.report import write_report
 
-    results = results_root(args.results)  # the directory, also when given its trials.parquet
-    out = Path(args.out) if args.out else results / "figures"
     try:
-        write_report(results, out)
-    except ValueError as exc:  # analysis.ResultsError: a missing, empty or all-errored results directory
+        out = Path(args.out) if args.out else figures_dir(args.results)
+        write_report(args.results, out)  # prints each file and a summary
+    except ValueError as exc:  # analysis.ResultsError: a bad URI, or a missing, empty or all-errored results directory
         return _bad(exc)
-    return 0  # write_report has printed each file and a summary
+    if is_uri(args.results) and not args.out:  # figures are local files, wherever the tables are
+        print(f"figures of {args.results} are in {out.resolve()} (--out DIR puts them elsewhere)")
+    return 0
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from sensitivity.storage import CorruptTableError, ResultsWriteError
+    from sensitivity.storage import CorruptTableError, LocationError, ResultsWriteError
     from sensitivity.study import StudyError
 
     handler = {"run": _run, "validate": _validate, "optimizers": _optimizers, "plot": _plot,
@@ -243,7 +248,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("sensitivity: interrupted; run the same command again to resume", file=sys.stderr)
         return 1
-    except (StudyError, CorruptTableError) as exc:  # bad input: one line naming the field or file (or a held lease)
+    except (StudyError, CorruptTableError, LocationError) as exc:  # bad input, one line: a field, file, URI, held lease
         return _bad(exc)
     except ResultsWriteError as exc:  # a read-only or full destination: one line naming the path
         print(f"sensitivity: {exc}", file=sys.stderr)

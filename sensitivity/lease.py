@@ -39,10 +39,14 @@ MARKER_STALE_S = 30.0  # a takeover takes milliseconds: an older takeover marker
 
 
 def results_root(out: str | os.PathLike, storage: str | None) -> str:
-    """The results root: a URI (--storage) or an absolute path; StudyError for an --out URI."""
+    """The results root: a URI (--storage) or an absolute path; StudyError for an --out URI, LocationError
+    for a URI that pyarrow cannot use."""
     if storage:
+        if "://" in storage:
+            resolve(storage)  # a URI pyarrow cannot use: LocationError naming it, before anything runs
+            return storage
         # Ray runs trials in per-trial working directories: a relative path must be made absolute now
-        return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+        return os.path.abspath(os.path.expanduser(storage))
     text = os.fspath(out)
     if "://" in text:
         raise StudyError(f"out: {text} is a URI, and --out takes a local directory; "

@@ -18,6 +18,10 @@ class CorruptTableError(ValueError):
     """A results table that cannot be read as parquet (bad input: exit 2, the file named)."""
 
 
+class LocationError(ValueError):
+    """A URI that pyarrow cannot use (unknown scheme, unknown query key): bad input, exit 2."""
+
+
 class ResultsWriteError(OSError):
     """The results location cannot be written (read-only, full, a path under a file); one line."""
 
@@ -29,7 +33,12 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a URI; local paths become absolute."""
     text = os.fspath(location)
     if "://" in text:
-        return pafs.FileSystem.from_uri(text)
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise LocationError(f"storage: cannot use {text}: {_reason(exc)}; expected s3://bucket/path, "
+                                f"gs://bucket/path or file:///path, with a query such as "
+                                f"?endpoint_override=host:port&scheme=http") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
 
 

@@ -1,6 +1,7 @@
 """Checkpoints of long trials: an errored trial keeps its own, the mirror says when uploads fail.
 
-Budget: a few seconds; no Ray (the Recorder callback is driven directly).
+Each runs on a local folder and on the local S3 server (`s3`, tests/conftest.py), where the
+worker mirrors its checkpoints. Budget: a few seconds; no Ray (the Recorder callback is driven directly).
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
-from sensitivity import loop, solo, train
+from sensitivity import loop, solo
 from sensitivity.progress import Progress
 from sensitivity.record import TrialRecord
 from sensitivity.results import ResultsStore
+from sensitivity.storage import join, resolve
 from sensitivity.sweep import worker
 from sensitivity.sweep.tuner import Recorder, summarize
 from sensitivity.sweep.worker import Mirror, Unit, payload, run_one, run_unit
@@ -28,9 +31,34 @@ def _record(recorder: Recorder, row: dict, curve: list) -> None:
     recorder.on_trial_result(0, [], None, {"payload": payload([row], curve)})
 
 
-def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_path, monkeypatch):
-    checkpoints = tmp_path / "checkpoints"
-    evaluate = train.evaluate
+def _files(location: str) -> dict[str, bytes]:
+    """Name -> bytes of the files in a folder, a local path or a URI ({} when there is none)."""
+    fs, path = resolve(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    found = {}
+    for info in infos:
+        with fs.open_input_stream(info.path) as handle:
+            found[info.base_name] = handle.read()
+    return found
+
+
+def _write(location: str, data: bytes) -> None:
+    fs, path = resolve(location)
+    with fs.open_output_stream(path) as handle:
+        handle.write(data)
+
+
+@pytest.fixture(params=["local", "s3"])
+def remote(request, tmp_path):
+    """A checkpoint root: a local folder (trials write there), or a URI (the worker mirrors a local folder)."""
+    if request.param == "local":
+        return str(tmp_path / "checkpoints")
+    return request.getfixturevalue("s3").uri(f"{tmp_path.name}/checkpoints")
+
+
+def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_path, monkeypatch, remote):
+    checkpoints = remote
+    evaluate = solo.evaluate
     calls = {"evaluate": 0, "epochs": 0}
 
     def flaky(*args, **kwargs):  # a transient failure (a CUDA OOM, a lost upload) in epoch 2
@@ -40,12 +68,12 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(solo, "evaluate", flaky)
-    row, curve = run_one(RECORD, str(checkpoints))
+    row, curve = run_one(RECORD, checkpoints)
     assert row["status"] == "error" and "out of memory" in row["error"]
     store = ResultsStore(tmp_path / "s")
     recorder = Recorder(store, Progress(1, quiet=True), str(checkpoints))
     _record(recorder, row, curve)
-    assert list(checkpoints.glob("*.pt")), "the errored trial's checkpoint must survive its error row"
+    assert list(_files(checkpoints)) == [f"{RECORD.trial_id}.pt"], "the errored trial's checkpoint must survive"
 
     # --retry-errors: the driver drops the error rows, and the trial runs again
     store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
@@ -57,12 +85,12 @@ def test_an_errored_trial_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_p
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(loop._Epochs, "epoch", counted)
-    row, curve = run_one(RECORD, str(checkpoints))
+    row, curve = run_one(RECORD, checkpoints)
     assert row["status"] == "ok" and [c["epoch"] for c in curve] == [1, 2, 3]
     assert calls["epochs"] == 2  # epochs 2 and 3: epoch 1 came from the checkpoint
-    (checkpoints / f"{RECORD.trial_id}.pt").write_bytes(b"as a mirror's remote copy would still hold it")
+    _write(join(checkpoints, f"{RECORD.trial_id}.pt"), b"as a mirror's remote copy would still hold it")
     _record(recorder, row, curve)
-    assert not list(checkpoints.glob("*.pt"))  # a finished trial's checkpoint is removed
+    assert not _files(checkpoints)  # a finished trial's checkpoint is removed
     assert list(store.trials["status"]) == ["ok"]
 
 
@@ -96,27 +124,29 @@ def test_mirror_failures_are_counted_warned_once_and_summarised(tmp_path, monkey
     assert summary.mirror_failures == 3 and "AccessDenied" in summary.mirror_error
 
 
-def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_mirror_uploads_only_files_that_changed(tmp_path, monkeypatch, request, kind):
     monkeypatch.setattr(worker, "CHECKPOINT_SYNC_S", 3600.0)
-    remote = tmp_path / "remote"
-    mirror = Mirror(f"file://{remote}", ["t.pt"])
+    remote = (f"file://{tmp_path / 'remote'}" if kind == "file"
+              else request.getfixturevalue("s3").uri(f"{tmp_path.name}/remote"))
+    mirror = Mirror(remote, ["t.pt"])
     local = Path(mirror.local)
     (local / "t.pt").write_bytes(b"epoch 1")
     (local / "t.pt.tmp-1234").write_bytes(b"half")  # a checkpoint being written is not sent
     mirror.sync()
     mirror.sync()
-    assert mirror.uploads == 1 and (remote / "t.pt").read_bytes() == b"epoch 1"
-    assert not (remote / "t.pt.tmp-1234").exists()
+    assert mirror.uploads == 1 and _files(remote) == {"t.pt": b"epoch 1"}
     (local / "t.pt").write_bytes(b"epoch 2 state")
     mirror.sync()
     mirror.close()
-    assert mirror.uploads == 2 and (remote / "t.pt").read_bytes() == b"epoch 2 state"
+    assert mirror.uploads == 2 and _files(remote) == {"t.pt": b"epoch 2 state"}
     assert mirror.failures == 0 and mirror.report() is None
     # a retried trial starts from the remote copy, and does not send it back unchanged
-    again = Mirror(f"file://{remote}", ["t.pt", "u.pt"])
+    again = Mirror(remote, ["t.pt", "u.pt"])
     again.sync()
     assert again.uploads == 0 and json.dumps(again.report()) == "null"
     assert sorted(p.name for p in Path(again.local).iterdir()) == ["t.pt"]  # only the unit's own files
+    assert (Path(again.local) / "t.pt").read_bytes() == b"epoch 2 state"
     again.close()
 
 

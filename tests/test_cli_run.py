@@ -160,6 +160,15 @@ def test_plot_of_a_table_path_an_empty_table_and_an_all_errored_table(tmp_path, 
     assert capsys.readouterr().err.strip() == "sensitivity: all 2 trials errored: FileNotFoundError: mnist: /x not found"
 
 
+def test_a_uri_pyarrow_cannot_use_is_one_line_and_exit_2_for_run_compact_and_plot(study_file, capsys, no_ray):
+    for argv in (["run", str(study_file), "--storage", "foo://b/x"], ["compact", "s3://b/x?bogus=1"],
+                 ["plot", "s3://b/x?bogus=1"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"cannot use {argv[-1]}: " in err, err
+        assert "expected s3://bucket/path, gs://bucket/path or file:///path" in err
+
+
 def test_validate_optimizers_an_idle_run_and_plot_import_neither_torch_nor_ray(study_file, tmp_path):
     out = tmp_path / "out"
     _fill(study_file, out, ["ok"] * 4)

@@ -1,6 +1,6 @@
 """One writer per study location: the lease, its takeover, and what the CLI says about it.
 
-Budget: about 3 s; no Ray, no training.
+Budget: about 3 s; no Ray, no training. Object stores: on the local S3 server (`s3`, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -119,15 +119,17 @@ def test_renewal_keeps_the_heartbeat_fresh_and_a_lost_lease_stops_writes(tmp_pat
     assert json.loads((tmp_path / LEASE).read_text())["token"] == "someone-else"  # not ours to remove
 
 
-def test_object_stores_settle_then_read_back(tmp_path):
-    lease = Lease(tmp_path, settle_s=0.01)
-    lease.local = False  # the write-then-read-back path that s3:// and gs:// take
+def test_object_stores_settle_then_read_back(tmp_path, s3):
+    location = s3.uri(f"{tmp_path.name}/s")  # the write-then-read-back path of s3:// and gs://
+    lease = Lease(location, settle_s=0.01)
+    assert not lease.local
     lease.acquire()
-    other = Lease(tmp_path, settle_s=0.01)
-    other.local = False
-    with pytest.raises(LeaseHeld):
-        other.acquire()
+    assert json.loads(s3.fs.open_input_stream(s3.key(f"{tmp_path.name}/s/{LEASE}")).read())["token"] == lease.me.token
+    with pytest.raises(LeaseHeld, match=f"pid {os.getpid()}"):
+        Lease(location, settle_s=0.01).acquire()
     lease.release()
+    assert s3.fs.get_file_info(s3.key(f"{tmp_path.name}/s/{LEASE}")).type.name == "NotFound"
+    Lease(location, settle_s=0.01).acquire().release()
 
 
 def _study(tmp_path: Path) -> Path:

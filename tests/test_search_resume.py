@@ -216,30 +216,51 @@ def test_a_proposal_that_repeats_a_finished_point_costs_no_budget():
 
 
 @pytest.mark.slow
-def test_a_real_search_interrupted_then_resumed(tmp_path, ray_local):
+def test_a_real_search_interrupted_then_resumed(tmp_path, ray_local, s3):
+    """On the local S3 server: a search killed after one of its two points, its journal uploaded (the
+    point in flight left RUNNING there), is resumed by a real run that reads the journal back."""
+    import ray
+
+    from sensitivity.storage import join
     from sensitivity.sweep import run_study
+    from sensitivity.sweep.journal import OPTUNA_JOURNAL, optuna_storage
 
     task = {"dataset": "synthetic", "model": "logreg", "epochs": 1, "batch_size": 16,
             "dataset_args": {"shape": [8], "num_classes": 2, "train_size": 32, "test_size": 16}}
+    s = Study.from_dict({"name": "resume", "task": task, "seeds": 2, "optimizers": [{"name": "sgd"}],
+                         "search": {"trials": 2, "sampler": "random", "max_concurrent": 1,
+                                    "space": {"lr": {"low": 1e-3, "high": 1.0, "log": True}}}})
+    storage = s3.uri(tmp_path.name)
+    location = join(storage, "resume")
+    journal = s3.key(f"{tmp_path.name}/resume/{OPTUNA_JOURNAL}")
+    optuna_journal, save = optuna_storage(location)
+    killed = simulate(s, ResultsStore(location), stop_after=1, storage=optuna_journal)
+    killed.suggest("in-flight")  # the point the kill cut off
+    save()
+    assert _journal_states(s3.fs, journal, tmp_path) == ["COMPLETE", "RUNNING"]
+    kept_point = ResultsStore(location).trials["search_point"].iloc[0]
 
-    def make(trials):
-        return Study.from_dict({"name": "resume", "task": task, "seeds": 2, "optimizers": [{"name": "sgd"}],
-                                "search": {"trials": trials, "sampler": "random", "max_concurrent": 1,
-                                           "space": {"lr": {"low": 1e-3, "high": 1.0, "log": True}}}})
-
-    first = run_study(make(2), out=tmp_path, quiet=True)
-    assert first.missing == 0
-    table = tmp_path / "resume" / "trials.parquet"
-    trials = pd.read_parquet(table)
-    kept_point = trials["search_point"].iloc[0]  # the first proposal (one point at a time)
-    # as if killed after the first point: the other point's rows never made it to the table
-    ResultsStore(tmp_path / "resume").drop(trials.loc[trials.search_point != kept_point, "trial_id"])
-    resumed = run_study(make(2), out=tmp_path, quiet=True)
-    after = pd.read_parquet(table)
+    resumed = run_study(s, storage=storage, quiet=True)
+    after = ResultsStore(location).trials
     assert resumed.missing == 0 and resumed.ran == 2 and resumed.skipped == 2
     assert after.groupby("search_point").size().tolist() == [2, 2] and kept_point in set(after.search_point)
-    assert resumed.stale == 0 and (tmp_path / "resume" / "optuna.journal").is_file()
-    assert math.isfinite(after["min_train_loss"].min())
+    assert resumed.stale == 0 and math.isfinite(after["min_train_loss"].min())
+    # the journal came back from the bucket (its point in flight marked failed) and went up again
+    assert _journal_states(s3.fs, journal, tmp_path) == ["COMPLETE", "FAIL", "COMPLETE"]
+    # Ray's workers ran with the credentials of the environment they inherited
+    assert ray.get(ray.remote(lambda: os.environ.get("AWS_ACCESS_KEY_ID")).remote()) == "testing"
+
+
+def _journal_states(fs, journal: str, tmp_path) -> list[str]:
+    """States of the Optuna trials in a journal on the bucket."""
+    import optuna
+
+    local = tmp_path / "journal"
+    with fs.open_input_stream(journal) as handle:
+        local.write_bytes(handle.read())
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(local)))
+    (name,) = optuna.get_all_study_names(storage)
+    return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
 
 
 def test_a_killed_runs_journal_lock_does_not_stall_the_resume(tmp_path):

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from sensitivity.progress import Progress
 from sensitivity.record import TrialRecord
 from sensitivity.results import ResultsStore, load, trial_id
+from sensitivity.storage import join, resolve
 from sensitivity.study import Study, StudyError, load_study
 from sensitivity.sweep import bundle_size, error_row, is_short, make_bundles, mean_metric, run_one, run_study
 
@@ -46,9 +48,15 @@ def write_study(path: Path, data: dict) -> Path:
     return path
 
 
-def assert_exactly_once(results: Path, study: Study, smoke: bool = False):
-    trials = pd.read_parquet(results / "trials.parquet")
-    curves = pd.read_parquet(results / "curves.parquet")
+def read_table(location, name: str) -> pd.DataFrame:
+    """A compacted table of a study location, a path or a URI."""
+    fs, path = resolve(join(str(location), name))
+    return pq.read_table(path, filesystem=fs).to_pandas()
+
+
+def assert_exactly_once(results, study: Study, smoke: bool = False):
+    trials = read_table(results, "trials.parquet")
+    curves = read_table(results, "curves.parquet")
     expected = {trial_id(c) for c in study.trials(smoke=smoke)}
     assert trials["trial_id"].is_unique
     assert set(trials["trial_id"]) == expected
@@ -290,7 +298,13 @@ def _trainings(log: Path) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
+def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local, s3, capsys):
+    """On the local S3 server, as a cluster stores a study: a worker and then the driver killed, a second
+    driver refused meanwhile, a rerun that completes the study, and analysis reading the killed run's parts."""
+    import analysis
+    from sensitivity.cli import main
+    from sensitivity.lease import LEASE
+
     empty = tmp_path / "no-data"  # MNIST files that exist (the driver's check passes) but do not parse
     (empty / "MNIST" / "raw").mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -303,13 +317,14 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
                        {"name": "sgd", "lr": 0.1, "label": "mnist-missing",
                         "task": {"dataset": "mnist", "data_dir": str(empty)}}]})
     study = load_study(path)
-    location = tmp_path / "out" / "kill"
+    storage = s3.uri(f"{tmp_path.name}/out")
+    location = join(storage, "kill")
     log = tmp_path / "trainings"
     log.mkdir()
     temp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # this run's own Ray, found by its temp dir
     env = {**os.environ, "RAY_TMPDIR": temp, "SENSITIVITY_TRAINING_LOG": str(log)}
     # one bundle at a time: the others wait while the lost one is retried, so the driver's kill lands mid-sweep
-    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp_path / "out"), "--quiet",
+    proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--storage", storage, "--quiet",
                              "--max-concurrent", "1"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -322,7 +337,7 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
             found = ready(ResultsStore(location).done_ids())  # a reader: it never needs the run's lease
             if found:
                 return found
-            time.sleep(0.1)
+            time.sleep(0.3)  # each look reads the store from the S3 server in this process
         raise AssertionError(f"no {what}: {proc.poll()} {proc.stderr.read().decode()[-2000:] if proc.poll() else ''}")
 
     def mid_bundle(done):
@@ -345,7 +360,12 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
         return (again or all(t in done for t in mine)) and done
 
     try:
-        # first a worker dies mid-bundle (a lost worker): Ray Tune retries its bundle, which
+        # a second driver on the same study is refused at once while the first holds the lease
+        wait_for(lambda done: s3.fs.get_file_info(s3.key(f"{tmp_path.name}/out/kill/{LEASE}")).size, "lease")
+        capsys.readouterr()
+        assert main(["run", str(path), "--storage", storage, "--quiet"]) == 2
+        assert "is in use by another run" in capsys.readouterr().err
+        # then a worker dies mid-bundle (a lost worker): Ray Tune retries its bundle, which
         # skips the trials the driver already holds and trains only the one that was running
         worker, bundle, finished = wait_for(mid_bundle, "worker mid-bundle")
         os.kill(worker, signal.SIGKILL)
@@ -363,10 +383,12 @@ def test_sigkill_then_resume_runs_every_trial_exactly_once(tmp_path, ray_local):
     shutil.rmtree(temp, ignore_errors=True)
     before, _ = load(location)  # the killed run left parts: they load like the tables
     assert len(before) < 20, "the kill must land mid-sweep"
+    read, _ = analysis.load(location)
+    assert sorted(read["trial_id"]) == sorted(before["trial_id"])
 
-    summary = run_study(study, out=tmp_path / "out", quiet=True)
+    summary = run_study(study, storage=storage, quiet=True)
     assert summary.skipped == len(before) and summary.ran == 20 - len(before) and summary.missing == 0
-    trials, _ = assert_exactly_once(tmp_path / "out" / "kill", study)
+    trials, _ = assert_exactly_once(location, study)
     errors = trials[trials["status"] == "error"]
     assert len(errors) == 4 and set(errors["label"]) == {"mnist-missing"}
     assert errors["error"].notna().all()

@@ -62,6 +62,23 @@ def test_missing_directory(tmp_path):
     assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
 
 
+def test_load_takes_the_uris_that_storage_takes(results_dir, tmp_path, s3):
+    trials, curves = analysis.load(results_dir)
+    # the local S3 server (tests/conftest.py), spelt as for MinIO or Ceph; file:// with a query
+    uri = s3.upload(results_dir, f"{tmp_path.name}/fixture")
+    table = s3.uri(f"{tmp_path.name}/fixture/trials.parquet")
+    for location in (uri, table, f"file://{results_dir}?unused=1"):
+        got_trials, got_curves = analysis.load(location)
+        pd.testing.assert_frame_equal(got_trials, trials)
+        pd.testing.assert_frame_equal(got_curves, curves)
+    missing = s3.uri(f"{tmp_path.name}/nothing")
+    with pytest.raises(ResultsError, match="^results directory not found: s3://.*/nothing\\?endpoint_override="):
+        analysis.load(missing)
+    with pytest.raises(ResultsError, match="^cannot use s3://b/x\\?bogus=1: .*'bogus'; expected s3://bucket/path") as info:
+        analysis.load("s3://b/x?bogus=1")
+    assert "\n" not in str(info.value)
+
+
 def test_missing_trials_file(tmp_path):
     with pytest.raises(ResultsError, match="no trials.parquet"):
         analysis.load(tmp_path)

@@ -1,4 +1,5 @@
-"""`sensitivity plot RESULTS_DIR [--out DIR]` end to end, as a user runs it (a subprocess)."""
+"""`sensitivity plot RESULTS_DIR [--out DIR]` end to end, as a user runs it (a subprocess); RESULTS_DIR
+may be a URI (the local S3 server, `s3` in tests/conftest.py)."""
 from __future__ import annotations
 
 import pathlib
@@ -48,17 +49,26 @@ def test_plot_writes_figures_and_tables_and_notes_what_it_skips(cli, results_dir
     assert "skipped combination: no CAM-HD label sweeps fixed gammas" in result.stdout
 
 
-def test_plot_defaults_to_a_figures_dir(cli, results_dir, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_plot_defaults_to_a_figures_dir(cli, results_dir, tmp_path, request, where):
+    """Beside the tables; for a URI (here the local S3 server), in ./<study>/figures of the working directory."""
     import pandas as pd
 
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     trials = pd.read_parquet(results_dir / "trials.parquet")
     trials[(trials["label"] == "adam") & (trials["lr"] == 1e-3)].to_parquet(tiny / "trials.parquet")
-    result = cli("plot", tiny, cwd=tmp_path)
+    results, figures = tiny, tiny / "figures"
+    if where == "s3":
+        results = request.getfixturevalue("s3").upload(tiny, f"{tmp_path.name}/runs/tiny")
+        figures = tmp_path / "work" / "tiny" / "figures"
+        figures.parent.parent.mkdir()
+    result = cli("plot", results, cwd=figures.parent.parent if where == "s3" else tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tiny / "figures" / "sensitivity.md").is_file()
+    assert (figures / "sensitivity.md").is_file()
     assert "skipped valleys: no optimizer was run at two or more lr values" in result.stdout
+    if where == "s3":
+        assert result.stdout.strip().endswith(f"figures of {results} are in {figures} (--out DIR puts them elsewhere)")
 
 
 @pytest.mark.parametrize("case, reason", [("missing", "results directory not found"), ("corrupt", "cannot read")])
