@@ -61,7 +61,7 @@ def optuna_study_name(study: Study, index: int, smoke: bool) -> str:
     return f"{study.label(index)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def _known_points(storage, name: str) -> list[dict]:
+def known_points(storage, name: str) -> list[dict]:
     """Params of the entry's COMPLETE Optuna trials; trials an interrupted run left RUNNING become FAIL."""
     import optuna
     from optuna.trial import TrialState

@@ -22,7 +22,7 @@ def _choice_key(key: str) -> str:
     return f"{key}__choice"
 
 
-def _point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
+def point_values(study: Study, index: int, config: dict, smoke: bool) -> tuple[dict, str]:
     """Sampled config -> (hyperparameter values, the point as JSON of those values).
 
     The point names values, not Optuna's choice indices: a row says what it ran, whatever
@@ -60,7 +60,7 @@ def _optuna_params(study: Study, index: int, values: dict, smoke: bool) -> dict 
     return params
 
 
-def _optuna_space(study: Study, index: int, smoke: bool) -> dict:
+def optuna_space(study: Study, index: int, smoke: bool) -> dict:
     import optuna
 
     plan = study.search_plan(index, smoke)
@@ -83,7 +83,7 @@ def _stored_values(point: str, entry, study: Study, smoke: bool) -> dict | None:
         return None
     if any(k.endswith("__choice") for k in values):
         try:  # the old format: indices into the choices of the entry at that position
-            return _point_values(study, int(entry), values, smoke)[0]
+            return point_values(study, int(entry), values, smoke)[0]
         except (IndexError, KeyError, TypeError, ValueError):
             return None
     return values
