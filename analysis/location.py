@@ -40,16 +40,19 @@ class Location:
         self.uri = is_uri(text)
         if self.uri:
             head, sep, query = text.partition("?")
+            if _USERINFO.match(text):  # refused, as `sensitivity run --storage` refuses it: messages print locations
+                raise ResultsError(f"{_hide_secrets(text)} carries credentials before its bucket; set them in the "
+                                   f"environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
             try:
                 self.fs, path = pafs.FileSystem.from_uri(text)
             except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-                raise ResultsError(f"cannot use {_hide_secrets(text)}: {_reason(exc)}; "
+                raise ResultsError(f"cannot use {text}: {_reason(exc)}; "
                                    f"expected {URI_FORMS}") from None
             # the URI as given, its query kept (messages name it so it can be pasted back)
-            self._head, self._query = _hide_secrets(head).rstrip("/"), sep + query
+            self._head, self._query = head.rstrip("/"), sep + query
             self.path = path.rstrip("/")
         else:
-            self.fs, self.local = pafs.LocalFileSystem(), pathlib.Path(text)
+            self.fs, self.local = pafs.LocalFileSystem(), pathlib.Path(text).expanduser()
             self.path = os.path.abspath(os.path.expanduser(text))
         if self.path.endswith(".parquet") and self._type(self.path) == pafs.FileType.File:
             self._up()  # a table's path means its directory
@@ -118,9 +121,12 @@ class Location:
         return None if data is None else data.decode(errors="replace")
 
 
+_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@?]*@", re.IGNORECASE)  # s3://KEY:SECRET@bucket/...
+
+
 def _hide_secrets(uri: str) -> str:
     """A URI without the key and secret pyarrow allows before its host (s3://KEY:SECRET@bucket)."""
-    return re.sub(r"^([a-z0-9+.-]+://)[^/@?]*@", r"\1", uri, flags=re.IGNORECASE)
+    return _USERINFO.sub(r"\1", uri)
 
 
 def figures_dir(results) -> pathlib.Path:

@@ -85,6 +85,13 @@ class ResultsStore:
 
     # -- reading ------------------------------------------------------------
 
+    def shown(self, path: str) -> str:
+        """A file's path as messages name it: below a URI, the URI as the user spelt it (its query kept)."""
+        root = self.path.rstrip("/") + "/"
+        if "://" in self.location and path.startswith(root):
+            return join(self.location, path[len(root):])
+        return path
+
     def _parts(self) -> list[tuple[int, str, str, str]]:
         """(seq, writer, kind, path) of every part file, oldest first."""
         try:
@@ -102,7 +109,7 @@ class ResultsStore:
         """(compacted table and newer parts of one kind, its `through`, the highest seq seen)."""
         base_path = self.trials_path if kind == "trials" else self.curves_path
         for _ in range(READ_ATTEMPTS):
-            base = read_parquet(self.fs, base_path)
+            base = read_parquet(self.fs, base_path, self.shown(base_path))
             through = through_of(base)
             parts = self._parts()
             sources = [] if base is None else [base]
@@ -110,7 +117,7 @@ class ResultsStore:
             for seq, _writer, part_kind, path in parts:
                 if part_kind != kind or seq <= through:
                     continue
-                table = read_parquet(self.fs, path)
+                table = read_parquet(self.fs, path, self.shown(path))
                 if table is None:  # deleted by a compaction since the listing
                     complete = False
                     break
@@ -152,10 +159,10 @@ class ResultsStore:
         checks before it writes or trains anything: a corrupt ``curves.parquet`` is then bad input
         (exit 2) at the start, not a failure after every trial has trained.
         """
-        check_parquet(self.fs, self.curves_path)
+        check_parquet(self.fs, self.curves_path, self.shown(self.curves_path))
         for _seq, _writer, kind, path in self._parts():
             if kind == "curves":
-                check_parquet(self.fs, path)
+                check_parquet(self.fs, path, self.shown(path))
 
     def __contains__(self, tid: str) -> bool:
         """Whether the trial is stored (its row is in a table or a part)."""

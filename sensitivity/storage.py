@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import uuid
 
 import pyarrow as pa
@@ -29,10 +30,21 @@ class ResultsWriteError(OSError):
         return self.strerror or super().__str__()
 
 
+USERINFO = re.compile(r"^[a-z0-9+.-]+://[^/@?]*@", re.IGNORECASE)  # s3://KEY:SECRET@bucket/...
+
+
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI; local paths become absolute."""
+    """(filesystem, path) for a local path or a URI; local paths become absolute.
+
+    A URI that carries credentials (``s3://KEY:SECRET@bucket``) is refused: locations are printed
+    and logged, and Ray keeps them in its state; pyarrow reads credentials from the environment.
+    """
     text = os.fspath(location)
     if "://" in text:
+        if USERINFO.match(text):
+            raise LocationError(f"storage: {re.sub('://[^/@?]*@', '://', text, count=1)} "
+                                f"carries credentials before its bucket; set them in the environment "
+                                f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) instead")
         try:
             return pafs.FileSystem.from_uri(text)
         except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
@@ -108,8 +120,9 @@ def table_bytes(table: pa.Table, through: int | None = None) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
-    """One read of a whole file (a writer renames over it), or None when it is not there."""
+def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> pa.Table | None:
+    """One read of a whole file (a writer renames over it), or None when it is not there; an
+    error names it as `shown` (the location as the user spelt it), else as `path`."""
     try:
         with fs.open_input_file(path) as handle:
             data = handle.read()
@@ -122,10 +135,10 @@ def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
     try:
         return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:  # pyarrow raises several types for a corrupt file
-        raise _corrupt(path, exc) from None
+        raise _corrupt(shown or path, exc) from None
 
 
-def check_parquet(fs: pafs.FileSystem, path: str) -> None:
+def check_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> None:
     """CorruptTableError naming `path` when its parquet footer cannot be read; nothing when it is not there.
 
     Reads the footer only (its end and schema), so a run can check a large table before it starts:
@@ -139,7 +152,7 @@ def check_parquet(fs: pafs.FileSystem, path: str) -> None:
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not exists(fs, path):
             return
-        raise _corrupt(path, exc) from None
+        raise _corrupt(shown or path, exc) from None
 
 
 def _corrupt(path: str, exc: BaseException) -> CorruptTableError:

@@ -55,3 +55,25 @@ def test_relative_storage_is_made_absolute_and_out_uris_are_refused(tmp_path, mo
     assert results_root("results", "s3://b/p?region=x") == "s3://b/p?region=x"
     with pytest.raises(StudyError, match=r"^out: gs://b/x is a URI.*--storage gs://b/x"):
         results_root("gs://b/x", None)
+
+
+def test_credentials_in_a_uri_are_refused_and_never_printed(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    uri = "s3://AKID:SECRETX@bucket/x?region=eu-west-1"
+    for argv in (["run", str(path), "--storage", uri, "--quiet"], ["compact", uri], ["plot", uri]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "carries credentials" in err and "s3://bucket/x" in err and len(err.strip().splitlines()) == 1, err
+        assert "SECRETX" not in err and "AKID" not in err, err
+
+
+def test_a_corrupt_table_under_a_uri_is_named_by_its_uri(s3, tmp_path):
+    from sensitivity.storage import CorruptTableError
+
+    location = s3.uri(f"{tmp_path.name}/s")
+    with s3.fs.open_output_stream(s3.key(f"{tmp_path.name}/s/curves.parquet")) as handle:
+        handle.write(b"garbage")
+    with pytest.raises(CorruptTableError) as info:
+        ResultsStore(location).check()
+    assert join(location, "curves.parquet") in str(info.value)  # s3://bucket/.../curves.parquet?endpoint_override=

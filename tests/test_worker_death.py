@@ -84,12 +84,31 @@ DIE = {  # how the worker process ends while it trains trial "t1"
 }
 
 
-def _worker(folder: Path, death: str, training: bool = True) -> None:
-    """A process standing in for a Ray worker: its watcher learns what it trains, then it dies."""
+def _worker(folder: Path, death: str, training: bool = True) -> int:
+    """A process standing in for a Ray worker: its watcher learns what it trains, then it dies.
+    Returns the watcher's pid."""
     code = ("import os, resource, signal\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file\n"
             "from sensitivity.sweep import exits\nw = exits.watcher()\nassert w.ready\n"
+            "print(w.process.pid, flush=True)\n"
             + (f"w.training({str(folder)!r}, ['t1', 't2'])\n" if training else "w.idle()\n") + DIE[death] + "\n")
-    subprocess.run([sys.executable, "-c", code], timeout=60, cwd=folder)
+    # stdout only: the watcher inherits stderr, and a pipe it holds would keep this process from reaping
+    # the worker, which the kernel needs before it keeps an exit status for the watcher
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, cwd=folder, stdout=subprocess.PIPE, text=True)
+    return int(done.stdout.split()[0])
+
+
+def _ended(pid: int, wait_s: float) -> bool:
+    """Whether process `pid` has exited (gone, or a zombie nobody reaped) within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                if any(line.startswith("State:") and "Z" in line.split()[1] for line in handle):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _record(folder: Path, tid: str, wait_s: float = 10.0) -> dict | None:
@@ -116,8 +135,33 @@ def test_the_watcher_records_the_signal_or_exit_code_a_worker_died_of(tmp_path, 
 
 
 def test_a_worker_that_dies_idle_leaves_no_record(tmp_path):
-    _worker(tmp_path, "SIGKILL", training=False)
-    assert _record(tmp_path, "t1", wait_s=2.0) is None
+    watcher = _worker(tmp_path, "SIGKILL", training=False)
+    assert _ended(watcher, wait_s=exits.STATUS_WAIT_S + 5)  # the watcher ends after any record it writes
+    assert exits.read_exit(str(tmp_path), "t1") is None
+
+
+def test_a_search_points_seeds_say_how_their_worker_ended(tmp_path):
+    """Optuna mode: the seeds a dead worker left without a row get error rows with the watcher's record."""
+    from sensitivity.study import Study
+    from sensitivity.sweep.search import point_failures
+
+    study = Study.from_dict({"name": "s", "task": TASK, "seeds": 2, "optimizers": [{"name": "sgd"}],
+                             "search": {"trials": 1, "space": {"lr": {"low": 1e-3, "high": 1.0, "log": True}}}})
+    config = {"entry": 0, "point": {"lr": 0.01}}
+    first, second = study.search_configs(0, {"lr": 0.01}, False)
+    (tmp_path / f"{first.trial_id}.json").write_text(
+        '{"trial_id": "%s", "ending": "signal 9 (SIGKILL)", "pid": 7, "host": "h"}' % first.trial_id)
+
+    class Store:  # the driver holds no row of either seed
+        def __contains__(self, tid):
+            return False
+
+    rows = point_failures(study, Store(), False, [(config, "Worker exit type: SYSTEM_ERROR")], str(tmp_path))
+    by_id = {row["trial_id"]: row for row in rows}
+    assert set(by_id) == {first.trial_id, second.trial_id}
+    assert "it ended with signal 9 (SIGKILL) (pid 7 on h)" in by_id[first.trial_id]["error"]
+    assert "no watcher recorded it" in by_id[second.trial_id]["error"]
+    assert by_id[first.trial_id]["search_point"] == '{"lr": 0.01}'
 
 
 def test_describe_names_signals_and_exit_codes():

@@ -120,9 +120,13 @@ class Watcher:
         self.process = subprocess.Popen([sys.executable, "-m", "sensitivity.sweep.exits", str(os.getpid())],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
                                         env=env)
-        # wait until it holds the pidfd: a trial that kills the worker at once is still seen
-        ready, _, _ = select.select([self.process.stdout], [], [], READY_WAIT_S)
-        self.ready = bool(ready) and self.process.stdout.readline().strip() == b"ready"
+        try:  # wait until it holds the pidfd: a trial that kills the worker at once is still seen
+            ready, _, _ = select.select([self.process.stdout], [], [], READY_WAIT_S)
+            self.ready = bool(ready) and self.process.stdout.readline().strip() == b"ready"
+        except OSError:  # (select on a pipe: not on every OS) no watcher, and no process left behind
+            self.process.kill()
+            self.process.wait()
+            raise
 
     def _say(self, line: str) -> None:
         try:
@@ -142,16 +146,17 @@ class Watcher:
 
 
 _WATCHER: Watcher | None = None
+_CANNOT_START = False  # tried once and failed: every later unit trains without a watcher, not retrying
 
 
 def watcher() -> Watcher | None:
     """This process's watcher, started on first use; None where it cannot start."""
-    global _WATCHER
-    if _WATCHER is None:
+    global _WATCHER, _CANNOT_START
+    if _WATCHER is None and not _CANNOT_START:
         try:
             _WATCHER = Watcher()
         except OSError:
-            return None
+            _CANNOT_START = True
     return _WATCHER
 
 

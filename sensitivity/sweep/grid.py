@@ -108,8 +108,7 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     """Run the plan's missing grid trials, then its refinement rounds; the grid goes SLICE trials at a time."""
     start = time.monotonic()
     recorder = Recorder(store, Progress(0, name=study.name, quiet=quiet))
-    exits_root = join(ray_storage, "exits")  # the watchers' records of dead workers (this run's only)
-    remove_dir(exits_root)
+    exits_root = join(ray_storage, "exits")  # the watchers' records of dead workers (each pass's own)
     errors: list[str] = []
     sizes, skipped = [], []
 
@@ -136,6 +135,7 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
         ckpt = None if all(is_short(r) for r in todo) else checkpoint_root
         recorder.checkpoint_root = ckpt
         for attempt in range(MAX_PASSES):
+            remove_dir(exits_root)  # a record left by an earlier pass is not this pass's death
             refs = [ray.put(task) for task in tasks]
             trainable = tune.with_parameters(grid_task, tasks=refs, checkpoint_root=ckpt, cpu=resources["cpu"],
                                              exits_root=exits_root)

@@ -14,17 +14,19 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sensitivity.progress import Progress
+from sensitivity.results import join
 from sensitivity.study import Study
 from sensitivity.sweep.bundles import is_short
 from sensitivity.sweep.journal import known_points, optuna_storage, optuna_study_name
 from sensitivity.sweep.points import optuna_space, point_values, plan_entries
-from sensitivity.sweep.tuner import Recorder, summarize, tuner_run
+from sensitivity.sweep.tuner import Recorder, remove_dir, summarize, tuner_run
 from sensitivity.sweep.worker import Reported, Unit, mean_metric, metric_value, payload, run_unit, set_threads
 
 
 def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict,
-                checkpoint_root: str | None, cpu: float, gpus: float = 0.0) -> None:
-    """Ray Tune trainable of one Optuna trial: the sampled point on every seed, in turn (or as one array)."""
+                checkpoint_root: str | None, cpu: float, gpus: float = 0.0, exits_root: str | None = None) -> None:
+    """Ray Tune trainable of one Optuna trial: the sampled point on every seed, in turn (or as one array);
+    a worker that dies leaves a record of how under `exits_root` (`exits`)."""
     set_threads(cpu)
     index = config["entry"]
     values, point = point_values(study, index, config["point"], smoke)
@@ -35,7 +37,7 @@ def search_task(config: dict, study: Study, smoke: bool, metric: str, done: dict
     todo = [r for r in records if r.trial_id not in done and r.trial_id not in reported]
     extra = {"search_entry": index, "search_point": point}
     for unit in seed_units(study, todo, extra, gpus):
-        for rows, curves in run_unit(unit, checkpoint_root):
+        for rows, curves in run_unit(unit, checkpoint_root, exits_root):
             values_now = [metric_value(row, metric) for row in rows]
             found.extend(values_now)
             # every result carries the running mean: OptunaSearch reads the metric of each one
@@ -54,9 +56,12 @@ def seed_units(study: Study, records: list, extra: dict, gpus: float = 0.0) -> l
     return units + ([Unit(solo, [extra] * len(solo))] if solo else [])
 
 
-def point_failures(study: Study, store, smoke: bool, failed: list[tuple[dict, str]]) -> list[dict]:
-    """Error rows for the seeds a failed Optuna trial left without a row (its worker died each time)."""
+def point_failures(study: Study, store, smoke: bool, failed: list[tuple[dict, str]],
+                   exits_root: str | None = None) -> list[dict]:
+    """Error rows for the seeds a failed Optuna trial left without a row (its worker died each time),
+    saying how the process ended where its watcher recorded it under `exits_root`."""
     from sensitivity import outcome
+    from sensitivity.sweep.exits import read_exit
     from sensitivity.sweep.grid import worker_died
 
     rows = []
@@ -66,7 +71,8 @@ def point_failures(study: Study, store, smoke: bool, failed: list[tuple[dict, st
         values, point = point_values(study, config["entry"], config["point"], smoke)
         for record in study.search_configs(config["entry"], values, smoke):
             if record.trial_id not in store:
-                rows.append({**outcome.error_row(record, worker_died(message), 0.0),
+                ending = read_exit(exits_root, record.trial_id) if exits_root else None
+                rows.append({**outcome.error_row(record, worker_died(message, ending), 0.0),
                              "search_entry": config["entry"], "search_point": point})
     return rows
 
@@ -205,16 +211,18 @@ def run_search(study, store, smoke, resources, ray_storage, stamp, checkpoint_ro
     if current is not None:
         recorder.current = current  # search rows become current as they arrive
     errors = []
+    exits_root = join(ray_storage, "exits")  # the watchers' records of dead workers (this run's only)
+    remove_dir(exits_root)
     try:
         if entries.searchers:
             progress.show()
             trainable = tune.with_parameters(search_task, study=study, smoke=smoke, metric=search.metric,
                                              done=done, checkpoint_root=recorder_root, cpu=resources["cpu"],
-                                             gpus=resources.get("gpu", 0.0))
+                                             gpus=resources.get("gpu", 0.0), exits_root=exits_root)
             failed = tuner_run(trainable, resources=resources, storage=ray_storage, name=f"search-{stamp}",
                                callback=recorder, search_alg=entries,
                                num_samples=sum(entries.budgets.values()), max_concurrent=max_concurrent)
-            rows = point_failures(study, store, smoke, failed)
+            rows = point_failures(study, store, smoke, failed, exits_root)
             if rows:
                 recorder.record(rows, [])
             errors = [e for c, e in failed if "entry" not in c]

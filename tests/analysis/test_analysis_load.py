@@ -77,6 +77,21 @@ def test_load_takes_the_uris_that_storage_takes(results_dir, tmp_path, s3):
     with pytest.raises(ResultsError, match="^cannot use s3://b/x\\?bogus=1: .*'bogus'; expected s3://bucket/path") as info:
         analysis.load("s3://b/x?bogus=1")
     assert "\n" not in str(info.value)
+    with pytest.raises(ResultsError, match="^s3://b/x carries credentials before its bucket; set them") as info:
+        analysis.load("s3://AKID:SECRETX@b/x")  # refused, and never printed: messages name locations
+    assert "SECRETX" not in str(info.value) and "AKID" not in str(info.value)
+
+
+def test_a_home_relative_results_directory_keeps_its_figures_there(results_dir, tmp_path, monkeypatch):
+    from analysis.location import figures_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home_copy = tmp_path / "r"
+    home_copy.mkdir()
+    for name in ("trials.parquet", "curves.parquet"):
+        (home_copy / name).write_bytes((results_dir / name).read_bytes())
+    assert figures_dir("~/r") == home_copy / "figures"  # not ./~/r/figures
+    assert len(analysis.load("~/r")[0]) == len(analysis.load(results_dir)[0])
 
 
 def test_missing_trials_file(tmp_path):
