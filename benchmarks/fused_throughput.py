@@ -79,10 +79,12 @@ RULE = {
     "mnist-mlp256x256-b32": Case(_mnist("mlp", 32, [256, 256]), "sgd", _LRS4, 4),
     "mnist-mlp256x256-b128": Case(_mnist("mlp", 128, [256, 256]), "sgd", _LRS4, 4),
     "mnist-mlp256x256-b128-adam": Case(_mnist("mlp", 128, [256, 256]), "adam", [1e-4, 3e-4, 1e-3, 3e-3], 4),
+    "mnist-mlp256x256-b128-k64": Case(_mnist("mlp", 128, [256, 256]), "sgd", _LRS4, 16),
     "mnist-mlp500x500-b64": Case(_mnist("mlp", 64, [500, 500]), "sgd", _LRS4, 2),
-    "mnist-mlp1000x100-b64": Case(_mnist("mlp", 64, [1000, 100]), "sgd", _LRS4, 2),
     "mnist-mlp2x1000-b128": Case(_mnist("mlp", 128, [1000, 1000]), "sgd", _LRS4, 2),
+    "mnist-lenet5-b32": Case(_mnist("lenet5", 32), "sgd", _LRS4, 4),
     "mnist-lenet5-b128": Case(_mnist("lenet5", 128), "sgd", _LRS4, 2),
+    "cifar-lenet5-b64": Case(_cifar("lenet5", 64), "sgd", _LRS4, 4),
     "cifar-lenet5-b128": Case(_cifar("lenet5", 128), "sgd", _LRS4, 2),
     "cifar-vgg16-b32": Case(_cifar("vgg16", 32, 32, 32), "sgdn", [0.01, 0.1], 2),
     "cifar-resnet18-b32": Case(_cifar("resnet18", 32, 32, 32), "sgdn", [0.01, 0.1], 2),
@@ -129,27 +131,39 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def measure(case: str, device: str, rounds: int, smoke: bool = False) -> dict:
-    cfgs = configs(case, device, smoke)
-    run_fused(cfgs[:2])  # warm-up: data loaded and cached, kernels chosen
-    run_trial(cfgs[0])
-    walls, cpus = [], []
-    for _ in range(rounds):
-        fw, fc = _timed(lambda: run_fused(cfgs))
-        sw, sc = _timed(lambda: [run_trial(c) for c in cfgs])
-        walls.append(sw / fw)
-        cpus.append(sc / fc)
-    record = TrialRecord.from_config(cfgs[0])
+    """The case's speed-ups: one fused array of its K trials against them solo (wall and CPU time), and
+    what ``fuse: auto`` does with them (``plan.cut``: solo, one array, or several smaller arrays, timed
+    as such) against solo; auto's choice judged against FUSES and NEVER_SLOWER."""
+    records = [TrialRecord.from_config(c) for c in configs(case, device, smoke)]
     kind = torch.device(device).type
-    fuses = plan.pays(record, kind)
+    arrays, alone = plan.cut(records, "auto")
+    whole = len(arrays) == 1 and not alone  # auto runs the same array as the fused timing
+
+    def auto():
+        for array in arrays:
+            run_fused(array)
+        for record in alone:
+            run_trial(record)
+
+    run_fused(records[:2])  # warm-up: data loaded and cached, kernels chosen
+    run_trial(records[0])
+    walls, cpus, auto_walls, auto_cpus = [], [], [], []
+    for _ in range(rounds):
+        fw, fc = _timed(lambda: run_fused(records))
+        sw, sc = _timed(lambda: [run_trial(r) for r in records])
+        aw, ac = (fw, fc) if whole else (sw, sc) if not arrays else _timed(auto)
+        walls.append(sw / fw), cpus.append(sc / fc), auto_walls.append(sw / aw), auto_cpus.append(sc / ac)
     wall, cpu = statistics.median(walls), statistics.median(cpus)
-    # the rule is judged on CPU time on a CPU (it hardly moves with other processes' load), on wall time elsewhere
-    judged = cpu if kind == "cpu" else wall
-    rule = ("ok" if judged >= NEVER_SLOWER else "SLOW") if fuses else ("ok" if judged < FUSES else "MISSED")
+    # judged on CPU time on a CPU (it hardly moves with other processes' load), on wall time elsewhere
+    fused_x, auto_x = (cpu, statistics.median(auto_cpus)) if kind == "cpu" else (wall, statistics.median(auto_walls))
+    rule = "SLOW" if auto_x < NEVER_SLOWER else "MISSED" if not arrays and fused_x >= FUSES else "ok"
+    how = "solo" if not arrays else f"fuses {len(arrays)}x{max(len(a) for a in arrays)}" + (
+        f" + {len(alone)} solo" if alone else "")
     target = CASES[case].target
-    return {"case": case, "K": len(cfgs), "params": plan.param_count(record), "batch": record.batch_size,
-            "wall": wall, "cpu": cpu, "auto": "fuses" if fuses else "solo", "auto_x": judged if fuses else 1.0,
+    return {"case": case, "K": len(records), "params": plan.param_count(records[0]),
+            "step_macs": plan.step_macs(records[0]), "wall": wall, "cpu": cpu, "auto": how, "auto_x": auto_x,
             "rule": rule, "target": target, "target_met": None if target is None else wall >= target,
-            "solo_trials_per_s": len(cfgs) / sw, "fused_trials_per_s": len(cfgs) / fw}
+            "solo_trials_per_s": len(records) / sw, "fused_trials_per_s": len(records) / fw}
 
 
 def member_multiples(results: dict[str, dict], kind: str) -> list[dict]:
@@ -197,12 +211,13 @@ def main() -> None:
     print(f"fused vs solo on {args.device}, {args.threads} thread(s), median of {args.rounds} interleaved rounds"
           f"{' (smoke: tiny cases)' if args.smoke else ''}; auto must fuse where >= {FUSES}x and never below "
           f"{NEVER_SLOWER}x ({'CPU' if kind == 'cpu' else 'wall'} time)")
-    print(f"{'case':<28}{'K':>4}{'params':>11}{'solo tr/s':>11}{'fused tr/s':>12}{'wall x':>8}{'cpu x':>7}  auto")
+    print(f"{'case':<28}{'K':>4}{'params':>11}{'MACs/step':>11}{'solo tr/s':>11}{'fused tr/s':>12}{'wall x':>8}"
+          f"{'cpu x':>7}  auto")
     results = {}
     for case in cases:
         r = results[case] = measure(case, args.device, args.rounds, args.smoke)
         target = "" if r["target"] is None else f"; target >= {r['target']:g}x {'pass' if r['target_met'] else 'FAIL'}"
-        print(f"{r['case']:<28}{r['K']:>4}{r['params']:>11,}{r['solo_trials_per_s']:>11.2f}"
+        print(f"{r['case']:<28}{r['K']:>4}{r['params']:>11,}{r['step_macs'] / 1e6:>10.1f}M{r['solo_trials_per_s']:>11.2f}"
               f"{r['fused_trials_per_s']:>12.2f}{r['wall']:>8.2f}{r['cpu']:>7.2f}  {r['auto']} ({r['auto_x']:.2f}x) "
               f"{r['rule']}{target}", flush=True)
     multiples = member_multiples(results, kind)
