@@ -15,16 +15,14 @@ The CPU rule comes from ``benchmarks/fused_throughput.py`` (trials per second, f
 same configs, one process, one thread; the README's Performance has the figures). Fusing saves
 the per-step overhead of K-1 members (python, operator calls, the optimizer's loop over tensors)
 and costs the array's weights, optimizer state and activations leaving the caches. So on a CPU
-it pays where a member's training step is small (:func:`step_macs`): up to
-:data:`CPU_MAX_STEP_MACS` multiply-adds for a model of at most :data:`CPU_SMALL_PARAMS` parameters
-(the small MLPs at any usual batch size, LeNet-5 up to a batch of about 64), up to
-:data:`CPU_MAX_STEP_MACS_LARGE` for larger ones (MLP 256x256 at batch 32 but not 64; never MLP
-2x1000, VGG or ResNet); and only while the array stays near the caches: past
-:data:`CPU_ARRAY_BYTES` of members (:func:`member_bytes`) a larger array gets slower than its
-members alone (LeNet-5 on CIFAR-10 shapes at batch 64: 1.1x in arrays of 8, 0.86x in one of 16),
-so :func:`auto_cap` cuts smaller arrays there, and fewer than :data:`CPU_MIN_MEMBERS` do not pay.
-On a GPU the fused operators fill the device where one small model cannot (HFTA reports up to
-15x); GPU figures are unmeasured here, so ``auto`` fuses every model there.
+an array holds at most :data:`CPU_ARRAY_BYTES` of members (:func:`member_bytes`; LeNet-5 on
+MNIST shapes at batch 128: 1.34x in arrays of 4, 1.25x of 8, 1.02x of 16), fusing pays only
+where at least :data:`CPU_MIN_MEMBERS` fit (:func:`auto_cap`), and for a model of more than
+:data:`CPU_SMALL_PARAMS` parameters only where a member's training step is small, at most
+:data:`CPU_MAX_STEP_MACS` multiply-adds (:func:`step_macs`; MLP 256x256 at batch 32 but not 64).
+So the small MLPs and LeNet-5 fuse on a CPU at the usual batch sizes; MLP 2x1000, VGG and ResNet
+do not. On a GPU the fused operators fill the device where one small model cannot (HFTA reports
+up to 15x); GPU figures are unmeasured here, so ``auto`` fuses every model there.
 """
 
 from __future__ import annotations
@@ -37,18 +35,17 @@ import torch
 
 from sensitivity.record import TrialRecord
 
-__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_SMALL_PARAMS", "CPU_MAX_STEP_MACS", "CPU_MAX_STEP_MACS_LARGE",
-           "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "check_setting",
+__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "CPU_SMALL_PARAMS",
+           "CPU_MAX_STEP_MACS", "check_setting",
            "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
 AUTO_MAX = 64  # members of one array under `auto`
-# on a CPU (see the module docstring and benchmarks/fused_throughput.py):
-CPU_SMALL_PARAMS = 100_000  # a model up to this many parameters fuses ...
-CPU_MAX_STEP_MACS = 50_000_000  # ... up to this many multiply-adds a member's training step (step_macs),
-CPU_MAX_STEP_MACS_LARGE = 10_000_000  # a larger model up to this many
-CPU_ARRAY_BYTES = 128 * 2**20  # members' memory (member_bytes) in one array
+# on a CPU (see the module docstring and benchmarks/fused_throughput.py; measured with a 32 MiB L3 cache):
+CPU_ARRAY_BYTES = 80 * 2**20  # members' memory (member_bytes) in one array
 CPU_MIN_MEMBERS = 4  # fewer members an array save too little overhead to pay
+CPU_SMALL_PARAMS = 100_000  # a model of more parameters fuses only ...
+CPU_MAX_STEP_MACS = 10_000_000  # ... up to this many multiply-adds a member's training step (step_macs)
 MIN_SPLIT = 8  # members per array below which arrays are not split further to fill the slots
 _STATE_COPIES = 4  # parameter-sized tensors besides the weights: grad, moments, HD's previous direction
 
@@ -124,8 +121,9 @@ def pays(record: TrialRecord, kind: str) -> bool:
     if kind != "cpu":
         return True
     params, _, macs = _per_example(record)
-    limit = CPU_MAX_STEP_MACS if params <= CPU_SMALL_PARAMS else CPU_MAX_STEP_MACS_LARGE
-    return record.batch_size * macs <= limit and auto_cap(record, kind) >= CPU_MIN_MEMBERS
+    if params > CPU_SMALL_PARAMS and record.batch_size * macs > CPU_MAX_STEP_MACS:
+        return False
+    return auto_cap(record, kind) >= CPU_MIN_MEMBERS
 
 
 def auto_cap(record: TrialRecord, kind: str) -> int:
