@@ -1,11 +1,11 @@
 """Trials per second of a fused array (sensitivity.fused.run_fused) against the same trials solo.
 
-Each case trains the same K configs (a grid of lr x seed) twice per round: once as one fused
-array, once as K run_trial calls, in the same process, interleaved (fused, solo, fused, solo,
-...), after a warm-up. Printed per case: the median over rounds of the speed-up (solo time /
-fused time), from wall-clock and from process CPU time (which hardly moves with other
-processes' load), and what ``fuse: auto`` does with that model on this device (see
-sensitivity/fused/plan.py: where auto runs solo, its speed-up is 1 by construction).
+Each case trains the same K configs (a grid of lr x seed) in every round as one fused array, as K
+run_trial calls and, where that is neither, as ``fuse: auto`` cuts them on this device (see
+sensitivity/fused/plan.py), in the same process, interleaved, after a warm-up. Printed per case:
+the median over rounds of the speed-up (solo time / fused time), from wall-clock and from process
+CPU time (which hardly moves with other processes' load), and what auto does and its speed-up
+(1 by construction where it runs the trials alone).
 
 Groups of cases (``--cases`` takes case and group names, comma-separated):
 
@@ -27,7 +27,7 @@ Groups of cases (``--cases`` takes case and group names, comma-separated):
     python benchmarks/fused_throughput.py --cases mlp64,cifar-lenet5-b128 --rounds 5
     python benchmarks/fused_throughput.py --cases members
     python benchmarks/fused_throughput.py --device cuda --cases gpu,members --json out.json
-    python benchmarks/fused_throughput.py --smoke --rounds 1     # every case tiny: checks the script
+    python benchmarks/fused_throughput.py --smoke --rounds 1     # the cases tiny: checks the script
 """
 
 from __future__ import annotations
