@@ -1,18 +1,26 @@
 """`make gpu-check`: everything that needs a GPU, in one command, printed as one table.
 
-Runs, on the first CUDA device, each step with its own time limit (all of them well under 8 minutes
-on a current GPU):
+Runs, on the first CUDA device, each step with its own time limit, all under one deadline of
+470 s (a step that runs out of time is a FAIL row; the steps after it get what is left). Estimated
+on an H200 from the step sizes (torch's start and CUDA's initialisation included):
 
-1. the CUDA tests (every test of the suite that runs only where CUDA is present);
-2. `benchmarks/optim_step.py` on CUDA: every optimizer's step time against torch's foreach ones;
-3. `benchmarks/fused_throughput.py`-style arrays on CUDA: fused against solo trials/s for an MLP on
-   MNIST shapes (target >= 20x), LeNet-5 (>= 10x) and ResNet-18 on CIFAR-10 shapes (>= 2x);
+1. the CUDA tests (every test of the suite that runs only where CUDA is present): about 60 s;
+2. `benchmarks/optim_step.py` on CUDA, 20 rounds of 40 optimizers on ResNet-18's 11M parameters
+   (a step is about a millisecond there): about 30 s;
+3. `benchmarks/fused_throughput.py --cases gpu,members` on CUDA, one round after a warm-up: the GPU
+   targets (an MLP on MNIST shapes >= 20x, LeNet-5 >= 10x, ResNet-18 on CIFAR-10 shapes >= 2x) and
+   the member-axis cases (K = 32; each optimizer's speed-up >= 0.6x SGD's): about 120 s;
 4. an end-to-end fused study (`sensitivity run`, local Ray, one GPU) of LeNet-5 and ResNet-18 on
-   synthetic CIFAR-10 shapes: trials/s and the fused arrays it ran;
-5. fused against solo agreement on CUDA (float32): statuses equal, minimal losses within 1e-3.
+   synthetic CIFAR-10 shapes: trials/s and the fused arrays it ran: about 60 s;
+5. fused against solo agreement on CUDA (float32): statuses equal, minimal losses within 1e-3:
+   about 20 s.
 
 Where CUDA is absent it says so and exits 0. `--dry-run` runs the same steps tiny on the CPU, to
-check the command itself (its figures are not GPU figures). Exit status 1 when a check fails.
+check the command itself (about two minutes on a 2-core machine; its figures are not GPU figures,
+so only a step that fails or runs out of time is a FAIL there). Exit status 1 when a check fails.
+A stopped check (Ctrl-C, SIGTERM, SIGHUP) stops its subprocesses and their children and removes
+its temporary folders; a killed one (SIGKILL) takes its subprocesses with it (Linux: they get
+SIGTERM when it dies) and its temporary folders are removed by the next check.
 
     .venv/bin/python benchmarks/gpu_check.py            # or: make gpu-check
 """
@@ -20,8 +28,12 @@ check the command itself (its figures are not GPU figures). Exit status 1 when a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import re
-import statistics
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,21 +45,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# (case, model, dataset_args, model_args, batch, members, target)
-ARRAYS = [
-    ("MLP 2x1000, MNIST shapes", "mlp", {"shape": [1, 28, 28], "train_size": 4096, "test_size": 512},
-     {"hidden": [1000, 1000]}, 128, 32, 20.0),
-    ("LeNet-5, MNIST shapes", "lenet5", {"shape": [1, 28, 28], "train_size": 4096, "test_size": 512}, {}, 128, 32,
-     10.0),
-    ("ResNet-18, CIFAR-10 shapes", "resnet18", {"shape": [3, 32, 32], "train_size": 2048, "test_size": 256}, {},
-     128, 8, 2.0),
-]
+DEADLINE_S = 470  # the whole check, under 8 minutes
+# each step's own limit (s), GPU and --dry-run
+LIMITS = {"cuda tests": 120, "optim_step": 60, "fused_throughput": 200, "end-to-end": 100, "agreement": 60}
+TEMP_PREFIX = "gpu-check-"
 
 
-def _shrink(dataset_args: dict, members: int, dry: bool) -> tuple[dict, int]:
-    if not dry:
-        return dataset_args, members
-    return {**dataset_args, "train_size": 64, "test_size": 32}, 2
+class StepTimeout(Exception):
+    """A step ran past its limit."""
+
+
+class Stopped(BaseException):
+    """The check was asked to stop (SIGTERM, SIGHUP): unwinds like Ctrl-C, so every cleanup runs."""
 
 
 class Table:
@@ -69,59 +78,155 @@ class Table:
         return any(row[3] == "FAIL" for row in self.rows)
 
 
-def _run(args: list[str], timeout: float) -> tuple[int, str]:
+class Clock:
+    """The check's deadline: each step gets its own limit or what is left, whichever is less."""
+
+    def __init__(self, total: float):
+        self.end = time.monotonic() + total
+
+    def limit(self, step: str) -> float:
+        return max(0.1, min(LIMITS[step], self.end - time.monotonic()))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this check dies, however it dies (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop `proc` and every process it started (Ray's included), SIGTERM first, then SIGKILL."""
+    import psutil  # a dependency of Ray's
+
+    with contextlib.suppress(psutil.Error):
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # anything left in its process group
+    proc.wait()
+
+
+def run(args: list[str], timeout: float) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of `args`; 124 and a message when it runs past `timeout` seconds.
+    The process and its children are stopped on a timeout and when this check stops."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=_die_with_parent)
     try:
-        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        return 124, f"timed out after {timeout:.0f} s: {exc}"
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout:.0f} s"
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
 
 
-def cuda_tests(table: Table, dry: bool) -> None:
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise StepTimeout in this (main) thread once `seconds` have passed, for steps that run in-process."""
+    def expire(*_):
+        raise StepTimeout(f"timed out after {seconds:.0f} s")
+
+    before = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+@contextlib.contextmanager
+def temp_dir():
+    """A temporary folder named after this process; folders of earlier checks that are gone are removed."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{TEMP_PREFIX}*"):
+        pid = old.name[len(TEMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def parse_summary(out: str) -> tuple[int, int, int] | None:
+    """(trials run, of them in fused arrays, arrays) from `sensitivity run`'s summary line
+    ("s: ran 40 trials (...) in 3.1 s; 0 already done; 40 in 5 fused arrays"); None without one."""
+    ran = re.search(r"\bran (\d+) trials", out)
+    if ran is None:
+        return None
+    fused = re.search(r"\b(\d+) in (\d+) fused arrays", out)
+    return int(ran[1]), int(fused[1]) if fused else 0, int(fused[2]) if fused else 0
+
+
+def cuda_tests(table: Table, clock: Clock, dry: bool) -> None:
     selection = ["tests/fused/test_fused_cuda.py", "tests/optim", "-k", "cuda"]
-    code, out = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], 300)
+    code, out = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
+                    clock.limit("cuda tests"))
     summary = next((line for line in reversed(out.splitlines()) if re.search(r"\d+ (passed|failed|skipped)", line)),
                    out.strip().splitlines()[-1] if out.strip() else "no output")
     failed = code not in (0, 5) or "failed" in summary or "error" in summary
-    table.add("CUDA tests", summary.strip("= "), "all pass", None if dry else not failed)
+    # without CUDA the tests skip: a dry run only checks that pytest ran them in time
+    table.add("CUDA tests", summary.strip("= "), "all pass", (None if code in (0, 5) else False) if dry else not failed)
 
 
-def optim_steps(table: Table, device: str) -> None:
-    code, out = _run([sys.executable, "benchmarks/optim_step.py", "--device", device, "--repeats", "20"], 300)
+def optim_steps(table: Table, clock: Clock, device: str, dry: bool) -> None:
+    settings = ["--repeats", "2", "--warmup", "1", "--only", "adam-hd"] if dry else ["--repeats", "20"]
+    code, out = run([sys.executable, "benchmarks/optim_step.py", "--device", device, *settings],
+                    clock.limit("optim_step"))
     rows = [line for line in out.splitlines() if line.startswith("| ") and "|" in line[2:]]
     misses = [line.split("|")[1].strip() for line in rows if "FAIL" in line]
     passes = sum("pass" in line for line in rows)
+    if code != 0 or not rows:
+        table.add(f"optim_step.py ({device})", f"exit {code}: {' '.join(out.split())[-300:]}", "runs", False)
+        return
     table.add(f"optim_step.py ({device})", f"{passes} targets pass, {len(misses)} missed"
               + (f" ({', '.join(misses)})" if misses else ""), "every target",
-              None if device == "cpu" else code == 0 and not misses)  # CPU timings here only check the command
+              None if dry else not misses)  # CPU timings here only check the command
 
 
-def _timed(fn) -> float:
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
-    return time.perf_counter() - start
+def fused_throughput(table: Table, clock: Clock, device: str, dry: bool, tmp: Path) -> None:
+    """The GPU targets and the member-axis cases, as `benchmarks/fused_throughput.py` measures them."""
+    path = tmp / "fused_throughput.json"
+    code, out = run([sys.executable, "benchmarks/fused_throughput.py", "--device", device, "--cases", "gpu,members",
+                     "--rounds", "1", "--json", str(path), *(["--smoke"] if dry else [])], clock.limit("fused_throughput"))
+    if code != 0 or not path.exists():
+        table.add("fused_throughput.py", f"exit {code}: {' '.join(out.split())[-300:]}", "runs", False)
+        return
+    results = json.loads(path.read_text())
+    for r in results["cases"]:
+        if r["target"] is not None:
+            table.add(f"fused/solo, {r['case']}, K={r['K']}", f"{r['wall']:.1f}x ({r['fused_trials_per_s']:.1f} "
+                      f"against {r['solo_trials_per_s']:.1f} trials/s)", f">= {r['target']:g}x",
+                      None if dry else r["target_met"])
+    sgd = next(r for r in results["cases"] if r["case"] == "k32-sgd")
+    table.add(f"fused/solo, k32-sgd, K={sgd['K']}", f"{sgd['wall']:.1f}x", "reference of the member axis")
+    for m in results["members"]:
+        table.add(f"fused/solo, {m['case']} / k32-sgd's", f"{m['wall_multiple']:.2f} ({m['wall']:.1f}x)", ">= 0.6",
+                  None if dry else m["met"])
 
 
-def arrays(table: Table, device: str, dry: bool) -> None:
-    from sensitivity.fused import run_fused
-    from sensitivity.train import run_trial
-
-    for case, model, dataset_args, model_args, batch, members, target in ARRAYS:
-        dataset_args, members = _shrink(dataset_args, members, dry)
-        configs = [{"dataset": "synthetic", "dataset_args": dataset_args, "model": model, "model_args": model_args,
-                    "optimizer": "sgdn", "lr": 0.01 * (1 + k % 4), "seed": k, "batch_size": batch, "epochs": 1,
-                    "device": device} for k in range(members)]
-        run_fused(configs[:2]), run_trial(configs[0])  # warm-up: data cached, kernels chosen
-        fused = statistics.median(_timed(lambda: run_fused(configs)) for _ in range(2))
-        solo_each = statistics.median(_timed(lambda c=c: run_trial(c)) for c in configs[:min(4, members)])
-        ratio = solo_each * members / fused
-        table.add(f"fused/solo, {case}, K={members}", f"{ratio:.1f}x ({members / fused:.1f} against "
-                  f"{1 / solo_each:.1f} trials/s)", f">= {target:g}x", None if dry else ratio >= target)
-
-
-def end_to_end(table: Table, dry: bool) -> None:
+def end_to_end(table: Table, clock: Clock, dry: bool, tmp: Path) -> None:
     size = {"train_size": 64, "test_size": 32} if dry else {"train_size": 2048, "test_size": 512}
     study = {"name": "gpu-check", "description": "make gpu-check: LeNet-5 and ResNet-18, synthetic CIFAR-10 shapes",
              "task": {"dataset": "synthetic", "dataset_args": {"shape": [3, 32, 32], **size}, "model": "lenet5",
@@ -130,47 +235,52 @@ def end_to_end(table: Table, dry: bool) -> None:
              "optimizers": [{"name": "sgd", "lr": [0.01, 0.1] if dry else [0.003, 0.01, 0.03, 0.1, 0.3]},
                             {"name": "adam-hd", "lr": [1e-3] if dry else [1e-4, 1e-3, 1e-2]},
                             {"name": "sgdn", "label": "sgdn-resnet18", "lr": [0.01] if dry else [0.01, 0.1],
-                             "task": {"model": "resnet18"}}]}
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        path = Path(tmp) / "study.yaml"
-        path.write_text(yaml.safe_dump(study))
-        start = time.perf_counter()
-        code, out = _run([str(BIN / "sensitivity"), "run", str(path), "--out", tmp], 300)
-        elapsed = time.perf_counter() - start
-        match = re.search(r"ran (\d+) trials[^;\n]*(?:; (\d+) in (\d+) fused arrays)?", out)
-        if code != 0 or match is None:
-            table.add("end-to-end fused study", f"exit {code}: {' '.join(out.split())[-300:]}", "runs", False)
-            return
-        ran, fused, n_arrays = (int(g or 0) for g in match.groups())
-        # on the CPU (--dry-run) `auto` runs convolutional models alone, so only a GPU run must fuse
-        table.add("end-to-end fused study (LeNet-5, ResNet-18)", f"{ran} trials in {elapsed:.0f} s "
-                  f"({ran / elapsed:.1f} trials/s), {fused} of them in {n_arrays} fused arrays", "runs, fuses",
-                  ran > 0 and (dry or fused > 0))
+                             "task": {"model": "resnet18", **({"batch_size": 16} if dry else {})}}]}
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    start = time.perf_counter()
+    code, out = run([str(BIN / "sensitivity"), "run", str(path), "--out", str(tmp / "out")], clock.limit("end-to-end"))
+    elapsed = time.perf_counter() - start
+    parsed = parse_summary(out)
+    if code != 0 or parsed is None:
+        table.add("end-to-end fused study", f"exit {code}: {' '.join(out.split())[-300:]}", "runs", False)
+        return
+    ran, fused, n_arrays = parsed
+    # on the CPU (--dry-run) `auto` runs ResNet-18 alone, so only a GPU run must fuse both models
+    table.add("end-to-end fused study (LeNet-5, ResNet-18)", f"{ran} trials in {elapsed:.0f} s "
+              f"({ran / elapsed:.1f} trials/s), {fused} of them in {n_arrays} fused arrays", "runs, fuses",
+              ran > 0 and (dry or fused == ran))
 
 
-def agreement(table: Table, device: str, dry: bool) -> None:
+def agreement(table: Table, clock: Clock, device: str, dry: bool) -> None:
     from sensitivity.fused import run_fused
     from sensitivity.train import run_trial
 
     worst, statuses, compared = 0.0, True, 0
-    for model, shape in (("mlp", [1, 28, 28]), ("resnet18", [3, 32, 32])):
-        base = {"dataset": "synthetic", "dataset_args": {"shape": shape, "train_size": 64 if dry else 1024,
-                                                         "test_size": 32 if dry else 256},
-                "model": model, "optimizer": "adam-hd", "batch_size": 64, "epochs": 1 if dry else 2, "device": device}
-        configs = [{**base, "lr": lr, "seed": s} for lr in (1e-3, 1e-2, 10.0) for s in (0, 1)]
-        for cfg, fused in zip(configs, run_fused(configs)):
-            solo = run_trial(cfg)
-            statuses &= fused.row["status"] == solo.row["status"]
-            # float32 round-off grows without bound once a trial blows up (lr 10, or a test loss far
-            # above its start), so only trials that stayed near their starting loss are compared
-            if solo.row["status"] == "ok" and solo.row["min_test_loss"] <= 2 * solo.row["init_test_loss"]:
-                compared += 1
-                for key in ("min_train_loss", "min_test_loss"):
-                    a, b = fused.row[key], solo.row[key]
-                    worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
+    with time_limit(clock.limit("agreement")):
+        for model, shape in (("mlp", [1, 28, 28]), ("resnet18", [3, 32, 32])):
+            base = {"dataset": "synthetic", "dataset_args": {"shape": shape, "train_size": 64 if dry else 1024,
+                                                             "test_size": 32 if dry else 256},
+                    "model": model, "optimizer": "adam-hd", "batch_size": 16 if dry else 64,
+                    "epochs": 1 if dry else 2, "device": device}
+            configs = [{**base, "lr": lr, "seed": s} for lr in (1e-3, 1e-2, 10.0) for s in ((0,) if dry else (0, 1))]
+            for cfg, fused in zip(configs, run_fused(configs)):
+                solo = run_trial(cfg)
+                statuses &= fused.row["status"] == solo.row["status"]
+                # float32 round-off grows without bound once a trial blows up (lr 10, or a test loss far
+                # above its start), so only trials that stayed near their starting loss are compared
+                if solo.row["status"] == "ok" and solo.row["min_test_loss"] <= 2 * solo.row["init_test_loss"]:
+                    compared += 1
+                    for key in ("min_train_loss", "min_test_loss"):
+                        a, b = fused.row[key], solo.row[key]
+                        worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
     table.add(f"fused vs solo ({device}, float32)", f"statuses {'equal' if statuses else 'DIFFER'}, "
               f"largest relative difference of minimal losses {worst:.1e} ({compared} stable trials)", "equal, <= 1e-3",
               statuses and compared > 0 and worst <= 1e-3)
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(signal.Signals(signum).name)
 
 
 def main() -> int:
@@ -180,23 +290,30 @@ def main() -> int:
     if not torch.cuda.is_available() and not args.dry_run:
         print("gpu-check: no CUDA device here (torch sees none); nothing to measure")
         return 0
-    device = "cpu" if args.dry_run else "cuda"
+    dry = args.dry_run
+    device = "cpu" if dry else "cuda"
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         print(f"gpu-check on {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")
     else:
         print("gpu-check --dry-run: the steps on the CPU, tiny (not GPU figures)")
-    table = Table()
-    started = time.perf_counter()
-    for step in (lambda: cuda_tests(table, args.dry_run), lambda: optim_steps(table, device),
-                 lambda: arrays(table, device, args.dry_run), lambda: end_to_end(table, args.dry_run),
-                 lambda: agreement(table, device, args.dry_run)):
-        try:
-            step()
-        except Exception as exc:  # one failed step is a FAIL row; the others still run
-            table.add("step failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", "", False)
-    table.add("gpu-check", f"{time.perf_counter() - started:.0f} s", "< 480 s",
-              time.perf_counter() - started < 480)
+        torch.set_num_threads(1)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+    table, clock, started = Table(), Clock(DEADLINE_S), time.perf_counter()
+    try:
+        with temp_dir() as tmp:
+            for step in (lambda: cuda_tests(table, clock, dry), lambda: optim_steps(table, clock, device, dry),
+                         lambda: fused_throughput(table, clock, device, dry, tmp),
+                         lambda: end_to_end(table, clock, dry, tmp), lambda: agreement(table, clock, device, dry)):
+                try:
+                    step()
+                except Exception as exc:  # one failed step is a FAIL row; the others still run
+                    table.add("step failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", "", False)
+    except (KeyboardInterrupt, Stopped) as exc:
+        table.add("gpu-check stopped", type(exc).__name__ if isinstance(exc, KeyboardInterrupt) else str(exc), "", False)
+    elapsed = time.perf_counter() - started
+    table.add("gpu-check", f"{elapsed:.0f} s", "< 480 s", elapsed < 480)
     table.print()
     return 1 if table.failed else 0
 

@@ -8,7 +8,8 @@ Activation layouts (K members, N examples per member):
   dimension; the (K, N, F) layout (x·Wᵀ) makes the gradient of a narrow layer (the classifier)
   several times slower on CPU and torch's log-softmax over a few classes ten times slower;
 - *channel layout* ``(N, K·C, H, W)``, member-major channels: convolutions become one convolution
-  with ``groups = K·groups``, batch norm one ``batch_norm`` over K·C channels, which normalises
+  with ``groups = K·groups`` (on a CPU: in channels-last memory for narrow models, else each
+  member's own convolution, see :class:`FusedConv2d`), batch norm one ``batch_norm`` over K·C channels, which normalises
   each member's channels over that member's own examples only, exactly per-member batch norm,
   running statistics included; ReLU and pooling act per channel and need no change.
 
@@ -55,7 +56,17 @@ class FusedLinear(nn.Module):
 
 
 class FusedConv2d(nn.Module):
-    """K ``nn.Conv2d`` layers as one grouped convolution over channel layout (N, K·C, H, W)."""
+    """K ``nn.Conv2d`` layers over channel layout (N, K·C, H, W).
+
+    On a GPU, and on a CPU for an input in channels-last memory, one grouped convolution
+    (``groups = K·groups``). On a CPU torch's grouped convolution over contiguous (N, C, H, W) memory
+    takes 1.2-2x the time of the K members' own convolutions; in channels-last memory it is faster
+    than they are for narrow layers (LeNet-5's, 6-16 channels) but slower for wide ones (ResNet's,
+    64-512; unfold + bmm is slower than either): so a fused model with narrow convolutions runs
+    channels-last on a CPU (:class:`~sensitivity.fused.models.FusedModel`), and a contiguous input
+    here means each member runs its own convolution on its slice of the channels
+    (benchmarks/fused_conv.py and fused_throughput.py; README: Performance).
+    """
 
     def __init__(self, solos: list[nn.Conv2d]):
         super().__init__()
@@ -67,10 +78,23 @@ class FusedConv2d(nn.Module):
         self.bias = nn.Parameter(stack([s.bias for s in solos])) if m.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and not x.is_contiguous(memory_format=torch.channels_last):
+            return self.per_member(x)
+        return self.grouped(x)
+
+    def grouped(self, x: Tensor) -> Tensor:
         k = self.weight.shape[0]
         w = self.weight.reshape(-1, *self.weight.shape[2:])
         b = None if self.bias is None else self.bias.reshape(-1)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * k)
+
+    def per_member(self, x: Tensor) -> Tensor:
+        # unbind, not w[k]: its backward stacks the K gradients once, where K indexings would each add
+        # a zero-filled gradient of the whole fused weight
+        k = self.weight.shape[0]
+        biases = [None] * k if self.bias is None else self.bias.unbind(0)
+        return torch.cat([F.conv2d(xk, wk, bk, self.stride, self.padding, self.dilation, self.groups)
+                          for xk, wk, bk in zip(x.chunk(k, 1), self.weight.unbind(0), biases)], 1)
 
 
 class FusedBatchNorm2d(nn.Module):

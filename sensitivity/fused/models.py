@@ -17,18 +17,25 @@ from torch import Tensor, nn
 
 from .layers import FusedBatchNorm2d, FusedConv2d, FusedFlatten, FusedLinear
 
-__all__ = ["FusedModel", "fuse"]
+__all__ = ["FusedModel", "fuse", "NARROW_CHANNELS"]
+
+NARROW_CHANNELS = 32  # a model whose convolutions all have at most this many output channels runs channels-last on a CPU
 
 _FUSED = {nn.Linear: FusedLinear, nn.Conv2d: FusedConv2d, nn.BatchNorm2d: FusedBatchNorm2d}
 
 
 class FusedModel(nn.Module):
-    """``forward(xs)`` maps the members' inputs (K, N, *shape) to their logits (K, N, classes)."""
+    """``forward(xs)`` maps the members' inputs (K, N, *shape) to their logits (K, N, classes).
 
-    def __init__(self, body: nn.Module, channel_layout: bool):
+    With `channels_last`, a CPU input in channel layout is put in channels-last memory, where the
+    grouped convolutions of narrow layers are fastest (see :class:`~sensitivity.fused.layers.FusedConv2d`).
+    """
+
+    def __init__(self, body: nn.Module, channel_layout: bool, channels_last: bool = False):
         super().__init__()
         self.body = body
         self.channel_layout = channel_layout
+        self.channels_last = channels_last
 
     @property
     def size(self) -> int:
@@ -38,6 +45,8 @@ class FusedModel(nn.Module):
         if self.channel_layout:  # (K, N, C, H, W) -> (N, K·C, H, W), member-major channels
             k, n = xs.shape[:2]
             xs = xs.transpose(0, 1).reshape(n, k * xs.shape[2], *xs.shape[3:])
+            if self.channels_last and xs.device.type == "cpu":
+                xs = xs.contiguous(memory_format=torch.channels_last)
         return self.body(xs).transpose(1, 2)  # (K, classes, N) -> (K, N, classes), a view
 
     def member_parameters(self, k: int) -> list[tuple[str, Tensor]]:
@@ -74,7 +83,8 @@ def fuse(solos: list[nn.Module]) -> FusedModel:
     modules = [dict(m.named_modules()) for m in solos]
     if any(d.keys() != modules[0].keys() for d in modules):
         raise ValueError("fuse: the models differ in structure")
-    channel_layout = any(isinstance(m, nn.Conv2d) for m in first.modules())
+    convs = [m for m in first.modules() if isinstance(m, nn.Conv2d)]
+    channel_layout = bool(convs)
     body = copy.deepcopy(first)
     for name, module in first.named_modules():
         kind = type(module)
@@ -91,4 +101,4 @@ def fuse(solos: list[nn.Module]) -> FusedModel:
         if name == "":
             raise ValueError(f"fuse: the model itself is a {kind.__name__}; wrap it in a container")
         body.set_submodule(name, fused)
-    return FusedModel(body, channel_layout)
+    return FusedModel(body, channel_layout, channel_layout and max(m.out_channels for m in convs) <= NARROW_CHANNELS)

@@ -4,19 +4,25 @@
 
 - ``off``: every trial runs alone (``run_trial``).
 - ``auto``: fuse only where it pays on the device the trials will run on (:func:`pays`,
-  :func:`device_kind`), at most :data:`AUTO_MAX` members an array.
+  :func:`device_kind`), at most :func:`auto_cap` members an array (:data:`AUTO_MAX`, fewer on a CPU).
 - ``N``: fuse every fusable group, at most N members an array.
 
 The driver plans this from the records alone (no device of its own is asked); the worker that
 runs an array measures its own free memory and splits the array where the members do not fit
 in :data:`MEMORY_FRACTION` of it (:func:`fit`, called by ``run_fused``).
 
-The rule of :func:`pays` comes from ``benchmarks/fused_throughput.py`` (trials per second,
-fused against solo, same configs, one process, one thread): on a CPU fusion pays for the small
-fully connected models, whose steps are dominated by per-call overhead, and not for
-convolutional ones (grouped convolutions are slower per member there) nor for wide MLPs, which
-are compute-bound. On a GPU the fused operators fill the device where one small model cannot
-(HFTA reports up to 15x); GPU figures are unmeasured here, so ``auto`` fuses every model there.
+The CPU rule comes from ``benchmarks/fused_throughput.py`` (trials per second, fused against solo,
+same configs, one process, one thread; the README's Performance has the figures). Fusing saves
+the per-step overhead of K-1 members (python, operator calls, the optimizer's loop over tensors)
+and costs the array's weights, optimizer state and activations leaving the caches. So on a CPU
+an array holds at most :data:`CPU_ARRAY_BYTES` of members (:func:`member_bytes`; LeNet-5 on
+MNIST shapes at batch 128: 1.34x in arrays of 4, 1.25x of 8, 1.02x of 16), fusing pays only
+where at least :data:`CPU_MIN_MEMBERS` fit (:func:`auto_cap`), and for a model of more than
+:data:`CPU_SMALL_PARAMS` parameters only where a member's training step is small, at most
+:data:`CPU_MAX_STEP_MACS` multiply-adds (:func:`step_macs`; MLP 256x256 at batch 32 but not 64).
+So the small MLPs and LeNet-5 fuse on a CPU at the usual batch sizes; MLP 2x1000, VGG and ResNet
+do not. On a GPU the fused operators fill the device where one small model cannot (HFTA reports
+up to 15x); GPU figures are unmeasured here, so ``auto`` fuses every model there.
 """
 
 from __future__ import annotations
@@ -29,12 +35,17 @@ import torch
 
 from sensitivity.record import TrialRecord
 
-__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_MAX_PARAMS", "check_setting", "device_kind", "fusable", "param_count", "pays",
-           "member_bytes", "fit", "cut"]
+__all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "CPU_SMALL_PARAMS",
+           "CPU_MAX_STEP_MACS", "check_setting",
+           "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
 AUTO_MAX = 64  # members of one array under `auto`
-CPU_MAX_PARAMS = 100_000  # fully connected models up to this size fuse on a CPU (see the benchmark)
+# on a CPU (see the module docstring and benchmarks/fused_throughput.py; measured with a 32 MiB L3 cache):
+CPU_ARRAY_BYTES = 80 * 2**20  # members' memory (member_bytes) in one array
+CPU_MIN_MEMBERS = 4  # fewer members an array save too little overhead to pay
+CPU_SMALL_PARAMS = 100_000  # a model of more parameters fuses only ...
+CPU_MAX_STEP_MACS = 10_000_000  # ... up to this many multiply-adds a member's training step (step_macs)
 MIN_SPLIT = 8  # members per array below which arrays are not split further to fill the slots
 _STATE_COPIES = 4  # parameter-sized tensors besides the weights: grad, moments, HD's previous direction
 
@@ -71,6 +82,33 @@ def param_count(record: TrialRecord) -> int:
     return sum(p.numel() for p in _model(record)[0].parameters())
 
 
+def _per_example(record: TrialRecord) -> tuple[int, int, int]:
+    """(parameters, activations, multiply-adds of the linear and convolution layers) of one example's
+    forward pass, from a pass on the meta device (nothing is computed or allocated)."""
+    model, shape = _model(record)
+    outputs, macs = [], []
+
+    def hook(module, _inputs, out):
+        outputs.append(out.numel() // 2)
+        if isinstance(module, torch.nn.Linear):
+            macs.append(out.numel() // 2 * module.in_features)
+        elif isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs.append(out.numel() // 2 * module.in_channels // module.groups * kh * kw)
+
+    with torch.device("meta"):
+        hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+        model(torch.zeros(2, *shape))  # two examples: batch norm needs more than one in training mode
+        for h in hooks:
+            h.remove()
+    return sum(p.numel() for p in model.parameters()), sum(outputs), sum(macs)
+
+
+def step_macs(record: TrialRecord) -> int:
+    """Multiply-adds of one member's forward pass over a batch (backward is about twice as many)."""
+    return record.batch_size * _per_example(record)[2]
+
+
 def fusable(record: TrialRecord) -> bool:
     """Whether the record's optimizer has a member-axis form (every optimizer this package registers has)."""
     from sensitivity.optim import available
@@ -80,23 +118,26 @@ def fusable(record: TrialRecord) -> bool:
 
 def pays(record: TrialRecord, kind: str) -> bool:
     """Whether ``auto`` fuses this record's trials on a device of `kind` (see the module docstring for the rule)."""
-    if kind == "cuda":
+    if kind != "cpu":
         return True
-    return record.model in ("logreg", "mlp") and param_count(record) <= CPU_MAX_PARAMS
+    params, _, macs = _per_example(record)
+    if params > CPU_SMALL_PARAMS and record.batch_size * macs > CPU_MAX_STEP_MACS:
+        return False
+    return auto_cap(record, kind) >= CPU_MIN_MEMBERS
+
+
+def auto_cap(record: TrialRecord, kind: str) -> int:
+    """Most members of one array under ``auto`` on a device of `kind`: AUTO_MAX, and on a CPU as many
+    as CPU_ARRAY_BYTES holds."""
+    if kind != "cpu":
+        return AUTO_MAX
+    return max(1, min(AUTO_MAX, CPU_ARRAY_BYTES // member_bytes(record)))
 
 
 def member_bytes(record: TrialRecord) -> int:
     """Estimated memory of one member: weights, gradients, optimizer state and activations."""
-    model, shape = _model(record)
-    with torch.device("meta"):
-        outputs = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
-                 for m in model.modules() if not list(m.children())]
-        model(torch.zeros(2, *shape))
-        for h in hooks:
-            h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    activations = sum(outputs) // 2 * record.batch_size * 2  # kept for backward, and their gradients
+    params, activations, _ = _per_example(record)
+    activations *= record.batch_size * 2  # kept for backward, and their gradients
     return 4 * (params * (1 + _STATE_COPIES) + activations)
 
 
@@ -118,7 +159,7 @@ def cut(records: list[TrialRecord], setting: str | int, slots: int = 1, gpus: fl
     """(arrays, solo trials): `records` grouped by fusion key and cut into arrays of similar sizes.
 
     Groups that ``auto`` does not fuse on the workers' device, and groups of one trial, are returned
-    as solo trials. Arrays hold at most AUTO_MAX members under ``auto`` (N under an int setting);
+    as solo trials. Arrays hold at most :func:`auto_cap` members under ``auto`` (N under an int setting);
     the worker splits an array further when its members do not fit in its free memory. Under
     ``auto`` a group is split into at least `slots` arrays while each keeps MIN_SPLIT members, so
     that parallel slots are not left idle.
@@ -132,10 +173,11 @@ def cut(records: list[TrialRecord], setting: str | int, slots: int = 1, gpus: fl
     arrays, solo = [], []
     for members in groups.values():
         first = members[0]
-        if len(members) < 2 or not fusable(first) or (setting == "auto" and not pays(first, device_kind(first, gpus))):
+        kind = device_kind(first, gpus)
+        if len(members) < 2 or not fusable(first) or (setting == "auto" and not pays(first, kind)):
             solo.extend(members)
             continue
-        cap = AUTO_MAX if setting == "auto" else setting
+        cap = auto_cap(first, kind) if setting == "auto" else setting
         parts = math.ceil(len(members) / cap)
         if setting == "auto":
             parts = max(parts, min(slots, len(members) // MIN_SPLIT))

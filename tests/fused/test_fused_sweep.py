@@ -37,9 +37,55 @@ def test_cut_groups_by_fusion_key_and_caps():
             for c in configs]
     assert plan.cut(wide, "auto")[0] == []  # auto: a compute-bound model does not fuse on a CPU
     assert len(plan.cut(wide, "auto", gpus=1)[0]) == 2  # ... but it does on the workers' GPUs
-    lenet = [TrialRecord.from_config({**c.config(), "dataset": "synthetic", "dataset_args": {"shape": [1, 12, 12]},
-                                      "model": "lenet5", "model_args": {}}) for c in configs]
+    lenet = [TrialRecord.from_config({**c.config(), "dataset": "synthetic", "dataset_args": {"shape": [3, 32, 32]},
+                                      "model": "lenet5", "model_args": {}, "batch_size": 256}) for c in configs]
     assert plan.cut(lenet, "auto")[0] == [] and len(plan.cut(lenet, 4)[0]) == 4
+
+
+def _record(model: str, shape: list[int], batch: int, hidden: list[int] | None = None) -> TrialRecord:
+    return TrialRecord.from_config({"dataset": "synthetic", "dataset_args": {"shape": shape}, "model": model,
+                                    "model_args": {"hidden": hidden} if hidden else {}, "batch_size": batch,
+                                    "optimizer": "sgd", "lr": 0.1, "device": "cpu"})
+
+
+@pytest.mark.parametrize("model, shape, batch, hidden, fuses", [
+    ("mlp", [1, 8, 8], 64, [64], True),  # the quickstart's task
+    ("logreg", [1, 28, 28], 128, None, True),
+    ("mlp", [1, 28, 28], 32, [100, 100], True),
+    ("mlp", [1, 28, 28], 128, [100, 100], True),
+    ("mlp", [1, 28, 28], 32, [256, 256], True),  # the MNIST MLP 256x256 (270k parameters) auto once ran alone
+    ("mlp", [1, 28, 28], 64, [256, 256], False),  # 17M multiply-adds a step, for 270k parameters
+    ("mlp", [1, 28, 28], 128, [256, 256], False),
+    ("mlp", [1, 28, 28], 128, [1000, 1000], False),
+    ("mlp", [1, 28, 28], 4, [1000, 1000], False),  # a small step, but 3 members fill an array's bytes
+    ("lenet5", [1, 28, 28], 32, None, True),
+    ("lenet5", [3, 32, 32], 128, None, True),
+    ("lenet5", [1, 28, 28], 256, None, False),  # 2 members fill an array's bytes
+    ("vgg16", [3, 32, 32], 32, None, False),
+    ("resnet18", [3, 32, 32], 32, None, False),
+])
+def test_auto_fuses_on_a_cpu_where_the_benchmark_shows_it_pays(model, shape, batch, hidden, fuses):
+    record = _record(model, shape, batch, hidden)
+    assert plan.pays(record, "cpu") is fuses and plan.pays(record, "cuda")
+
+
+def test_step_macs_count_linear_and_convolution_layers():
+    assert plan.step_macs(_record("mlp", [1, 28, 28], 128, [256, 256])) == 128 * (784 * 256 + 256 * 256 + 256 * 10)
+    conv = 28 * 28 * 6 * 25 + 10 * 10 * 16 * 6 * 25  # LeNet-5 pads MNIST to 32x32: 28x28x6 out, then 10x10x16
+    assert plan.step_macs(_record("lenet5", [1, 28, 28], 32)) == 32 * (conv + 400 * 120 + 120 * 84 + 84 * 10)
+
+
+def test_auto_cuts_smaller_arrays_on_a_cpu_where_a_large_one_would_be_slower():
+    """64 trials of LeNet-5 on CIFAR-10 shapes at batch 64 (about 8.5 MiB a member): arrays of 32 ran at
+    0.90x solo on a CPU, of 16 at 1.09x, of 8 at 1.38x; on a GPU they stay one array."""
+    record = _record("lenet5", [3, 32, 32], 64)
+    cap = plan.auto_cap(record, "cpu")
+    assert plan.CPU_MIN_MEMBERS <= cap <= 12 and plan.auto_cap(record, "cuda") == plan.AUTO_MAX
+    records = [TrialRecord.from_config({**record.config(), "lr": 0.01 * (1 + k), "device": "auto"}) for k in range(64)]
+    arrays, solo = plan.cut(records, "auto", slots=1)
+    assert not solo and len(arrays) == -(-64 // cap) and max(len(a) for a in arrays) <= cap
+    assert [len(a) for a in plan.cut(records, "auto", slots=1, gpus=1)[0]] == [64]
+    assert [len(a) for a in plan.cut(records, 64, slots=1)[0]] == [64]  # an explicit N is the user's
 
 
 def test_fuse_setting_is_checked():
