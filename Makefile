@@ -39,6 +39,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/sweep_throughput.py
 	$(PY) benchmarks/results_store.py
 	$(PY) benchmarks/fused_throughput.py
+	$(PY) benchmarks/fused_conv.py
 	$(PY) benchmarks/report_scale.py
 	$(PY) benchmarks/scale.py
 
