@@ -121,7 +121,8 @@ class Location:
         return None if data is None else data.decode(errors="replace")
 
 
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@?]*@", re.IGNORECASE)  # s3://KEY:SECRET@bucket/...
+# s3://KEY:SECRET@bucket/...: any "@" before the query (a secret may hold a "/")
+_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^?#]*@", re.IGNORECASE)
 
 
 def _hide_secrets(uri: str) -> str:

@@ -30,7 +30,9 @@ class ResultsWriteError(OSError):
         return self.strerror or super().__str__()
 
 
-USERINFO = re.compile(r"^[a-z0-9+.-]+://[^/@?]*@", re.IGNORECASE)  # s3://KEY:SECRET@bucket/...
+# s3://KEY:SECRET@bucket/...; any "@" before the query, since a secret may hold a "/" (then pyarrow
+# parses it wrongly and its own error repeats the whole URI)
+USERINFO = re.compile(r"^[a-z0-9+.-]+://[^?#]*@", re.IGNORECASE)
 
 
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -42,7 +44,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     text = os.fspath(location)
     if "://" in text:
         if USERINFO.match(text):
-            raise LocationError(f"storage: {re.sub('://[^/@?]*@', '://', text, count=1)} "
+            raise LocationError(f"storage: {re.sub('://[^?#]*@', '://', text, count=1)} "
                                 f"carries credentials before its bucket; set them in the environment "
                                 f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) instead")
         try:

@@ -69,7 +69,9 @@ def test_a_step_past_its_limit_is_a_failure_even_in_a_dry_run(monkeypatch):
     with pytest.raises(gpu_check.StepTimeout):
         with gpu_check.time_limit(0.1):
             time.sleep(5)
+    monkeypatch.undo()  # the real limits: a spent deadline still leaves each step its 0.1 s floor
     assert gpu_check.Clock(0).limit("agreement") == pytest.approx(0.1)
+    assert gpu_check.Clock(1000).limit("agreement") == gpu_check.LIMITS["agreement"]
 
 
 def test_temporary_folders_are_removed_and_those_of_dead_checks_too(tmp_path, monkeypatch):
@@ -80,3 +82,12 @@ def test_temporary_folders_are_removed_and_those_of_dead_checks_too(tmp_path, mo
     with gpu_check.temp_dir() as tmp:
         assert tmp.is_dir() and tmp.parent == tmp_path
     assert not tmp.exists() and not dead.exists() and live.exists()
+
+
+def test_cuda_tests_pass_only_when_they_ran_on_cuda():
+    ran = "...\nSKIPPED [2] tests/test_cli.py:110: this machine has a GPU\n== 70 passed, 2 skipped in 50s =="
+    assert gpu_check.judge_cuda_tests(0, ran) == ("70 passed, 2 skipped in 50s", False)
+    hidden = "SKIPPED [48] tests/optim/test_hd.py:31: needs CUDA\n== 20 passed, 48 skipped in 9s =="
+    assert gpu_check.judge_cuda_tests(0, hidden) == ("20 passed, 48 skipped in 9s (48 for want of CUDA)", True)
+    assert gpu_check.judge_cuda_tests(1, "== 1 failed, 69 passed in 50s ==")[1]
+    assert gpu_check.judge_cuda_tests(5, "== no tests ran in 3s ==")[1]

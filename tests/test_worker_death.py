@@ -169,3 +169,17 @@ def test_describe_names_signals_and_exit_codes():
     assert exits.describe(3 << 8) == "exit code 3"
     assert exits.describe(11 | 0x80) == "signal 11 (SIGSEGV), core dumped"
 
+
+
+def test_a_watcher_that_cannot_start_is_tried_once_per_worker(monkeypatch):
+    tries = []
+
+    def cannot(*_):
+        tries.append(1)
+        raise OSError("no select on pipes here")
+
+    monkeypatch.setattr(exits, "Watcher", cannot)
+    monkeypatch.setattr(exits, "_WATCHER", None)
+    monkeypatch.setattr(exits, "_CANNOT_START", False)
+    assert exits.watcher() is None and exits.watcher() is None  # units train on without one
+    assert len(tries) == 1

@@ -43,7 +43,7 @@ MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one arra
 AUTO_MAX = 64  # members of one array under `auto`
 # on a CPU (see the module docstring and benchmarks/fused_throughput.py; measured with a 32 MiB L3 cache):
 CPU_ARRAY_BYTES = 80 * 2**20  # members' memory (member_bytes) in one array
-CPU_MIN_MEMBERS = 4  # fewer members an array save too little overhead to pay
+CPU_MIN_MEMBERS = 4  # a model of which fewer fit in CPU_ARRAY_BYTES does not fuse (its arrays would not pay)
 CPU_SMALL_PARAMS = 100_000  # a model of more parameters fuses only ...
 CPU_MAX_STEP_MACS = 10_000_000  # ... up to this many multiply-adds a member's training step (step_macs)
 MIN_SPLIT = 8  # members per array below which arrays are not split further to fill the slots

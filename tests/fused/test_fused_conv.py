@@ -64,3 +64,10 @@ def test_narrow_convolutions_run_channels_last_on_a_cpu_wide_ones_member_by_memb
     seen.clear()
     resnet = fuse([models.build("resnet18", (3, 8, 8), 10) for _ in range(2)])
     assert resnet(torch.randn(2, 4, 3, 8, 8)).shape == (2, 4, 10) and seen[0] is False
+
+
+def test_off_the_cpu_the_grouped_convolution_runs(monkeypatch):
+    """GPUs keep HFTA's one grouped convolution (shown on the meta device: no CPU, nothing computed)."""
+    fused = FusedConv2d([nn.Conv2d(4, 6, 3) for _ in range(3)]).to("meta")
+    monkeypatch.setattr(fused, "per_member", lambda x: pytest.fail("per-member convolutions off the CPU"))
+    assert fused(torch.empty(2, 12, 9, 9, device="meta")).shape == (2, 18, 7, 7)
