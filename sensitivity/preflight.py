@@ -131,6 +131,8 @@ def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Cu
         from sensitivity.sweep.points import current_search_records  # Ray-free
 
         known = current_search_records(study, store, smoke)
+    elif not store.done_ids():  # a fresh study: no stored row to respell (and no 100,000 records made for it)
+        return {}
     else:
         known = {r.trial_id: r for r in study.iter_trials(smoke) if r.trial_id in current.labels and r.trial_id in store}
         if study.refine:
@@ -166,7 +168,7 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     done = store.done_ids() - retried
     errored = 0 if retry_errors else n_errors
     if not study.search:
-        left = sum(r.trial_id not in done for r in study.iter_trials(smoke))
+        left = sum(r.trial_id not in done for r in study.iter_trials(smoke)) if done else total
         if left and _others(study, store, smoke):  # rows stored under the earlier id rule count too
             left = sum(record.trial_id not in done and legacy_trial_id(spelled) not in done
                        for spelled, record in study.spelled_trials(smoke))

@@ -225,11 +225,13 @@ class Study:
         return [r for i in range(len(self.entries)) for r in self._records(i, smoke)]
 
     def iter_trials(self, smoke: bool = False) -> Iterator[TrialRecord]:
-        """The trials of `trials`, one at a time, in the same order; a large study holds no list of them."""
+        """The trials of `trials`, one at a time, in the same order; a large study holds no list of them
+        (a study of at most KEEP_TRIALS keeps them once made: a run goes over them several times)."""
         seeds = self.seeds(smoke)
+        keep = sum(self.counts(smoke)) <= KEEP_TRIALS
         for i in range(len(self.entries)):
-            if (i, smoke) in self._cache:
-                yield from self._cache[(i, smoke)]
+            if keep or (i, smoke) in self._cache:
+                yield from self._records(i, smoke)
                 continue
             for _, record in self._points(i, smoke):
                 for seed in seeds:

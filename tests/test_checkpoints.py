@@ -187,3 +187,17 @@ def test_an_arrays_failed_uploads_reach_the_summary_once(tmp_path, monkeypatch):
     summary = summarize(store, 2, 0, recorder, 0.0, 1, [], 0)
     assert summary.ran == 2 and summary.fused == 2 and summary.arrays == 1
     assert summary.mirror_failures >= 1 and "AccessDenied" in summary.mirror_error
+
+
+def test_a_tasks_rows_and_its_checkpoint_go_in_two_results(monkeypatch):
+    """Tune keeps a checkpoint's result in the experiment state it writes again and again: the rows'
+    payload goes in the result before it, so that state stays small (and the checkpoint names only
+    trials the driver already holds)."""
+    calls = []
+    monkeypatch.setattr(worker.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(worker.tune, "report",
+                        lambda metrics, checkpoint=None: calls.append((metrics, checkpoint is not None)))
+    reported = worker.Reported(3)
+    reported.report({"payload": "the rows", "trials": 2}, [{"trial_id": "a"}, {"trial_id": "b"}])
+    assert calls == [({"payload": "the rows", "trials": 2}, False), ({"trials": 0}, True)]
+    assert "a" in reported and "b" in reported

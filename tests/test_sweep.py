@@ -216,6 +216,10 @@ def test_a_retried_bundle_skips_the_trials_its_checkpoint_lists(tmp_path, monkey
     monkeypatch.setattr(worker, "run_unit", run_unit)
 
     def report(metrics, checkpoint=None):  # Tune persists the checkpoint's folder before report returns
+        if checkpoint is None:  # the rows' result, before the checkpoint's
+            assert "payload" in metrics
+            return
+        assert "payload" not in metrics
         reports.append(tune.Checkpoint.from_directory(shutil.copytree(checkpoint.path, tmp_path / str(len(reports)))))
 
     monkeypatch.setattr(tune, "report", report)

@@ -34,7 +34,7 @@ from sensitivity.sweep.worker import Unit, grid_task
 
 MAX_PASSES = 8  # passes after failed Ray trials; each one stores a row or splits an array
 # trials planned, cut and submitted at a time: the driver's memory is bounded by a slice, not the study
-SLICE = 50_000
+SLICE = 100_000
 
 
 def plan_units(study, records: list[TrialRecord], extras: list[dict], resources: dict) -> tuple[list[Unit], int]:
@@ -110,7 +110,7 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     recorder = Recorder(store, Progress(0, name=study.name, quiet=quiet))
     exits_root = join(ray_storage, "exits")  # the watchers' records of dead workers (each pass's own)
     errors: list[str] = []
-    sizes, skipped = [], []
+    sizes, skipped, missing = [], [], []
 
     def run_slices(slices, total: int, round_: int) -> None:
         """Run the trials of each slice not in the tables yet, one Tune run a slice; their rows carry ``round``."""
@@ -123,6 +123,7 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
             if todo:
                 name = f"grid-{stamp}" + (f"-round{round_}" if round_ else "") + (f"-slice{k}" if k else "")
                 run_tasks(todo, round_, name)
+                missing.append(sum(r.trial_id not in store for r in todo))  # (the slice in hand: no second pass)
             else:
                 sizes.append(1)
         recorder.progress.show(final=True)
@@ -159,6 +160,4 @@ def run_grid(study, store, smoke, resources, ray_storage, stamp, checkpoint_root
     run_slices(study.trial_slices(SLICE, smoke), left, 0)
     rounds = refine_rounds(study.refine, store, study.trials(smoke), run_round) if study.refine else []
     total = sum(study.counts(smoke)) + len(rounds)
-    missing = sum(r.trial_id not in store for r in study.iter_trials(smoke)) + sum(r.trial_id not in store
-                                                                                   for r in rounds)
-    return summarize(store, total, sum(skipped), recorder, start, max(sizes), errors, missing)
+    return summarize(store, total, sum(skipped), recorder, start, max(sizes), errors, sum(missing))

@@ -13,6 +13,7 @@ from sensitivity.results import CURVES, TRIALS, ResultsStore, join, resolve
 
 MAX_FAILURES = 3  # a lost worker's Ray task is retried this often
 REUSE_ACTORS = True  # a finished Ray trial's process (torch imported, data cached) runs the next one
+KEPT_CHECKPOINTS = 32  # a task's small checkpoints Tune keeps (see tuner_run)
 
 
 @dataclass
@@ -149,8 +150,10 @@ def tuner_run(trainable, *, resources: dict, storage: str, name: str, callback: 
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=[callback], stop=_StopOnFailure(callback),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            # a bundle's checkpoint is the list of its trials the driver holds: only the last counts
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # a task's checkpoint is the list of its trials the driver holds: only the last counts; but
+            # Tune writes its whole experiment state again every `num_to_keep` checkpoints of a trial
+            # (at 1: once per report)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
         ),
     )
     grid = tuner.fit()

@@ -241,9 +241,14 @@ class Reported:
 
     Tune registers a checkpoint together with the result that carries it, when the driver
     processes that result; a retried Ray trial (its worker or node was lost) restarts from the
-    latest one.  So `ids` on a retry are exactly the trials the driver already holds, and
-    only the trial that was running is trained again (from its epoch checkpoint, if any).
+    latest one.  So `ids` on a retry are trials the driver already holds, and only those reported
+    after them are trained again (the one that was running from its epoch checkpoint, if any; a
+    batch the driver holds but the checkpoint does not name yet is recorded once all the same).
     A Ray trial of one trial keeps no such checkpoint: there is nothing to skip.
+
+    The rows go in one result and the checkpoint in the next, without them: Tune keeps a
+    checkpoint's result in its experiment state, which it writes again and again, so a payload
+    there made every write as large as the task's latest batches (120 MB at 100,000 trials).
     """
 
     FILE = "reported.json"
@@ -264,13 +269,15 @@ class Reported:
         """tune.report `metrics`, with the reported trial ids (and a value each) as the checkpoint."""
         for k, row in enumerate(rows):
             self.values[row["trial_id"]] = values[k] if values else math.nan
+        tune.report(metrics)
         if not self.keep:
-            tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="sensitivity-reported-") as folder:
             with open(os.path.join(folder, self.FILE), "w") as handle:
                 json.dump(self.values, handle)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            # after the rows, so it never names a trial the driver does not hold
+            small = {k: v for k, v in metrics.items() if k != "payload"}
+            tune.report({**small, "trials": 0}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 class Batches:
