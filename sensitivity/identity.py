@@ -134,8 +134,7 @@ class Current:
             self.write()
 
     def stale(self) -> int:
-        """Rows of the table that belong to no trial of the current study."""
-        trials = self.store.trials
-        if trials is None or "trial_id" not in trials:
-            return 0
-        return int((~trials["trial_id"].isin(list(self.labels))).sum())
+        """Rows of the table that belong to no trial of the current study (one row a trial_id: the
+        stored ids, without reading the table)."""
+        labels = self.labels
+        return sum(tid not in labels for tid in self.store.done_ids())

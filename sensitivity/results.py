@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 
 from sensitivity.identity import NON_IDENTITY_KEYS, trial_id  # noqa: F401 (re-exported)
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
-    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, table_bytes, through_now,
+    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, through_now,
     through_of, write_atomic, write_error, writing)
 from sensitivity.tables import (  # noqa: F401  (clean_row, LOSS_COLUMNS: importable from here too)
     LOSS_COLUMNS, clean_row, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
@@ -199,9 +199,9 @@ class ResultsStore:
         self._check()
         seq = self._seq + 1
         if curve_rows:  # curves first: a trial is done once its trials part exists
-            write_atomic(self.fs, self._part_path(seq, "curves"), table_bytes(rows_table(curve_rows)))
+            write_atomic(self.fs, self._part_path(seq, "curves"), rows_table(curve_rows))
         table = rows_table(fresh)
-        write_atomic(self.fs, self._part_path(seq, "trials"), table_bytes(table))
+        write_atomic(self.fs, self._part_path(seq, "trials"), table)
         self._seq = seq
         self._done |= seen
         self._has_trials = True
@@ -227,17 +227,18 @@ class ResultsStore:
         if exclude:
             trials = trials.filter(pc.invert(pc.is_in(id_column(trials), value_set=pa.array(sorted(exclude), pa.string()))))
         curves = merge_curves(curve_sources, id_column(trials))
-        write_atomic(self.fs, self.curves_path, table_bytes(curves, through=top))
-        write_atomic(self.fs, self.trials_path, table_bytes(trials, through=top))
+        write_atomic(self.fs, self.curves_path, curves, through=top)
+        del curves
+        write_atomic(self.fs, self.trials_path, trials, through=top)
         for seq, _writer, _kind, path in self._parts():
             if seq <= top:
                 self._delete(path)
         self._delete_temporaries()
         self._seq = top
         self._has_trials = True
-        frame = trials.to_pandas()
-        self._done = set(frame["trial_id"]) if "trial_id" in frame else set()
-        self._trials_frames = [frame]
+        self._done = set(id_column(trials).to_pylist()) if "trial_id" in trials.column_names else set()
+        # past KEEP_ROWS the table is read from the files when asked, as while a run appends
+        self._trials_frames = [trials] if trials.num_rows <= KEEP_ROWS else None
         self._appended = 0
         self._curves_cache = None
 

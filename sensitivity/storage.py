@@ -96,15 +96,23 @@ def writing(path: str):
         raise write_error(path, exc) from exc
 
 
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write bytes to `path` through a temporary sibling and a rename."""
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table, through: int | None = None) -> None:
+    """Write bytes, or a table as parquet, to `path` through a temporary sibling and a rename.
+
+    A table is written straight into the file (no copy of it as bytes in memory: a million-row
+    table is hundreds of MB); `through` goes into its metadata (a compacted table: the last part it holds).
+    """
     parent = path.rsplit("/", 1)[0] if "/" in path else "."
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with writing(path):
         fs.create_dir(parent, recursive=True)
         try:
             with fs.open_output_stream(tmp) as stream:
-                stream.write(data)
+                if isinstance(data, pa.Table):
+                    metadata = {} if through is None else {THROUGH_KEY: str(through).encode()}
+                    pq.write_table(data.replace_schema_metadata(metadata or None), stream)
+                else:
+                    stream.write(data)
             fs.move(tmp, path)  # atomic rename locally; on object stores the final PUT is atomic
         except BaseException:
             try:  # a full disk leaves no partial temp file behind
@@ -112,14 +120,6 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             except Exception:
                 pass
             raise
-
-
-def table_bytes(table: pa.Table, through: int | None = None) -> bytes:
-    metadata = {} if through is None else {THROUGH_KEY: str(through).encode()}
-    table = table.replace_schema_metadata(metadata or None)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
 
 
 def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> pa.Table | None:
