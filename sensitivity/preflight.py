@@ -131,7 +131,7 @@ def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Cu
         from sensitivity.sweep.points import current_search_records  # Ray-free
 
         known = current_search_records(study, store, smoke)
-    elif not store.done_ids():  # a fresh study: no stored row to respell (and no 100,000 records made for it)
+    elif not store.count():  # a fresh study: no stored row to respell (and no 100,000 records made for it)
         return {}
     else:
         known = {r.trial_id: r for r in study.iter_trials(smoke) if r.trial_id in current.labels and r.trial_id in store}

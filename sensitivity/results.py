@@ -168,6 +168,10 @@ class ResultsStore:
         """Whether the trial is stored (its row is in a table or a part)."""
         return tid in self._done
 
+    def count(self) -> int:
+        """How many trials the tables hold (each trial_id once)."""
+        return len(self._done)
+
     def done_ids(self) -> set[str]:
         return set(self._done)
 
