@@ -32,15 +32,15 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from sensitivity.compaction import Source, fold
 from sensitivity.identity import NON_IDENTITY_KEYS, trial_id  # noqa: F401 (re-exported)
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
     CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, through_now,
     through_of, write_atomic, write_error, writing)
 from sensitivity.tables import (  # noqa: F401  (clean_row, LOSS_COLUMNS: importable from here too)
-    LOSS_COLUMNS, clean_row, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
+    LOSS_COLUMNS, clean_row, concat, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
 
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
@@ -71,16 +71,14 @@ class ResultsStore:
         self.writer = uuid.uuid4().hex[:8]
         self.guard = None  # called before every write: the run's lease check (raises when lost)
         self._curves_cache: pd.DataFrame | None = None
-        sources, self._trials_through, self._seq = self._sources("trials")
+        # the ids only: a million-trial study's rows are read when asked (`trials`), not to start a run
+        sources, self._trials_through, self._seq = self._sources("trials", columns=["trial_id"])
         self._has_trials = bool(sources)
-        table = merge_trials(sources) if sources else None
-        self._done: set[str] = set(id_column(table).to_pylist()) if table is not None else set()
+        self._done: set[str] = set(id_column(concat(sources)).to_pylist()) if sources else set()
         # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read;
-        # None once a run has appended more than KEEP_ROWS rows (read from the files when asked), so
-        # that a million-trial run does not hold its whole table in the driver
-        self._trials_frames: list | None = [table] if table is not None else []
-        if table is not None and table.num_rows > KEEP_ROWS:
-            self._trials_frames = None
+        # None: read from the files when asked (at first, and once a run has appended more than
+        # KEEP_ROWS rows), so that a million-trial run does not hold its whole table in the driver
+        self._trials_frames: list | None = None if sources else []
         self._appended = 0
 
     # -- reading ------------------------------------------------------------
@@ -105,11 +103,22 @@ class ResultsStore:
                 found.append((int(match.group(1)), match.group(2), match.group(3), info.path))
         return sorted(found)
 
-    def _sources(self, kind: str) -> tuple[list[pa.Table], int, int]:
-        """(compacted table and newer parts of one kind, its `through`, the highest seq seen)."""
+    def _listing(self, kind: str) -> tuple[list[Source], int, int]:
+        """(compacted table and newer parts of one kind, as files; its `through`; the highest seq seen)."""
+        base_path = self.trials_path if kind == "trials" else self.curves_path
+        through = through_now(self.fs, base_path)
+        parts = self._parts()
+        sources = [Source(base_path, self.shown(base_path))] if exists(self.fs, base_path) else []
+        sources += [Source(path, self.shown(path)) for seq, _w, part_kind, path in parts
+                    if part_kind == kind and seq > through]
+        return sources, through, max([through] + [p[0] for p in parts])
+
+    def _sources(self, kind: str, columns: list[str] | None = None) -> tuple[list[pa.Table], int, int]:
+        """(compacted table and newer parts of one kind, its `through`, the highest seq seen), read
+        whole (or only `columns`); read again when a compaction renamed files between the steps."""
         base_path = self.trials_path if kind == "trials" else self.curves_path
         for _ in range(READ_ATTEMPTS):
-            base = read_parquet(self.fs, base_path, self.shown(base_path))
+            base = read_parquet(self.fs, base_path, self.shown(base_path), columns=columns)
             through = through_of(base)
             parts = self._parts()
             sources = [] if base is None else [base]
@@ -117,7 +126,7 @@ class ResultsStore:
             for seq, _writer, part_kind, path in parts:
                 if part_kind != kind or seq <= through:
                     continue
-                table = read_parquet(self.fs, path, self.shown(path))
+                table = read_parquet(self.fs, path, self.shown(path), columns=columns)
                 if table is None:  # deleted by a compaction since the listing
                     complete = False
                     break
@@ -220,29 +229,25 @@ class ResultsStore:
         """Fold every part into ``trials.parquet`` and ``curves.parquet``, then delete the parts.
 
         Order keeps every state between the steps readable: curves, then trials, each renamed
-        into place with the last part it holds; parts are deleted only after both.
+        into place with the last part it holds; parts are deleted only after both. The rows stream
+        from the sources into the new files (`sensitivity.compaction`): only the id columns are held.
         """
-        exclude = set(exclude)
         self._check()
-        trial_sources, _, top = self._sources("trials")
-        curve_sources, _, curve_top = self._sources("curves")
+        trial_sources, _, top = self._listing("trials")
+        curve_sources, _, curve_top = self._listing("curves")
         top = max(top, curve_top, self._seq)
-        trials = merge_trials(trial_sources)
-        if exclude:
-            trials = trials.filter(pc.invert(pc.is_in(id_column(trials), value_set=pa.array(sorted(exclude), pa.string()))))
-        curves = merge_curves(curve_sources, id_column(trials))
-        write_atomic(self.fs, self.curves_path, curves, through=top)
-        del curves
-        write_atomic(self.fs, self.trials_path, trials, through=top)
+        folded = fold(self.fs, trial_sources, curve_sources, exclude)
+        write_atomic(self.fs, self.curves_path, folded.curves, through=top)
+        write_atomic(self.fs, self.trials_path, folded.trials, through=top)
         for seq, _writer, _kind, path in self._parts():
             if seq <= top:
                 self._delete(path)
         self._delete_temporaries()
         self._seq = top
         self._has_trials = True
-        self._done = set(id_column(trials).to_pylist()) if "trial_id" in trials.column_names else set()
-        # past KEEP_ROWS the table is read from the files when asked, as while a run appends
-        self._trials_frames = [trials] if trials.num_rows <= KEEP_ROWS else None
+        self._done = set(folded.done.to_pylist())
+        # the table is read from the files when asked (once, then kept while at most KEEP_ROWS rows)
+        self._trials_frames = None
         self._appended = 0
         self._curves_cache = None
 

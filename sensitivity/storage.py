@@ -7,12 +7,23 @@ import errno
 import os
 import re
 import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 THROUGH_KEY = b"sensitivity.through"  # schema metadata of a compacted table: last part it holds
+ROW_GROUP = 65_536  # rows of a row group in a streamed table: a reader holds one at a time
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A table too large to hold, as its schema and a function giving its rows in pieces (each in that schema)."""
+
+    schema: pa.Schema
+    pieces: Callable[[], Iterator[pa.Table]]
 
 
 class CorruptTableError(ValueError):
@@ -96,21 +107,24 @@ def writing(path: str):
         raise write_error(path, exc) from exc
 
 
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table, through: int | None = None) -> None:
-    """Write bytes, or a table as parquet, to `path` through a temporary sibling and a rename.
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table | Stream, through: int | None = None) -> None:
+    """Write bytes, or a table or stream as parquet, to `path` through a temporary sibling and a rename.
 
     A table is written straight into the file (no copy of it as bytes in memory: a million-row
-    table is hundreds of MB); `through` goes into its metadata (a compacted table: the last part it holds).
+    table is hundreds of MB), a stream piece by piece in row groups of ROW_GROUP rows; `through`
+    goes into its metadata (a compacted table: the last part it holds).
     """
     parent = path.rsplit("/", 1)[0] if "/" in path else "."
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with writing(path):
         fs.create_dir(parent, recursive=True)
         try:
+            metadata = {THROUGH_KEY: str(through).encode()} if through is not None else None
             with fs.open_output_stream(tmp) as stream:
                 if isinstance(data, pa.Table):
-                    metadata = {} if through is None else {THROUGH_KEY: str(through).encode()}
-                    pq.write_table(data.replace_schema_metadata(metadata or None), stream)
+                    pq.write_table(data.replace_schema_metadata(metadata), stream)
+                elif isinstance(data, Stream):
+                    _write_stream(stream, data, metadata)
                 else:
                     stream.write(data)
             fs.move(tmp, path)  # atomic rename locally; on object stores the final PUT is atomic
@@ -122,9 +136,28 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table, through
             raise
 
 
-def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> pa.Table | None:
+def _write_stream(stream, data: Stream, metadata: dict | None) -> None:
+    """A stream's pieces as parquet: small pieces gathered into row groups of ROW_GROUP rows."""
+    schema = data.schema.with_metadata(metadata) if metadata else data.schema
+    with pq.ParquetWriter(stream, schema) as writer:
+        held, rows = [], 0
+        for piece in data.pieces():
+            held.append(piece)
+            rows += len(piece)
+            if rows >= ROW_GROUP:
+                table = pa.concat_tables(held)
+                whole = rows - rows % ROW_GROUP
+                writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP)
+                held, rows = [table.slice(whole)], rows - whole
+        if rows:
+            writer.write_table(pa.concat_tables(held))
+
+
+def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None,
+                 columns: list[str] | None = None) -> pa.Table | None:
     """One read of a whole file (a writer renames over it), or None when it is not there; an
-    error names it as `shown` (the location as the user spelt it), else as `path`."""
+    error names it as `shown` (the location as the user spelt it), else as `path`. `columns`:
+    only those that the file has."""
     try:
         with fs.open_input_file(path) as handle:
             data = handle.read()
@@ -135,7 +168,10 @@ def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> pa
             return None
         raise
     try:
-        return pq.read_table(pa.BufferReader(data))
+        if columns is None:
+            return pq.read_table(pa.BufferReader(data))
+        have = pq.read_schema(pa.BufferReader(data)).names
+        return pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c in have])
     except (pa.ArrowException, OSError) as exc:  # pyarrow raises several types for a corrupt file
         raise _corrupt(shown or path, exc) from None
 

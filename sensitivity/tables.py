@@ -21,8 +21,8 @@ from sensitivity.identity import json_ready
 
 LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 
-__all__ = ["LOSS_COLUMNS", "clean_row", "is_missing", "rows_table", "empty", "concat", "id_column", "merge_trials",
-           "merge_curves", "respelt"]
+__all__ = ["LOSS_COLUMNS", "clean_row", "is_missing", "rows_table", "empty", "common_schema", "conform", "concat",
+           "id_column", "merge_trials", "merge_curves", "respelt"]
 
 
 # ---------------------------------------------------------------------------
@@ -93,16 +93,48 @@ def empty() -> pa.Table:
 # sources -> one table
 
 
+def common_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """The schema tables of these schemas merge into: types promoted (int with float: float; a column
+    a table lacks: null there), and a column whose types have no common one (numbers in one part,
+    text in another) as text, as `rows_table` keeps such a column within one part."""
+    schemas = [s.remove_metadata() for s in schemas]
+    if not schemas:
+        return empty().schema
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    fields: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for field in schema:
+            fields.setdefault(field.name, []).append(field.type)
+    out = []
+    for name, types in fields.items():
+        try:
+            out.append(pa.unify_schemas([pa.schema([(name, t)]) for t in types], promote_options="permissive")[0])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            out.append(pa.field(name, pa.string()))
+    return pa.schema(out)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A table with the schema's columns, in its order and types (a column it lacks: nulls)."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            columns.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def concat(tables: list[pa.Table]) -> pa.Table:
-    tables = [t.replace_schema_metadata(None) for t in tables]
+    """Tables one after the other, in their `common_schema`."""
     if not tables:
         return empty()
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # a column whose type differs between parts: let pandas find the common type
-        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
-        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    schema = common_schema([t.schema for t in tables])
+    return pa.concat_tables([conform(t, schema) for t in tables])
 
 
 def id_column(table: pa.Table) -> pa.Array:
