@@ -123,28 +123,38 @@ class Study:
     def _check_config(self, index: int, config: dict, check):
         try:
             return check(runnable(config))
-        except ValueError as exc:
-            raise StudyError(self._config_error(index, str(exc))) from None
-        except Exception as exc:  # an optimizer that choked on a wrong-typed or wrong-sized value
-            values = {k: config[k] for k in ("lr", "beta") if k in config} | config.get("optimizer_args", {})
-            raise StudyError(f"optimizers[{index}]: {self.entries[index].name} rejects {values} "
-                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+        except Exception as exc:
+            raise self._rejected(index, config, isinstance(exc, ValueError), type(exc).__name__, str(exc)) from None
+
+    def _rejected(self, index: int, config: dict, value_error: bool, kind: str, message: str) -> StudyError:
+        """A config's range-check failure as one line naming the study key (a ValueError names its key)."""
+        if value_error:
+            return StudyError(self._config_error(index, message))
+        # an optimizer that choked on a wrong-typed or wrong-sized value
+        values = {k: config[k] for k in ("lr", "beta") if k in config} | config.get("optimizer_args", {})
+        return StudyError(f"optimizers[{index}]: {self.entries[index].name} rejects {values} "
+                          f"({kind}: {' '.join(message.split())})")
 
     def check_optimizers(self, smoke: bool = False) -> None:
-        """Build each distinct optimizer configuration once (imports torch): its own range checks.
+        """Build each distinct optimizer configuration once: its own range checks (with torch, in a child
+        process where this one has not imported it: `fused.facts`, which also measures the models).
 
-        Loading a study checks names, keys and types without torch; `run` calls this before Ray starts.
+        Loading a study checks names, keys and types without torch; `run` calls this while Ray starts.
         """
-        from sensitivity.train import validate_config
+        from sensitivity.fused import facts
 
-        seen = set()
+        seen, configs = set(), []
         for i in range(len(self.entries)):
             for _, record in self._points(i, smoke):  # the seed changes no optimizer's checks
                 # lr and beta are checked without torch (numbers >= 0): each distinct rest is built once
                 key = tuple(record.encoded(k) for k in ("optimizer", "optimizer_args", "weight_decay", "decay"))
                 if key not in seen:
                     seen.add(key)
-                    self._check_config(i, {**record.config(), "device": "cpu"}, validate_config)
+                    configs.append((i, {**record.config(), "device": "cpu"}))
+        errors = facts.learn(self.point_records(smoke), [runnable(c) for _, c in configs])
+        for (i, config), error in zip(configs, errors):
+            if error:
+                raise self._rejected(i, config, error["value_error"], error["type"], error["message"])
 
     def _config_error(self, index: int, message: str) -> str:
         """run_trial's message ("epochs must be ...") with the study path of its key in front."""

@@ -31,8 +31,7 @@ import math
 import os
 from typing import Any
 
-import torch
-
+from sensitivity.fused import facts
 from sensitivity.record import TrialRecord
 
 __all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "CPU_SMALL_PARAMS",
@@ -69,39 +68,15 @@ def device_kind(record: TrialRecord, gpus: float = 0.0) -> str:
     return "cuda" if gpus > 0 else "cpu"
 
 
-def _model(record: TrialRecord):
-    from sensitivity import models
-    from sensitivity.spec import dataset_info
-
-    shape, classes = dataset_info(record.dataset, dict(record.dataset_args))
-    with torch.device("meta"):
-        return models.build(record.model, shape, classes, dict(record.model_args)), shape
-
-
 def param_count(record: TrialRecord) -> int:
-    return sum(p.numel() for p in _model(record)[0].parameters())
+    return facts.per_example(record)[0]
 
 
 def _per_example(record: TrialRecord) -> tuple[int, int, int]:
     """(parameters, activations, multiply-adds of the linear and convolution layers) of one example's
-    forward pass, from a pass on the meta device (nothing is computed or allocated)."""
-    model, shape = _model(record)
-    outputs, macs = [], []
-
-    def hook(module, _inputs, out):
-        outputs.append(out.numel() // 2)
-        if isinstance(module, torch.nn.Linear):
-            macs.append(out.numel() // 2 * module.in_features)
-        elif isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs.append(out.numel() // 2 * module.in_channels // module.groups * kh * kw)
-
-    with torch.device("meta"):
-        hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-        model(torch.zeros(2, *shape))  # two examples: batch norm needs more than one in training mode
-        for h in hooks:
-            h.remove()
-    return sum(p.numel() for p in model.parameters()), sum(outputs), sum(macs)
+    forward pass, from a pass on the meta device (`facts`: measured once per model, never with torch
+    imported into the driver)."""
+    return facts.per_example(record)
 
 
 def step_macs(record: TrialRecord) -> int:
@@ -111,9 +86,7 @@ def step_macs(record: TrialRecord) -> int:
 
 def fusable(record: TrialRecord) -> bool:
     """Whether the record's optimizer has a member-axis form (every optimizer this package registers has)."""
-    from sensitivity.optim import available
-
-    return available()[record.optimizer].members is not None
+    return facts.fusable(record.optimizer)
 
 
 def pays(record: TrialRecord, kind: str) -> bool:
@@ -143,6 +116,8 @@ def member_bytes(record: TrialRecord) -> int:
 
 def _free_bytes(kind: str) -> int:
     if kind == "cuda":
+        import torch  # (a worker's: it trains the array)
+
         return int(torch.cuda.mem_get_info()[0])
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
@@ -167,6 +142,7 @@ def cut(records: list[TrialRecord], setting: str | int, slots: int = 1, gpus: fl
     check_setting(setting)
     if setting == "off":
         return [], list(records)
+    facts.learn(records)  # every model and optimizer measured at once (a driver: one child process at most)
     groups: dict[tuple, list[TrialRecord]] = {}
     for record in records:
         groups.setdefault(record.fusion_key(), []).append(record)
