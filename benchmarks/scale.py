@@ -63,6 +63,18 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _now(pid: int) -> int:
+    """The process's resident memory now."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds (user + system) the process has used so far."""
     try:
@@ -93,18 +105,29 @@ def run(path: Path, out: Path, total: int) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen([str(BIN / "sensitivity"), "run", str(path), "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    parts, seen, samples, peak, cpu = out / "scale" / "parts", {}, [], 0, 0.0
+    parts, seen, samples, peak, cpu, rss = out / "scale" / "parts", {}, [], 0, 0.0, []
     while proc.poll() is None:
         peak = max(peak, _rss(proc.pid))
         cpu = max(cpu, _cpu(proc.pid))
         samples.append((time.perf_counter() - start, _stored(parts, seen)))
+        rss.append((samples[-1][1], _now(proc.pid)))
         time.sleep(0.25)
     elapsed = time.perf_counter() - start
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"sensitivity run failed ({proc.returncode}): {err[-2000:]}")
     samples.append((elapsed, total))
-    return {"samples": samples, "elapsed": elapsed, "peak": peak, "cpu": cpu}
+    return {"samples": samples, "elapsed": elapsed, "peak": peak, "cpu": cpu, "rss": rss}
+
+
+def rss_by_tenth(rss: list[tuple[int, int]], total: int) -> list[int]:
+    """The driver's largest resident memory while each tenth of the trials was stored, then after the
+    last one (the final compaction and the end of the run)."""
+    out = [0] * 11
+    for stored, value in rss:
+        k = min(9, stored * 10 // max(total, 1)) if stored < total else 10
+        out[k] = max(out[k], value)
+    return out
 
 
 def _reached(samples: list[tuple[float, int]], goal: float) -> float:
@@ -191,6 +214,9 @@ def main() -> None:
         print("trials/s per tenth    " + " ".join(f"{r:.0f}" for r in rates))
         print(f"last / second tenth   {rates[-1] / rates[1]:8.2f}      (target >= 0.9)")
         print(f"driver peak RSS       {result['peak'] / 2**30:8.2f} GB   (target <= 1.5 GB)")
+        *during, after = rss_by_tenth(result["rss"], total)
+        print("driver RSS per tenth  " + " ".join(f"{v / 2**30:.2f}" for v in during)
+              + f" GB; after the last trial {after / 2**30:.2f} GB")
         # what one driver process spends per trial: on a cluster, the most trials/s one head core sustains
         print(f"driver CPU            {result['cpu']:8.1f} s    {total / max(result['cpu'], 1e-9):.0f} trials "
               f"per driver CPU-second")
