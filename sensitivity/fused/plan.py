@@ -7,9 +7,10 @@
   :func:`device_kind`), at most :func:`auto_cap` members an array (:data:`AUTO_MAX`, fewer on a CPU).
 - ``N``: fuse every fusable group, at most N members an array.
 
-The driver plans this from the records alone (no device of its own is asked); the worker that
-runs an array measures its own free memory and splits the array where the members do not fit
-in :data:`MEMORY_FRACTION` of it (:func:`fit`, called by ``run_fused``).
+The driver plans this from the records alone (no device of its own is asked, and no torch imported:
+model sizes come from `sensitivity.fused.facts`); the worker that runs an array measures its own
+free memory and splits the array where the members do not fit in :data:`MEMORY_FRACTION` of it
+(:func:`fit`, called by ``run_fused``).
 
 The CPU rule comes from ``benchmarks/fused_throughput.py`` (trials per second, fused against solo,
 same configs, one process, one thread; the README's Performance has the figures). Fusing saves
