@@ -77,11 +77,16 @@ def learn(records: Iterable[TrialRecord], configs: list[Mapping[str, Any]] = (),
 def _ask_child(request: dict) -> dict:
     package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-m", "sensitivity.fused.facts"], input=json.dumps(request),
-                          capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
-    if done.returncode != 0:
+    try:
+        done = subprocess.run([sys.executable, "-m", "sensitivity.fused.facts"], input=json.dumps(request),
+                              capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"measuring the study's models and checking its optimizers took more than "
+                           f"{CHILD_TIMEOUT_S} s (a child process importing torch); try again") from None
+    lines = done.stdout.strip().splitlines()  # the answer is the last line (a library may print before it)
+    if done.returncode != 0 or not lines:
         raise RuntimeError(f"measuring the study's models failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout)
+    return json.loads(lines[-1])
 
 
 def answer(request: Mapping[str, Any]) -> dict:
@@ -133,4 +138,4 @@ def _measure(record: TrialRecord) -> list[int]:
 
 
 if __name__ == "__main__":
-    json.dump(answer(json.load(sys.stdin)), sys.stdout)
+    print(json.dumps(answer(json.load(sys.stdin))))
