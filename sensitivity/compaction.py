@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sensitivity.storage import Stream, read_parquet
+from sensitivity.storage import Stream, corrupt
 from sensitivity.tables import common_schema, conform
 
 __all__ = ["Source", "newest", "plan_trials", "plan_curves", "Folded", "fold"]
@@ -42,12 +42,22 @@ def _parquet(fs: pafs.FileSystem, source: Source) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(source.path))
 
 
-def read_ids(fs: pafs.FileSystem, source: Source) -> pa.Array:
-    """The trial_id column of a source (empty when it has none)."""
-    table = read_parquet(fs, source.path, source.shown, columns=["trial_id"])
-    if table is None or "trial_id" not in table.column_names:
-        return pa.array([], pa.string())
-    return table.column("trial_id").combine_chunks().cast(pa.string())
+def read_ids(fs: pafs.FileSystem, source: Source, unique: bool = False) -> pa.Array:
+    """The trial_id column of a source, read a row group at a time (nulls where it has none); with
+    `unique`, each id once (a curves source: its ids per trial, not per epoch)."""
+    try:
+        file = _parquet(fs, source)
+    except (pa.ArrowException, OSError) as exc:
+        raise corrupt(source.shown, exc) from None
+    if "trial_id" not in file.schema_arrow.names:  # (not a file this package wrote: its rows have no id)
+        rows = file.metadata.num_rows
+        return pa.nulls(min(rows, 1) if unique else rows, pa.string())
+    pieces = []
+    for batch in file.iter_batches(batch_size=BATCH, columns=["trial_id"]):
+        ids = batch.column(0).cast(pa.string())
+        pieces.append(pc.unique(ids) if unique else ids)
+    ids = pa.concat_arrays(pieces) if pieces else pa.array([], pa.string())
+    return pc.unique(ids) if unique and len(pieces) > 1 else ids
 
 
 def newest(ids: pa.Array) -> np.ndarray:
@@ -83,10 +93,10 @@ def plan_trials(id_arrays: list[pa.Array], exclude: Iterable[str] = ()) -> tuple
     return _split(keep, [len(a) for a in id_arrays]), ids.filter(pa.array(keep))
 
 
-def plan_curves(id_arrays: list[pa.Array], done: pa.Array) -> list[pa.Array | None]:
-    """The trials whose curve each curves source gives (None: all it has): the newest source that has a
-    trial's curve gives it, and only trials in `done` (curves of a crash mid-flush have no row)."""
-    uniques = [pc.unique(a) for a in id_arrays]
+def plan_curves(uniques: list[pa.Array], done: pa.Array) -> list[pa.Array | None]:
+    """The trials whose curve each curves source gives (None: all it has), from each source's ids (each
+    once): the newest source that has a trial's curve gives it, and only trials in `done` (curves of a
+    crash mid-flush have no row)."""
     every = pa.concat_arrays(uniques) if uniques else pa.array([], pa.string())
     mine = newest(every) & pc.is_in(every, value_set=done).to_numpy(zero_copy_only=False)
     out, at = [], 0
@@ -115,7 +125,13 @@ def _rows(fs, sources: list[Source], filters: list, schema: pa.Schema) -> Iterat
 
 
 def _schema(fs, sources: list[Source]) -> pa.Schema:
-    return common_schema([_parquet(fs, s).schema_arrow for s in sources])
+    schemas = []
+    for source in sources:
+        try:
+            schemas.append(_parquet(fs, source).schema_arrow)
+        except (pa.ArrowException, OSError) as exc:
+            raise corrupt(source.shown, exc) from None
+    return common_schema(schemas)
 
 
 @dataclass
@@ -130,7 +146,7 @@ class Folded:
 def fold(fs: pafs.FileSystem, trials: list[Source], curves: list[Source], exclude: Iterable[str] = ()) -> Folded:
     """The tables a compaction writes, as streams over the sources, and the ids it keeps."""
     keep, done = plan_trials([read_ids(fs, s) for s in trials], exclude)
-    given = plan_curves([read_ids(fs, s) for s in curves], done)
+    given = plan_curves([read_ids(fs, s, unique=True) for s in curves], done)
     trial_schema, curve_schema = _schema(fs, trials), _schema(fs, curves)
     return Folded(curves=Stream(curve_schema, lambda: _rows(fs, curves, given, curve_schema)),
                   trials=Stream(trial_schema, lambda: _rows(fs, trials, keep, trial_schema)), done=done)

@@ -37,8 +37,8 @@ import pyarrow.fs as pafs
 from sensitivity.compaction import Source, fold
 from sensitivity.identity import NON_IDENTITY_KEYS, trial_id  # noqa: F401 (re-exported)
 from sensitivity.storage import (  # noqa: F401  (resolve, join, write_atomic, errors: importable from here too)
-    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, through_now,
-    through_of, write_atomic, write_error, writing)
+    CorruptTableError, ResultsWriteError, check_parquet, exists, join, read_parquet, resolve, through_at,
+    through_now, through_of, write_atomic, write_error, writing)
 from sensitivity.tables import (  # noqa: F401  (clean_row, LOSS_COLUMNS: importable from here too)
     LOSS_COLUMNS, clean_row, concat, id_column, is_missing, merge_curves, merge_trials, respelt, rows_table)
 
@@ -106,9 +106,10 @@ class ResultsStore:
     def _listing(self, kind: str) -> tuple[list[Source], int, int]:
         """(compacted table and newer parts of one kind, as files; its `through`; the highest seq seen)."""
         base_path = self.trials_path if kind == "trials" else self.curves_path
-        through = through_now(self.fs, base_path)
+        through = through_at(self.fs, base_path, self.shown(base_path))
         parts = self._parts()
-        sources = [Source(base_path, self.shown(base_path))] if exists(self.fs, base_path) else []
+        sources = [Source(base_path, self.shown(base_path))] if through is not None else []
+        through = -1 if through is None else through
         sources += [Source(path, self.shown(path)) for seq, _w, part_kind, path in parts
                     if part_kind == kind and seq > through]
         return sources, through, max([through] + [p[0] for p in parts])
@@ -163,8 +164,8 @@ class ResultsStore:
     def check(self) -> None:
         """CorruptTableError naming the first table or part file that is not readable parquet.
 
-        The trials (tables and parts) were read whole when the store was made; the curves are read
-        only when a compaction or an analysis needs them, so their footers are checked here. A run
+        The trials' id columns (tables and parts) were read when the store was made; the curves are
+        read only when a compaction or an analysis needs them, so their footers are checked here. A run
         checks before it writes or trains anything: a corrupt ``curves.parquet`` is then bad input
         (exit 2) at the start, not a failure after every trial has trained.
         """

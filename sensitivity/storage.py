@@ -173,7 +173,7 @@ def read_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None,
         have = pq.read_schema(pa.BufferReader(data)).names
         return pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c in have])
     except (pa.ArrowException, OSError) as exc:  # pyarrow raises several types for a corrupt file
-        raise _corrupt(shown or path, exc) from None
+        raise corrupt(shown or path, exc) from None
 
 
 def check_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> None:
@@ -190,10 +190,11 @@ def check_parquet(fs: pafs.FileSystem, path: str, shown: str | None = None) -> N
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not exists(fs, path):
             return
-        raise _corrupt(shown or path, exc) from None
+        raise corrupt(shown or path, exc) from None
 
 
-def _corrupt(path: str, exc: BaseException) -> CorruptTableError:
+def corrupt(path: str, exc: BaseException) -> CorruptTableError:
+    """The one-line error of a table or part file that is not readable parquet."""
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
     return CorruptTableError(f"results: {path} is not a readable parquet table ({reason}); move it away "
                              f"(its rows would be lost) or restore it")
@@ -201,6 +202,24 @@ def _corrupt(path: str, exc: BaseException) -> CorruptTableError:
 
 def through_of(table: pa.Table | None) -> int:
     meta = (table.schema.metadata or {}) if table is not None else {}
+    return int(meta.get(THROUGH_KEY, b"-1"))
+
+
+def through_at(fs: pafs.FileSystem, path: str, shown: str | None = None) -> int | None:
+    """The `through` of a compacted table from its footer (-1: none recorded), None when the table is not
+    there; CorruptTableError when it is not parquet, and any other error raised (never taken for -1:
+    the parts a table holds would then be read again over it)."""
+    try:
+        with fs.open_input_file(path) as handle:
+            meta = pq.read_metadata(handle).metadata or {}
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not exists(fs, path):
+            return None
+        if isinstance(exc, pa.ArrowException):
+            raise corrupt(shown or path, exc) from None
+        raise
     return int(meta.get(THROUGH_KEY, b"-1"))
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sensitivity import compaction, storage
+from sensitivity import compaction, results, storage
 from sensitivity.compaction import newest, plan_curves, plan_trials
 from sensitivity.results import CURVES, PARTS, TRIALS, ResultsStore, load
 from sensitivity.tables import merge_curves, merge_trials
@@ -93,7 +93,7 @@ def test_a_column_of_numbers_in_one_part_and_text_in_another_becomes_text(tmp_pa
     assert list(tmp_path.joinpath(PARTS).iterdir()) == []
 
 
-def test_compaction_reads_only_id_columns_whole_and_writes_row_groups(tmp_path, monkeypatch):
+def test_compaction_reads_no_table_whole_and_writes_row_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(compaction, "BATCH", 7)  # a million-row table, in miniature
     monkeypatch.setattr(storage, "ROW_GROUP", 10)
     store = ResultsStore(tmp_path)
@@ -102,17 +102,44 @@ def test_compaction_reads_only_id_columns_whole_and_writes_row_groups(tmp_path, 
         store.append(rows(ids), curves(ids, 3))
     store.compact()
     store.append(rows(["t0-0", "new"]), curves(["new"]))  # "t0-0" is stored already: not appended again
-    whole = []
-    real = compaction.read_parquet
 
-    def reading(fs, path, shown=None, columns=None):
-        whole.append(columns)
-        return real(fs, path, shown, columns=columns)
+    def whole(*args, **kwargs):
+        raise AssertionError("a whole table read")
 
-    monkeypatch.setattr(compaction, "read_parquet", reading)
+    batches, real = [], pq.ParquetFile.iter_batches
+
+    def iter_batches(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            batches.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(results, "read_parquet", whole)
+    monkeypatch.setattr(pq, "read_table", whole)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
     store.compact()
-    assert whole and all(c == ["trial_id"] for c in whole)  # rows stream; only ids are read whole
+    assert batches and max(batches) <= 7  # every source read 7 rows at a time
+    monkeypatch.undo()
     meta = pq.read_metadata(tmp_path / TRIALS)
     assert meta.num_rows == 31 and [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10, 10, 10, 1]
     assert pq.read_metadata(tmp_path / CURVES).num_rows == 92
     assert store.count() == 31 and load(tmp_path)[0]["trial_id"].is_unique
+
+
+def test_a_corrupt_table_stops_a_compaction_naming_it(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(rows("a"), curves("a"))
+    store.compact()
+    (tmp_path / CURVES).write_bytes(b"not parquet")
+    store.append(rows("b"), curves("b"))
+    with pytest.raises(storage.CorruptTableError, match="curves.parquet is not a readable parquet table"):
+        store.compact()
+    assert sorted(ResultsStore(tmp_path).done_ids()) == ["a", "b"]  # nothing lost: the parts stay
+
+
+def test_numbers_that_become_text_read_as_one_part_would_write_them(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(rows("a", flag=True, m=1.0), [])
+    store.append(rows("b", flag="2", m="x"), [])  # text in the same columns: they become text
+    store.compact()
+    stored = pd.read_parquet(tmp_path / TRIALS).set_index("trial_id")
+    assert stored.loc["a", "flag"] == "True" and stored.loc["a", "m"] == "1.0"  # str(), as within one part

@@ -9,13 +9,12 @@ short child process for all of it at once (`learn`), while Ray starts; a process
 (a worker, a test, a benchmark) measures in-process. Answers are kept per distinct model and
 optimizer, so a million-trial study with four models asks once.
 
-    python -m sensitivity.fused.facts   # the child: a JSON request on stdin, the answers on stdout
+    python -m sensitivity.fused.facts   # the child (`main`): a JSON request on stdin, the answers on stdout
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any, Iterable, Mapping
@@ -75,18 +74,24 @@ def learn(records: Iterable[TrialRecord], configs: list[Mapping[str, Any]] = (),
 
 
 def _ask_child(request: dict) -> dict:
-    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
+    """`answer` in a child interpreter that imports what this process would (its own sys.path: not the
+    working directory, where a user's `random.py` or another checkout would come first)."""
+    code = f"import sys; sys.path[:] = {sys.path!r}; from sensitivity.fused.facts import main; main()"
     try:
-        done = subprocess.run([sys.executable, "-m", "sensitivity.fused.facts"], input=json.dumps(request),
-                              capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "-c", code], input=json.dumps(request), capture_output=True,
+                              text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"measuring the study's models and checking its optimizers took more than "
                            f"{CHILD_TIMEOUT_S} s (a child process importing torch); try again") from None
     lines = done.stdout.strip().splitlines()  # the answer is the last line (a library may print before it)
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"measuring the study's models failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    try:
+        if done.returncode == 0 and lines:
+            return json.loads(lines[-1])
+    except ValueError:
+        pass
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"measuring the study's models and checking its optimizers failed in a child process "
+                       f"(exit {done.returncode}): {last[:500]}")
 
 
 def answer(request: Mapping[str, Any]) -> dict:
@@ -137,5 +142,10 @@ def _measure(record: TrialRecord) -> list[int]:
     return [sum(p.numel() for p in model.parameters()), sum(outputs), sum(macs)]
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The child: a request as JSON on stdin, its answer as the last line of stdout."""
     print(json.dumps(answer(json.load(sys.stdin))))
+
+
+if __name__ == "__main__":
+    main()

@@ -83,3 +83,13 @@ def test_answers_are_kept_per_model_and_optimizer(monkeypatch):
     asked = []
     monkeypatch.setattr(facts, "answer", lambda request: asked.append(request))
     assert facts.learn(study.trials()) == [] and asked == []  # nothing new: nothing measured again
+
+
+def test_the_child_imports_what_the_driver_imports_not_the_working_directorys_files(tmp_path):
+    (tmp_path / "random.py").write_text("raise ImportError('a random.py of the working directory was imported')\n")
+    script = ("import sys; sys.path.pop(0)\n"  # a console script: the working directory is not on its path
+              "from sensitivity.study import Study\n"
+              f"Study.from_dict({{'name': 'f', 'task': {TASK!r}, 'optimizers': [{{'name': 'sgd'}}]}}).check_optimizers()\n"
+              "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
