@@ -23,9 +23,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sensitivity.storage import Stream, corrupt
-from sensitivity.tables import common_schema, conform
+from sensitivity.tables import common_schema, conform, curve_givers, newest
 
-__all__ = ["Source", "newest", "plan_trials", "plan_curves", "Folded", "fold"]
+__all__ = ["Source", "read_ids", "plan_trials", "plan_curves", "Folded", "fold"]
 
 BATCH = 65_536  # rows read at a time from a source
 
@@ -60,19 +60,6 @@ def read_ids(fs: pafs.FileSystem, source: Source, unique: bool = False) -> pa.Ar
     return pc.unique(ids) if unique and len(pieces) > 1 else ids
 
 
-def newest(ids: pa.Array) -> np.ndarray:
-    """A mask of the last occurrence of each id (an id's newest row)."""
-    n = len(ids)
-    unique = pc.unique(ids)
-    if len(unique) == n:
-        return np.ones(n, bool)
-    codes = pc.index_in(ids, value_set=unique).to_numpy(zero_copy_only=False)
-    _, first = np.unique(codes[::-1], return_index=True)
-    keep = np.zeros(n, bool)
-    keep[n - 1 - first] = True
-    return keep
-
-
 def _split(mask: np.ndarray, sizes: list[int]) -> list[np.ndarray | None]:
     """A mask over sources laid end to end, per source; None where a source keeps every row."""
     out, at = [], 0
@@ -94,17 +81,8 @@ def plan_trials(id_arrays: list[pa.Array], exclude: Iterable[str] = ()) -> tuple
 
 
 def plan_curves(uniques: list[pa.Array], done: pa.Array) -> list[pa.Array | None]:
-    """The trials whose curve each curves source gives (None: all it has), from each source's ids (each
-    once): the newest source that has a trial's curve gives it, and only trials in `done` (curves of a
-    crash mid-flush have no row)."""
-    every = pa.concat_arrays(uniques) if uniques else pa.array([], pa.string())
-    mine = newest(every) & pc.is_in(every, value_set=done).to_numpy(zero_copy_only=False)
-    out, at = [], 0
-    for unique in uniques:
-        part = mine[at:at + len(unique)]
-        out.append(None if part.all() else unique.filter(pa.array(part)))
-        at += len(unique)
-    return out
+    """The trials whose curve each curves source gives (`tables.curve_givers`)."""
+    return curve_givers(uniques, done)
 
 
 def _rows(fs, sources: list[Source], filters: list, schema: pa.Schema) -> Iterator[pa.Table]:

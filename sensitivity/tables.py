@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ from sensitivity.identity import json_ready
 LOSS_COLUMNS = ("min_train_loss", "min_test_loss", "final_train_loss", "final_test_loss")
 
 __all__ = ["LOSS_COLUMNS", "clean_row", "is_missing", "rows_table", "empty", "common_schema", "conform", "concat",
-           "id_column", "merge_trials", "merge_curves", "respelt"]
+           "id_column", "newest", "curve_givers", "merge_trials", "merge_curves", "respelt"]
 
 
 # ---------------------------------------------------------------------------
@@ -149,41 +150,47 @@ def id_column(table: pa.Table) -> pa.Array:
         else pa.array([], pa.string())
 
 
+def newest(ids: pa.Array) -> np.ndarray:
+    """A mask of the last occurrence of each id: a trial's newest row, of sources laid oldest first."""
+    n = len(ids)
+    unique = pc.unique(ids)
+    if len(unique) == n:
+        return np.ones(n, bool)
+    codes = pc.index_in(ids, value_set=unique).to_numpy(zero_copy_only=False)
+    _, first = np.unique(codes[::-1], return_index=True)
+    keep = np.zeros(n, bool)
+    keep[n - 1 - first] = True
+    return keep
+
+
+def curve_givers(uniques: list[pa.Array], done: pa.Array) -> list[pa.Array | None]:
+    """The trials whose curve each source gives, from each source's ids (each once; None: all it has):
+    the newest source that has a trial's curve gives it, and only for trials in `done` (curves of a
+    crash mid-flush have no row)."""
+    every = pa.concat_arrays([u.cast(pa.string()) for u in uniques]) if uniques else pa.array([], pa.string())
+    done = done if isinstance(done, (pa.Array, pa.ChunkedArray)) else pa.array(done, pa.string())
+    mine = newest(every) & pc.is_in(every, value_set=done).to_numpy(zero_copy_only=False)
+    out, at = [], 0
+    for unique in uniques:
+        part = mine[at:at + len(unique)]
+        out.append(None if part.all() else unique.filter(pa.array(part)))
+        at += len(unique)
+    return out
+
+
 def merge_trials(sources: list[pa.Table]) -> pa.Table:
     """Trials of all sources (oldest first), each trial_id once with its newest row."""
     table = concat(sources)
-    ids = id_column(table)
-    if len(ids) == len(pc.unique(ids)):
-        return table
-    keep = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
-    return table.filter(pa.array(~keep))
+    keep = newest(id_column(table))
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 def merge_curves(sources: list[pa.Table], done: pa.Array) -> pa.Table:
-    """Curves of finished trials only, each trial's from the newest source that has it."""
-    winner: dict[str, int] = {}
-    counts = 0
-    uniques = []
-    for index, table in enumerate(sources):
-        unique = pc.unique(id_column(table)).to_pylist()
-        uniques.append(unique)
-        counts += len(unique)
-        for tid in unique:
-            winner[tid] = index
-    done_set = pa.array(done, pa.string()) if not isinstance(done, pa.Array) else done
-    kept = []
-    for index, (table, unique) in enumerate(zip(sources, uniques)):
-        if not len(table):
-            continue
-        if counts != len(winner) and any(winner[t] != index for t in unique):
-            mine = pa.array([t for t in unique if winner[t] == index], pa.string())
-            table = table.filter(pc.is_in(id_column(table), value_set=mine))
-        kept.append(table)
-    table = concat(kept)
-    ids = id_column(table)
-    if len(ids) and not pc.all(pc.is_in(pc.unique(ids), value_set=done_set)).as_py():
-        table = table.filter(pc.is_in(ids, value_set=done_set))  # orphans of a crash mid-flush
-    return table
+    """Curves of finished trials only, each trial's from the newest source that has it (`curve_givers`)."""
+    given = curve_givers([pc.unique(id_column(t)) for t in sources], done)
+    kept = [t if g is None else t.filter(pc.is_in(id_column(t), value_set=g))
+            for t, g in zip(sources, given) if len(t)]
+    return concat(kept)
 
 
 # ---------------------------------------------------------------------------

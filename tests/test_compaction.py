@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sensitivity import compaction, results, storage
-from sensitivity.compaction import newest, plan_curves, plan_trials
+from sensitivity.compaction import plan_curves, plan_trials
+from sensitivity.tables import newest
 from sensitivity.results import CURVES, PARTS, TRIALS, ResultsStore, load
 from sensitivity.tables import merge_curves, merge_trials
 
