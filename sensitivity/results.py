@@ -233,6 +233,7 @@ class ResultsStore:
         into place with the last part it holds; parts are deleted only after both. The rows stream
         from the sources into the new files (`sensitivity.compaction`): only the id columns are held.
         """
+        exclude = set(exclude)
         self._check()
         trial_sources, _, top = self._listing("trials")
         curve_sources, _, curve_top = self._listing("curves")
@@ -246,7 +247,8 @@ class ResultsStore:
         self._delete_temporaries()
         self._seq = top
         self._has_trials = True
-        self._done = set(folded.done.to_pylist())
+        if exclude or len(folded.done) != len(self._done):  # (else the same ids: every stored one stays)
+            self._done = set(folded.done.to_pylist())
         # the table is read from the files when asked (once, then kept while at most KEEP_ROWS rows)
         self._trials_frames = None
         self._appended = 0
