@@ -51,28 +51,26 @@ def study(trials: int, train_fraction: float = 1.0) -> dict:
             "optimizers": [{"name": name, "lr": lrs} for name in ENTRIES]}
 
 
-def _rss(pid: int) -> int:
-    """The process's peak resident memory so far (the kernel's high-water mark: no spike is missed)."""
+def _status(pid: int, key: str) -> int:
+    """A memory figure of /proc/<pid>/status in bytes (0 once the process is gone)."""
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _rss(pid: int) -> int:
+    """The process's peak resident memory so far (the kernel's high-water mark: no spike is missed)."""
+    return _status(pid, "VmHWM")
 
 
 def _now(pid: int) -> int:
     """The process's resident memory now."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status(pid, "VmRSS")
 
 
 def _cpu(pid: int) -> float:
