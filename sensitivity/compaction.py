@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from sensitivity.storage import Stream, corrupt
 from sensitivity.tables import common_schema, conform, curve_givers, newest
 
-__all__ = ["Source", "read_ids", "plan_trials", "plan_curves", "Folded", "fold"]
+__all__ = ["Source", "read_ids", "plan_trials", "Folded", "fold"]
 
 BATCH = 65_536  # rows read at a time from a source
 
@@ -80,11 +80,6 @@ def plan_trials(id_arrays: list[pa.Array], exclude: Iterable[str] = ()) -> tuple
     return _split(keep, [len(a) for a in id_arrays]), ids.filter(pa.array(keep))
 
 
-def plan_curves(uniques: list[pa.Array], done: pa.Array) -> list[pa.Array | None]:
-    """The trials whose curve each curves source gives (`tables.curve_givers`)."""
-    return curve_givers(uniques, done)
-
-
 def _rows(fs, sources: list[Source], filters: list, schema: pa.Schema) -> Iterator[pa.Table]:
     """The kept rows of every source in order, BATCH rows read at a time, in the common schema."""
     for source, kept in zip(sources, filters):
@@ -124,7 +119,7 @@ class Folded:
 def fold(fs: pafs.FileSystem, trials: list[Source], curves: list[Source], exclude: Iterable[str] = ()) -> Folded:
     """The tables a compaction writes, as streams over the sources, and the ids it keeps."""
     keep, done = plan_trials([read_ids(fs, s) for s in trials], exclude)
-    given = plan_curves([read_ids(fs, s, unique=True) for s in curves], done)
+    given = curve_givers([read_ids(fs, s, unique=True) for s in curves], done)
     trial_schema, curve_schema = _schema(fs, trials), _schema(fs, curves)
     return Folded(curves=Stream(curve_schema, lambda: _rows(fs, curves, given, curve_schema)),
                   trials=Stream(trial_schema, lambda: _rows(fs, trials, keep, trial_schema)), done=done)

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sensitivity import compaction, results, storage
-from sensitivity.compaction import plan_curves, plan_trials
-from sensitivity.tables import newest
+from sensitivity.compaction import plan_trials
+from sensitivity.tables import curve_givers, newest
 from sensitivity.results import CURVES, PARTS, TRIALS, ResultsStore, load
 from sensitivity.tables import merge_curves, merge_trials
 
@@ -58,9 +58,9 @@ def test_plan_keeps_newest_rows_and_each_curve_from_the_newest_source_that_has_i
     assert [None if k is None else k.tolist() for k in keep] == [[True, False], [True, False], None]
     assert sorted(done.to_pylist()) == ["a", "b", "d"]
     # curves: "b" in both sources (the second gives it), "x" has no row (a crash mid-flush), "c" excluded
-    given = plan_curves([pa.array(["a", "a", "b", "b", "c"]), pa.array(["b", "x"])], done)
+    given = curve_givers([pa.array(["a", "b", "c"]), pa.array(["b", "x"])], done)  # (each source's ids once)
     assert given[0].to_pylist() == ["a"] and given[1].to_pylist() == ["b"]
-    assert plan_curves([pa.array(["a", "b"])], done) == [None]  # every curve of the source stays: no filter
+    assert curve_givers([pa.array(["a", "b"])], done) == [None]  # every curve of the source stays: no filter
 
 
 def test_streamed_compaction_equals_the_merge_in_memory_across_types_and_missing_columns(tmp_path):
