@@ -13,7 +13,7 @@ an α0 grid × 10 seeds, ``fuse: auto``. Printed:
 - the driver's own CPU time: trials per driver CPU-second, the most one driver sustains on a cluster
   whose workers are elsewhere.
 
-    .venv/bin/python benchmarks/scale.py                   # 100,000 trials (about half an hour on 2 cores)
+    .venv/bin/python benchmarks/scale.py                   # 100,000 trials (about 3 minutes on 2 cores, with the ceiling and the plot)
     .venv/bin/python benchmarks/scale.py --trials 10000    # a quicker look
     .venv/bin/python benchmarks/scale.py --trials 1000000 --train-fraction 0.01 --no-ceiling
                                                            # a million near-trivial trials: the driver's limits
