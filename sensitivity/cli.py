@@ -211,7 +211,7 @@ def _compact(args) -> int:
             print(lease.note, file=sys.stderr)
         store = ResultsStore(args.results)
         store.check()  # a corrupt table or part: exit 2 naming it, before anything is rewritten
-        if store.trials is None:
+        if not store.has_tables:
             return _bad(f"results: no trials.parquet and no parts in {args.results}")
         store.guard = lease.check
         store.compact()

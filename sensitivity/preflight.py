@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import pandas as pd
 
@@ -30,6 +31,8 @@ from sensitivity.record import TrialRecord
 from sensitivity.results import STUDY, ResultsStore
 from sensitivity.spec import missing_files
 from sensitivity.study import Study, StudyError
+
+RECORDS_AT_ONCE = 100_000  # records made at a time to check stored rows' spelling (a slice of a large grid)
 
 __all__ = ["Pending", "RunPlan", "plan_run", "finish", "location", "pending", "refined_trials", "current_rows",
            "missing_data", "check_local_data", "errored_rows", "smoke_guard"]
@@ -78,7 +81,7 @@ def location(study: Study, out: str | os.PathLike = "results", storage: str | No
 
 def smoke_guard(store: ResultsStore, smoke: bool) -> None:
     """StudyError when the location holds rows of the other kind (a --smoke run against a full one)."""
-    if store.trials is None or not len(store.trials):
+    if not store.count():
         return
     text = store.read_text(STUDY)
     match = re.search(r"smoke: (true|false)", (text or "")[:300])
@@ -92,7 +95,7 @@ def smoke_guard(store: ResultsStore, smoke: bool) -> None:
 
 def errored_rows(store: ResultsStore):
     """The stored rows whose status is error (an empty frame or None without a table)."""
-    trials = store.trials
+    trials = store.columns(["status", "error"])  # (not the whole table: a million-row study's is large)
     if trials is None or "status" not in trials:
         return None
     return trials[trials["status"] == "error"]
@@ -108,37 +111,51 @@ def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_error
     store.check()
     smoke_guard(store, smoke)
     rewritten = 0
-    if write and not study.search and _others(study, store, smoke):  # rows the study's ids do not name
+    # a plain grid's current trials are its own, whatever is stored: their ids, made once, serve the
+    # checks below (each a pass over a million trials otherwise)
+    grid = not study.search and not study.refine
+    current = current_rows(study, store, smoke, rename=write) if grid else None
+    ids = current.labels if grid else None
+    others = write and not study.search and _others(study, store, smoke, ids)  # rows the study's ids do not name
+    if others:
         rewritten += store.rename(legacy_ids(study.spelled_trials(smoke)))
-    current = current_rows(study, store, smoke, rename=write)
+    if not grid:  # (a refined study's current rows come from the stored ones: after the renames)
+        current = current_rows(study, store, smoke, rename=write)
     if write:
         rewritten += store.respell(_current_records(study, store, smoke, current))
-    todo = pending(study, store, smoke, retry_errors)
+    todo = pending(study, store, smoke, retry_errors, ids=ids, others=others if write else None)
     return RunPlan(study, store, smoke, retry_errors, todo.total, todo.left, todo.errored, current, rewritten)
 
 
-def _others(study: Study, store: ResultsStore, smoke: bool) -> bool:
+def _others(study: Study, store: ResultsStore, smoke: bool, ids=None) -> bool:
     """Whether some stored rows are not trials of the study's grid (an earlier version's, or stored
-    under the earlier id rule): only then are the spelled configs' legacy ids worth computing."""
-    done = store.done_ids()
-    return bool(done) and not done <= {r.trial_id for r in study.iter_trials(smoke)}
+    under the earlier id rule): only then are the spelled configs' legacy ids worth computing.
+    `ids`: the grid's trial ids when the caller has them (a set or a dict's keys)."""
+    if not store.count():
+        return False
+    ids = ids if ids is not None else {r.trial_id for r in study.iter_trials(smoke)}
+    return any(tid not in ids for tid in store.done_ids())
 
 
-def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Current) -> dict[str, TrialRecord]:
-    """trial_id -> record of each stored current row whose record the plan knows (grid, rounds, points)."""
-    known: dict[str, TrialRecord] = {}
+def _current_records(study: Study, store: ResultsStore, smoke: bool, current: Current
+                     ) -> Iterator[dict[str, TrialRecord]]:
+    """trial_id -> record of each stored current row whose record the plan knows (grid, rounds, points),
+    in maps of at most RECORDS_AT_ONCE: a large grid's stored trials are never all held as records."""
     if study.search:
         from sensitivity.sweep.points import current_search_records  # Ray-free
 
         known = current_search_records(study, store, smoke)
     elif not store.count():  # a fresh study: no stored row to respell (and no 100,000 records made for it)
-        return {}
+        return
+    elif not study.refine:
+        for batch in study.trial_slices(RECORDS_AT_ONCE, smoke):
+            yield {r.trial_id: r for r in batch if r.trial_id in current.labels and r.trial_id in store}
+        return
     else:
         known = {r.trial_id: r for r in study.iter_trials(smoke) if r.trial_id in current.labels and r.trial_id in store}
-        if study.refine:
-            known.update({r.trial_id: r for r in refined_trials(study, store, study.trials(smoke))})
-            known.update(_series_rows(study, store, smoke, known))
-    return {tid: r for tid, r in known.items() if tid in current.labels and tid in store}
+        known.update({r.trial_id: r for r in refined_trials(study, store, study.trials(smoke))})
+        known.update(_series_rows(study, store, smoke, known))
+    yield {tid: r for tid, r in known.items() if tid in current.labels and tid in store}
 
 
 def finish(plan: RunPlan, *, write_study: bool = True) -> None:
@@ -149,8 +166,12 @@ def finish(plan: RunPlan, *, write_study: bool = True) -> None:
         plan.store.write_text(STUDY, plan.study.to_yaml(plan.smoke))
 
 
-def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False) -> Pending:
+def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
+            ids=None, others: bool | None = None) -> Pending:
     """How many of the study's trials a run would start, given the stored rows.
+
+    `ids`: a plain grid's trial ids, `others`: whether rows not of the grid are stored (`_others`),
+    when the caller has them (`plan_run`); else found here.
 
     Rows are matched as the run matches them: by trial_id (rows stored under the earlier id rule
     count under it too), and in search mode points by configuration, never by entry position.
@@ -168,8 +189,11 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     done = store.done_ids() - retried
     errored = 0 if retry_errors else n_errors
     if not study.search:
-        left = sum(r.trial_id not in done for r in study.iter_trials(smoke)) if done else total
-        if left and _others(study, store, smoke):  # rows stored under the earlier id rule count too
+        grid = ids if ids is not None else (r.trial_id for r in study.iter_trials(smoke))
+        left = sum(tid not in done for tid in grid) if done else total
+        if others is None and left:
+            others = _others(study, store, smoke, ids)
+        if left and others:  # rows stored under the earlier id rule count too
             left = sum(record.trial_id not in done and legacy_trial_id(spelled) not in done
                        for spelled, record in study.spelled_trials(smoke))
         if study.refine and not left:

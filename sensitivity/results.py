@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from sensitivity.compaction import Source, fold
@@ -138,10 +139,23 @@ class ResultsStore:
         raise OSError(f"{base_path}: the tables kept changing while being read; read again")
 
     @property
+    def has_tables(self) -> bool:
+        """Whether a trials table or part exists (it may hold no row yet)."""
+        return self._has_trials
+
+    @property
     def trials(self) -> pd.DataFrame | None:
+        """The trials as one DataFrame (each trial_id once, its newest row), None before anything was
+        written; kept for the next read while at most KEEP_ROWS rows (a larger table is read again)."""
         if self._trials_frames is None:
             sources, _, _ = self._sources("trials")
-            self._trials_frames = [merge_trials(sources)] if sources else []
+            if not sources:
+                self._trials_frames = []
+                return None
+            table = merge_trials(sources)
+            if table.num_rows > KEEP_ROWS:
+                return table.to_pandas()
+            self._trials_frames = [table]
         if not self._trials_frames:
             return None
         if len(self._trials_frames) > 1 or isinstance(self._trials_frames[0], pa.Table):
@@ -149,6 +163,20 @@ class ResultsStore:
             merged = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
             self._trials_frames = [merged]
         return self._trials_frames[0]
+
+    def columns(self, names: list[str]) -> pd.DataFrame | None:
+        """Only these columns of the trials (and trial_id; those the tables have), each trial_id once,
+        its newest row; None before anything was written. Reads no other column of a large table."""
+        if self._trials_frames:  # (held: a small table)
+            frame = self.trials
+            return frame[[c for c in dict.fromkeys(["trial_id", *names]) if c in frame]]
+        sources, _, _ = self._sources("trials", columns=["trial_id", *names])
+        return merge_trials(sources).to_pandas() if sources else None
+
+    def table(self) -> pa.Table | None:
+        """The trials as one Arrow table (each trial_id once, its newest row), read from the files."""
+        sources, _, _ = self._sources("trials")
+        return merge_trials(sources) if sources else None
 
     @property
     def curves(self) -> pd.DataFrame | None:
@@ -306,31 +334,38 @@ class ResultsStore:
         self.compact(exclude=moving)
         return len(moving)
 
-    def respell(self, records: Mapping[str, Any]) -> int:
+    def respell(self, records: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> int:
         """Give stored rows their record's identity columns where they were spelt another way; returns how many.
 
-        `records` maps trial_id -> `TrialRecord`. A row written by an older version (an optimizer
+        `records` maps trial_id -> `TrialRecord`, or is a sequence of such maps (a large study's slices:
+        no map of every stored trial is held). A row written by an older version (an optimizer
         alias, a default left out, an int where the record has a float, an error row with only a
         few columns) gets the record's `columns()`, its outcome kept; its curve stays. Crash-safe
         like `rename`: the rows are appended as a part (a read keeps the newest row of an id), then
         the tables are compacted; nothing is rerun.
         """
-        trials = self.trials
-        if not records or trials is None or "trial_id" not in trials:
+        batches = [records] if isinstance(records, Mapping) else records
+        table, fresh = None, []
+        for batch in batches:
+            if not batch:
+                continue
+            if table is None:  # read once, as Arrow; each slice's rows become a DataFrame in turn
+                table = self.table()
+                if table is None or "trial_id" not in table.column_names:
+                    return 0
+            rows = table.filter(pc.is_in(id_column(table), value_set=pa.array(list(batch), pa.string()))).to_pandas()
+            if rows.empty:
+                continue
+            # compared RESPELL_ROWS rows at a time: the expected columns of many rows would not fit beside them
+            changed = pd.concat([respelt(rows.iloc[k:k + RESPELL_ROWS], batch)
+                                 for k in range(0, len(rows), RESPELL_ROWS)])
+            for row in changed.to_dict("records"):
+                columns = batch[row["trial_id"]].columns()
+                columns.pop("label")
+                fresh.append({**{k: v for k, v in row.items() if not is_missing(v)}, **columns})
+        del table
+        if not fresh:
             return 0
-        rows = trials[trials["trial_id"].isin(list(records))]
-        if rows.empty:
-            return 0
-        # compared RESPELL_ROWS rows at a time: the expected columns of a million rows would not fit beside them
-        changed = pd.concat([respelt(rows.iloc[k:k + RESPELL_ROWS], records)
-                             for k in range(0, len(rows), RESPELL_ROWS)])
-        if changed.empty:
-            return 0
-        fresh = []
-        for row in changed.to_dict("records"):
-            columns = records[row["trial_id"]].columns()
-            columns.pop("label")
-            fresh.append({**{k: v for k, v in row.items() if not is_missing(v)}, **columns})
         self._write_part(fresh, [])
         self.compact()
         return len(fresh)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import analysis
-from sensitivity import outcome
+from sensitivity import outcome, preflight, results
 from sensitivity.cli import main
 from sensitivity.lease import Lease
 from sensitivity.preflight import plan_run
@@ -154,9 +154,14 @@ def test_smoke_with_nothing_left_never_overwrites_a_full_runs_record(tmp_path, c
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0  # the full study is still the full study
 
 
-def test_stored_rows_spelt_another_way_are_rewritten_to_one_series(tmp_path):
+@pytest.mark.parametrize("large", [False, True])
+def test_stored_rows_spelt_another_way_are_rewritten_to_one_series(tmp_path, monkeypatch, large):
     """Rows an older version wrote as the study spelt them (an alias, no defaults, a few columns in an
-    error row) get the record's columns on the next run: one series, nothing rerun, curves kept."""
+    error row) get the record's columns on the next run: one series, nothing rerun, curves kept. `large`:
+    a study too large to hold, in miniature (its records made 2 at a time, its table read when asked)."""
+    if large:
+        monkeypatch.setattr(preflight, "RECORDS_AT_ONCE", 2)
+        monkeypatch.setattr(results, "KEEP_ROWS", 2)
     study = Study.from_dict({"name": "spelt", "task": TASK, "seeds": 1, "optimizers": [
         {"name": "adam", "lr": [0.001, 0.01, 0.1], "betas": [0.9, 0.999]},
         {"name": "sgd-hd", "lr": [0.01, 0.1]}]})

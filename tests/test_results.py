@@ -290,3 +290,21 @@ def test_an_unwritable_destination_names_the_path_and_keeps_earlier_results(tmp_
     trials, curves = load(tmp_path / "study")
     assert list(trials["trial_id"]) == ["a"] and len(curves) == 2  # nothing earlier lost, nothing half-written
     assert not [p for p in (tmp_path / "study").rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_large_table_is_read_when_asked_and_its_columns_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "KEEP_ROWS", 2)  # a million-row table, in miniature
+    store = ResultsStore(tmp_path)
+    store.append([row("a"), row("b", "error")], [])
+    store.append([row("c"), row("b", "ok")], [])  # "b" again: not stored twice
+    store.compact()
+    store = ResultsStore(tmp_path)
+    assert store._trials_frames is None and store.count() == 3  # the ids alone were read
+    assert sorted(store.trials["trial_id"]) == ["a", "b", "c"] and store._trials_frames is None  # not kept
+    errors = store.columns(["status", "error", "no-such-column"])
+    assert list(errors.columns) == ["trial_id", "status", "error"]
+    assert errors.set_index("trial_id")["status"].to_dict() == {"a": "ok", "b": "error", "c": "ok"}
+    small = ResultsStore(tmp_path / "small")
+    small.append([row("x")], [])
+    assert list(small.columns(["status"]).columns) == ["trial_id", "status"] and small.has_tables
+    assert ResultsStore(tmp_path / "none").columns(["status"]) is None and not ResultsStore(tmp_path / "none").has_tables

@@ -9,7 +9,7 @@ import time
 import ray
 
 from sensitivity.lease import Lease, results_root, study_location  # noqa: F401 (results_root: importable here)
-from sensitivity.preflight import RunPlan, check_local_data, current_rows, finish, plan_run
+from sensitivity.preflight import RunPlan, check_local_data, current_rows, errored_rows, finish, plan_run
 from sensitivity.results import CURVES, STUDY, TRIALS, ResultsStore, join
 from sensitivity.study import Study, StudyError
 from sensitivity.sweep.cluster import cluster_totals, connect, launchable, trial_resources
@@ -84,8 +84,9 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         if not plan.checked:  # (the CLI checks these before it hands its plan over)
             check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
             study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
-        if retry_errors and store.trials is not None and "status" in store.trials:
-            store.drop(store.trials.loc[store.trials["status"] == "error", "trial_id"])
+        errors = errored_rows(store) if retry_errors else None
+        if errors is not None and len(errors):
+            store.drop(errors["trial_id"])
         started = connect(address)
         if checks is not None:
             checks.result()  # bad input (StudyError) stops the run here, before any trial; Ray stops below
@@ -126,7 +127,7 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
 
 def _compact_quietly(store: ResultsStore | None, lease: Lease) -> None:
     """Compact after a failure, best effort: the parts alone already hold every finished trial."""
-    if store is None or lease.lost or store.trials is None:  # (nothing stored: nothing to fold, nothing written)
+    if store is None or lease.lost or not store.has_tables:  # (nothing stored: nothing to fold, nothing written)
         return
     try:
         store.compact()
