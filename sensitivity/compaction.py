@@ -39,16 +39,17 @@ class Source:
 
 
 def _parquet(fs: pafs.FileSystem, source: Source) -> pq.ParquetFile:
-    return pq.ParquetFile(fs.open_input_file(source.path))
+    """A source opened for reading (its footer read); CorruptTableError naming it when it is not parquet."""
+    try:
+        return pq.ParquetFile(fs.open_input_file(source.path))
+    except (pa.ArrowException, OSError) as exc:
+        raise corrupt(source.shown, exc) from None
 
 
 def read_ids(fs: pafs.FileSystem, source: Source, unique: bool = False) -> pa.Array:
     """The trial_id column of a source, read a row group at a time (nulls where it has none); with
     `unique`, each id once (a curves source: its ids per trial, not per epoch)."""
-    try:
-        file = _parquet(fs, source)
-    except (pa.ArrowException, OSError) as exc:
-        raise corrupt(source.shown, exc) from None
+    file = _parquet(fs, source)
     if "trial_id" not in file.schema_arrow.names:  # (not a file this package wrote: its rows have no id)
         rows = file.metadata.num_rows
         return pa.nulls(min(rows, 1) if unique else rows, pa.string())
@@ -98,13 +99,7 @@ def _rows(fs, sources: list[Source], filters: list, schema: pa.Schema) -> Iterat
 
 
 def _schema(fs, sources: list[Source]) -> pa.Schema:
-    schemas = []
-    for source in sources:
-        try:
-            schemas.append(_parquet(fs, source).schema_arrow)
-        except (pa.ArrowException, OSError) as exc:
-            raise corrupt(source.shown, exc) from None
-    return common_schema(schemas)
+    return common_schema([_parquet(fs, s).schema_arrow for s in sources])
 
 
 @dataclass

@@ -73,7 +73,7 @@ class ResultsStore:
         self.guard = None  # called before every write: the run's lease check (raises when lost)
         self._curves_cache: pd.DataFrame | None = None
         # the ids only: a million-trial study's rows are read when asked (`trials`), not to start a run
-        sources, self._trials_through, self._seq = self._sources("trials", columns=["trial_id"])
+        sources, _, self._seq = self._sources("trials", columns=["trial_id"])
         self._has_trials = bool(sources)
         self._done: set[str] = set(id_column(concat(sources)).to_pylist()) if sources else set()
         # the trials read and appended so far: Arrow tables, made one DataFrame when `trials` is read;

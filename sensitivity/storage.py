@@ -214,11 +214,11 @@ def through_at(fs: pafs.FileSystem, path: str, shown: str | None = None) -> int 
             meta = pq.read_metadata(handle).metadata or {}
     except FileNotFoundError:
         return None
-    except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not exists(fs, path):
+    except pa.ArrowException as exc:  # (before OSError: some of pyarrow's errors are both)
+        raise corrupt(shown or path, exc) from None
+    except OSError:
+        if not exists(fs, path):
             return None
-        if isinstance(exc, pa.ArrowException):
-            raise corrupt(shown or path, exc) from None
         raise
     return int(meta.get(THROUGH_KEY, b"-1"))
 

@@ -124,10 +124,10 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     for field in schema:
         if field.name in table.column_names:
             column = table.column(field.name)
-            if column.type == field.type or pa.types.is_null(column.type):
-                columns.append(column.cast(field.type) if column.type != field.type else column)
-            elif pa.types.is_string(field.type) and not (pa.types.is_string(column.type)
-                                                         or pa.types.is_large_string(column.type)):
+            if column.type == field.type:
+                columns.append(column)
+            elif pa.types.is_string(field.type) and not pa.types.is_null(column.type) \
+                    and not pa.types.is_large_string(column.type):
                 # numbers as text the way `rows_table` writes them (str(): "1.0", "True"), not Arrow's ("1", "true")
                 columns.append(pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string()))
             else:
