@@ -70,19 +70,14 @@ def device_kind(record: TrialRecord, gpus: float = 0.0) -> str:
 
 
 def param_count(record: TrialRecord) -> int:
-    return facts.per_example(record)[0]
-
-
-def _per_example(record: TrialRecord) -> tuple[int, int, int]:
-    """(parameters, activations, multiply-adds of the linear and convolution layers) of one example's
-    forward pass, from a pass on the meta device (`facts`: measured once per model, never with torch
+    """Parameters of one member (`facts.per_example`: measured once per model, never with torch
     imported into the driver)."""
-    return facts.per_example(record)
+    return facts.per_example(record)[0]
 
 
 def step_macs(record: TrialRecord) -> int:
     """Multiply-adds of one member's forward pass over a batch (backward is about twice as many)."""
-    return record.batch_size * _per_example(record)[2]
+    return record.batch_size * facts.per_example(record)[2]
 
 
 def fusable(record: TrialRecord) -> bool:
@@ -94,8 +89,7 @@ def pays(record: TrialRecord, kind: str) -> bool:
     """Whether ``auto`` fuses this record's trials on a device of `kind` (see the module docstring for the rule)."""
     if kind != "cpu":
         return True
-    params, _, macs = _per_example(record)
-    if params > CPU_SMALL_PARAMS and record.batch_size * macs > CPU_MAX_STEP_MACS:
+    if param_count(record) > CPU_SMALL_PARAMS and step_macs(record) > CPU_MAX_STEP_MACS:
         return False
     return auto_cap(record, kind) >= CPU_MIN_MEMBERS
 
@@ -110,7 +104,7 @@ def auto_cap(record: TrialRecord, kind: str) -> int:
 
 def member_bytes(record: TrialRecord) -> int:
     """Estimated memory of one member: weights, gradients, optimizer state and activations."""
-    params, activations, _ = _per_example(record)
+    params, activations, _ = facts.per_example(record)
     activations *= record.batch_size * 2  # kept for backward, and their gradients
     return 4 * (params * (1 + _STATE_COPIES) + activations)
 

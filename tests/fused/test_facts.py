@@ -24,7 +24,7 @@ OPTIMIZERS = [{"name": "sgd", "lr": [0.01, 0.1]}, {"name": "adam-hd", "lr": [1e-
 DRIVER = """
 import json, sys
 from sensitivity.study import Study
-from sensitivity.fused import plan
+from sensitivity.fused import facts, plan
 study = Study.from_dict(json.loads(sys.argv[1]))
 try:
     study.check_optimizers()
@@ -33,8 +33,8 @@ except Exception as exc:
     error = f"{type(exc).__name__}: {exc}"
 records = study.trials()
 arrays, solo = plan.cut(records, "auto", slots=2)
-facts = {r.trial_id: list(plan._per_example(r)) for r in records}
-print(json.dumps({"torch": "torch" in sys.modules, "error": error, "facts": facts,
+sizes = {r.trial_id: list(facts.per_example(r)) for r in records}
+print(json.dumps({"torch": "torch" in sys.modules, "error": error, "facts": sizes,
                   "arrays": sorted(sorted(r.trial_id for r in a) for a in arrays),
                   "solo": sorted(r.trial_id for r in solo)}))
 """
@@ -64,7 +64,7 @@ def test_a_driver_plans_as_a_process_with_torch_does_without_importing_it():
     arrays, solo = plan.cut(records, "auto", slots=2)
     assert got["arrays"] == sorted(sorted(r.trial_id for r in a) for a in arrays) and got["arrays"]
     assert got["solo"] == sorted(r.trial_id for r in solo) and got["solo"]  # the wide MLP runs alone on a CPU
-    assert got["facts"] == {r.trial_id: list(plan._per_example(r)) for r in records}
+    assert got["facts"] == {r.trial_id: list(facts.per_example(r)) for r in records}
     assert plan.param_count(records[0]) == 64 * 16 + 16 + 16 * 10 + 10  # digits: 8x8 pixels, 10 classes
 
 
