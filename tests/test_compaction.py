@@ -116,9 +116,12 @@ def test_compaction_reads_no_table_whole_and_writes_row_groups(tmp_path, monkeyp
 
     monkeypatch.setattr(results, "read_parquet", whole)
     monkeypatch.setattr(pq, "read_table", whole)
+    monkeypatch.setattr(pq.ParquetFile, "read", whole)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", whole)
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
     store.compact()
     assert batches and max(batches) <= 7  # every source read 7 rows at a time
+    assert sum(batches) >= 2 * 36  # its ids, then its rows (36 stored trials, 5 of them a second time)
     monkeypatch.undo()
     meta = pq.read_metadata(tmp_path / TRIALS)
     assert meta.num_rows == 31 and [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10, 10, 10, 1]

@@ -301,7 +301,11 @@ def test_a_large_table_is_read_when_asked_and_its_columns_alone(tmp_path, monkey
     store = ResultsStore(tmp_path)
     assert store._trials_frames is None and store.count() == 3  # the ids alone were read
     assert sorted(store.trials["trial_id"]) == ["a", "b", "c"] and store._trials_frames is None  # not kept
+    read, real = [], results.read_parquet
+    monkeypatch.setattr(results, "read_parquet", lambda *a, columns=None, **k: read.append(columns) or real(
+        *a, columns=columns, **k))
     errors = store.columns(["status", "error", "no-such-column"])
+    assert read and all(c == ["trial_id", "status", "error", "no-such-column"] for c in read)  # no other column read
     assert list(errors.columns) == ["trial_id", "status", "error"]
     assert errors.set_index("trial_id")["status"].to_dict() == {"a": "ok", "b": "error", "c": "ok"}
     small = ResultsStore(tmp_path / "small")

@@ -85,6 +85,17 @@ def test_answers_are_kept_per_model_and_optimizer(monkeypatch):
     assert facts.learn(study.trials()) == [] and asked == []  # nothing new: nothing measured again
 
 
+def test_a_process_with_torch_measures_in_process(monkeypatch):
+    def child(request):
+        raise AssertionError("a child process started where torch is loaded (each worker would start one)")
+
+    monkeypatch.setattr(facts, "_ask_child", child)
+    monkeypatch.setattr(facts, "_MODELS", {})
+    record = Study.from_dict({"name": "facts", "task": {**TASK, "model_args": {"hidden": [7]}},
+                              "optimizers": [{"name": "sgd"}]}).trials()[0]
+    assert plan.param_count(record) == 64 * 7 + 7 + 7 * 10 + 10
+
+
 def test_the_child_imports_what_the_driver_imports_not_the_working_directorys_files(tmp_path):
     (tmp_path / "random.py").write_text("raise ImportError('a random.py of the working directory was imported')\n")
     script = ("import sys; sys.path.pop(0)\n"  # a console script: the working directory is not on its path
