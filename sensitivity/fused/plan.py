@@ -37,7 +37,7 @@ from sensitivity.record import TrialRecord
 
 __all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "CPU_SMALL_PARAMS",
            "CPU_MAX_STEP_MACS", "check_setting",
-           "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cut"]
+           "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cpu_free_bytes", "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
 AUTO_MAX = 64  # members of one array under `auto`
@@ -114,7 +114,31 @@ def _free_bytes(kind: str) -> int:
         import torch  # (a worker's: it trains the array)
 
         return int(torch.cuda.mem_get_info()[0])
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return cpu_free_bytes()
+
+
+def cpu_free_bytes(proc: str = "/proc", cgroup: str = "/sys/fs/cgroup") -> int:
+    """Memory this process can take without swapping: ``MemAvailable`` (the free pages and the page
+    cache the kernel can drop; free pages alone undercount a machine that has read many files), within
+    a cgroup v2 limit when one is set (its unused part and its droppable cache). Where there is no
+    /proc/meminfo (not Linux), the free pages."""
+    try:
+        with open(os.path.join(proc, "meminfo")) as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    try:
+        with open(os.path.join(cgroup, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(os.path.join(cgroup, "memory.current")) as f:
+                used = int(f.read())
+            with open(os.path.join(cgroup, "memory.stat")) as f:
+                stat = dict(line.split() for line in f if len(line.split()) == 2)
+            free = min(free, int(limit) - used + int(stat.get("inactive_file", 0)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable here: the machine's figure
+    return max(0, free)
 
 
 def fit(record: TrialRecord, kind: str) -> int:

@@ -68,3 +68,32 @@ def test_a_cuda_out_of_memory_error_trains_the_array_as_two_halves(unsplit, monk
     assert [r.row["array_size"] for r in results] == [2, 2, 1, 2, 2]
     assert results[0].row["array_id"] == results[1].row["array_id"] != results[3].row["array_id"]
     _assert_as_unsplit(results, unsplit)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("meminfo, cgroup, expected", [
+    # MemAvailable, not MemFree: the page cache of a machine that has read many files can be dropped
+    ("MemTotal: 25165824 kB\nMemFree: 1048576 kB\nMemAvailable: 20971520 kB\n", None, 20 * GIB),
+    # a cgroup v2 limit: its unused part and its droppable cache, when less than the machine's
+    ("MemFree: 1048576 kB\nMemAvailable: 20971520 kB\n",
+     {"memory.max": f"{8 * GIB}\n", "memory.current": f"{7 * GIB}\n", "memory.stat": f"anon 1\ninactive_file {GIB}\n"},
+     2 * GIB),
+    ("MemAvailable: 1048576 kB\n", {"memory.max": f"{8 * GIB}\n", "memory.current": "0\n", "memory.stat": ""}, GIB),
+    ("MemAvailable: 20971520 kB\n", {"memory.max": "max\n"}, 20 * GIB),
+])
+def test_the_cpu_free_memory_counts_what_the_kernel_can_drop(tmp_path, meminfo, cgroup, expected):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text(meminfo)
+    (tmp_path / "cg").mkdir()
+    for name, text in (cgroup or {}).items():
+        (tmp_path / "cg" / name).write_text(text)
+    assert plan.cpu_free_bytes(str(tmp_path / "proc"), str(tmp_path / "cg")) == expected
+
+
+def test_without_meminfo_the_cpu_free_memory_is_the_free_pages(tmp_path):
+    import os
+
+    pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    assert abs(plan.cpu_free_bytes(str(tmp_path), str(tmp_path)) - pages) < GIB
