@@ -73,14 +73,17 @@ def prodigy_estimate(d, d_max, d_numerator, numerator, denom, *, d0, d_coef, gro
 
 
 def prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, *, d, d_before, dlr, eps, weight_decay, decouple: bool,
-                  active, ws: Workspace = FRESH_WORKSPACE) -> None:
+                  active, beta1, ws: Workspace = FRESH_WORKSPACE) -> None:
     """The step: p ← (1 − λ·dlr)·p (decoupled), then p ← p − dlr·m/(√v + d·ε) (β1 = 0: dlr·d·g), with d
     the updated estimate and dlr the step's d·lr·bias-correction; inactive members stay. `grads` are
-    as :func:`prodigy_accumulate` left them, d_before·g."""
+    as :func:`prodigy_accumulate` left them, d_before·g. A member with β1 = 0 in an array that keeps m
+    for the others has m = d_before·g, so its step is scaled by d/d_before, as the β1 = 0 rule's."""
     dlr = torch.where(active, dlr, 0.0)
     if decouple and nonzero(weight_decay):
         scale_(params, 1 - weight_decay * dlr)
     step = -dlr if exp_avgs is not None else -dlr * d / d_before
+    if exp_avgs is not None and isinstance(beta1, Tensor):
+        step = torch.where(beta1 == 0, step * d / d_before, step)
     _adam_step(params, exp_avgs if exp_avgs is not None else grads, exp_avg_sqs, d * eps, step, ws)
 
 

@@ -160,7 +160,7 @@ class Prodigy(LRFreeOptimizer):
         for group, params, grads, states, exp_avgs, exp_avg_sqs in gathered:
             D.prodigy_apply(params, grads, exp_avgs, exp_avg_sqs, d=d, d_before=d_before, dlr=dlr, eps=group["eps"],
                             weight_decay=group["weight_decay"], decouple=decouple, active=active,
-                            ws=self.workspace)
+                            beta1=beta1, ws=self.workspace)
         k = first["k"] + active.to(first["k"].dtype)
         for group in self.param_groups:
             group.update(d=d, d_max=d_max, d_numerator=d_numerator, k=k, dlr=dlr)

@@ -61,13 +61,15 @@ def cases() -> list:
     return out
 
 
-MEMBER_CASES = [pytest.param(name, False, id=name) for name in NAMES] + [
-    pytest.param(name, True, id=f"{name}-init_eta") for name in ("dog", "ldog")]
+MEMBER_CASES = [pytest.param(name, "", id=name) for name in NAMES] + [
+    pytest.param(name, "init_eta", id=f"{name}-init_eta") for name in ("dog", "ldog")] + [
+    pytest.param(name, "beta1=0", id=f"{name}-beta1=0") for name in ("prodigy", "d-adapt-adam")]
 
 
-def member_hyperparameters(name: str, k: int, init_eta: bool = False) -> dict:
+def member_hyperparameters(name: str, k: int, variant: str = "") -> dict:
     """Member k's hyperparameters: every number differs between members (flags, which change the
-    algorithm, are shared and away from their defaults); `init_eta`: DoG's with an init_eta each."""
+    algorithm, are shared and away from their defaults). `variant` "init_eta": DoG's with an init_eta
+    each; "beta1=0": member 2 without momentum beside members with it (a branch of its own in the rule)."""
     values = {
         "prodigy": dict(lr=0.5 + 0.3 * k, betas=(0.9 - 0.05 * k, 0.999 - 0.01 * k), beta3=[None, 0.95, 0.9][k],
                         eps=10.0 ** (-8 + k), weight_decay=0.01 * (k + 1), decouple=False, use_bias_correction=True,
@@ -85,7 +87,10 @@ def member_hyperparameters(name: str, k: int, init_eta: bool = False) -> dict:
         "dog": dict(lr=0.8 + 0.2 * k, reps_rel=10.0 ** (-6 + k), weight_decay=0.01 * k, eps=10.0 ** (-8 + k)),
     }
     values["ldog"] = values["dog"]
-    return {**values[name], **({"init_eta": 1e-3 * (k + 1)} if init_eta else {})}
+    hp = {**values[name], **({"init_eta": 1e-3 * (k + 1)} if variant == "init_eta" else {})}
+    if variant == "beta1=0" and k == 2:  # the member whose d moves most in these tests
+        hp["betas"] = (0.0, hp["betas"][1])
+    return hp
 
 
 def quadratic_grads(params: list[torch.Tensor], step: int, seed: int = 0) -> list[torch.Tensor]:

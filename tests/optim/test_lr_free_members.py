@@ -1,7 +1,8 @@
 """The learning-rate-free optimizers along the member axis: one optimizer over K stacked runs equals K solo ones.
 
 Table-driven over ``lr_free_cases.MEMBER_CASES`` (the seven names; DoG and LDoG also with an
-init_eta per member), every hyperparameter different per member, float64. Prodigy's d,
+init_eta per member; Prodigy and D-Adaptation Adam also with one member's β1 = 0), every hyperparameter
+different per member, float64. Prodigy's d,
 D-Adaptation's d and DoG's η are sums over all parameters; along the member axis they are one per
 member, and no member's numbers reach another's.
 """
@@ -34,46 +35,49 @@ def _params(seed: int = 1) -> list[torch.Tensor]:
     return params
 
 
-def _hps(name: str, init_eta: bool) -> list[dict]:
-    return [member_hyperparameters(name, k, init_eta) for k in range(K)]
+def _hps(name: str, variant: str) -> list[dict]:
+    return [member_hyperparameters(name, k, variant) for k in range(K)]
 
 
-def _fused(name: str, init_eta: bool, params: list[torch.Tensor]):
-    opt = create_members(name, params, _hps(name, init_eta))
+def _fused(name: str, variant: str, params: list[torch.Tensor]):
+    opt = create_members(name, params, _hps(name, variant))
     if name in SCHEDULE_FREE:
         opt.train()
     return opt
 
 
-def _solo(name: str, init_eta: bool, k: int, params: list[torch.Tensor]):
-    opt = create(name, params, **member_hyperparameters(name, k, init_eta))
+def _solo(name: str, variant: str, k: int, params: list[torch.Tensor]):
+    opt = create(name, params, **member_hyperparameters(name, k, variant))
     if name in SCHEDULE_FREE:
         opt.train()
     return opt
 
 
 def _steps(opt, params, grads, member: int | None = None) -> list[dict]:
-    """Step through `grads` (member's slice, for a solo run); returns the curve metrics after each step."""
+    """Step through `grads` (member's slice, for a solo run) plus the pull of a quadratic,
+    a_i·(θ_i − c_i): the estimates d and η grow only where the gradients follow the parameters.
+    Returns the curve metrics after each step."""
     curves = []
     for step in grads:
-        for p, g in zip(params, step):
-            p.grad = (g if member is None else g[member]).clone()  # fresh, as autograd allocates them
+        for i, (p, g) in enumerate(zip(params, step)):
+            noise = g if member is None else g[member]
+            p.grad = noise + (0.5 + i) * (p.detach() - 0.3 * (i + 1))  # fresh, as autograd allocates them
         opt.step()
         curves.append(opt.curve_metrics())
     return curves
 
 
-@pytest.mark.parametrize("name, init_eta", MEMBER_CASES)
-def test_member_axis_equals_solo_optimizers(name, init_eta):
+@pytest.mark.parametrize("name, variant", MEMBER_CASES)
+def test_member_axis_equals_solo_optimizers(name, variant):
     grads = _grads(30)
     fused = _params()
-    opt = _fused(name, init_eta, fused)
+    opt = _fused(name, variant, fused)
     before = opt.curve_metrics()
     fused_curves = _steps(opt, fused, grads)
     assert all(isinstance(v, torch.Tensor) and v.shape == (K,) for v in before.values())
     for k in range(K):
         solo = [p[k].clone() for p in _params()]
-        solo_opt = _solo(name, init_eta, k, solo)
+        solo_opt = _solo(name, variant, k, solo)
         solo_before = solo_opt.curve_metrics()
         assert all(type(v) is float for v in solo_before.values())
         assert solo_before == pytest.approx({c: float(v[k]) for c, v in before.items()}, rel=1e-12, nan_ok=True)
@@ -84,18 +88,18 @@ def test_member_axis_equals_solo_optimizers(name, init_eta):
         assert type(solo_opt.param_groups[0]["lr"]) is float
 
 
-@pytest.mark.parametrize("name, init_eta", MEMBER_CASES)
-def test_a_member_never_reads_another(name, init_eta):
+@pytest.mark.parametrize("name, variant", MEMBER_CASES)
+def test_a_member_never_reads_another(name, variant):
     """Member 1's gradients turn NaN mid-run: members 0 and 2 end bit for bit as without it."""
     grads = _grads(12)
     clean = _params()
-    clean_curves = _steps(_fused(name, init_eta, clean), clean, grads)
+    clean_curves = _steps(_fused(name, variant, clean), clean, grads)
     poisoned = copy.deepcopy(grads)
     for step in poisoned[5:]:
         for g in step:
             g[1] = float("nan")
     fused = _params()
-    curves = _steps(_fused(name, init_eta, fused), fused, poisoned)
+    curves = _steps(_fused(name, variant, fused), fused, poisoned)
     for p_clean, p_fused in zip(clean, fused):
         assert not torch.isfinite(p_fused[1]).all()
         assert torch.equal(p_fused[0], p_clean[0]) and torch.equal(p_fused[2], p_clean[2])
@@ -130,13 +134,13 @@ def test_solo_state_dict_round_trip(name):
     assert again.curve_metrics() == opt.curve_metrics()
 
 
-@pytest.mark.parametrize("name, init_eta", MEMBER_CASES)
-def test_member_axis_state_dict_round_trip(name, init_eta):
+@pytest.mark.parametrize("name, variant", MEMBER_CASES)
+def test_member_axis_state_dict_round_trip(name, variant):
     grads = _grads(16)
     whole = _params()
-    opt = _fused(name, init_eta, whole)
+    opt = _fused(name, variant, whole)
     _steps(opt, whole, grads)
-    resumed, again = _resume(lambda ps: _fused(name, init_eta, ps), _params(), grads, 8)
+    resumed, again = _resume(lambda ps: _fused(name, variant, ps), _params(), grads, 8)
     for a, b in zip(whole, resumed):
         assert torch.equal(a, b)
     for column, values in again.curve_metrics().items():
@@ -185,22 +189,22 @@ def test_schedule_free_state_dict_saved_in_eval_mode_resumes_exactly(name, axis)
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name, init_eta", MEMBER_CASES)
-def test_member_sets_split_and_join(name, init_eta):
+@pytest.mark.parametrize("name, variant", MEMBER_CASES)
+def test_member_sets_split_and_join(name, variant):
     """A state dict cut into member sets (`members.select`) and stacked again (`members.join`) resumes
     exactly; a 1-member slice resumes that member as the whole array does."""
     grads = _grads(16)
     whole = _params()
-    _steps(_fused(name, init_eta, whole), whole, grads)
-    resumed, _ = _resume(lambda ps: _fused(name, init_eta, ps), _params(), grads, 8,
+    _steps(_fused(name, variant, whole), whole, grads)
+    resumed, _ = _resume(lambda ps: _fused(name, variant, ps), _params(), grads, 8,
                          load=lambda sd: members.join([members.select(sd, [0]), members.select(sd, [1, 2])]))
     for a, b in zip(whole, resumed):
         assert torch.equal(a, b)
-    hp = [_hps(name, init_eta)[2]]
+    hp = [_hps(name, variant)[2]]
     alone, _ = _resume(lambda ps: _with_train(name, create_members(name, ps, hp)), [p[2:3].clone() for p in _params()],
                        [[g[2:3] for g in step] for step in grads], 8, load=lambda sd: sd)
     first = _params()
-    opt = _fused(name, init_eta, first)
+    opt = _fused(name, variant, first)
     _steps(opt, first, grads[:8])
     single = [p[2:3].clone() for p in first]
     one = _with_train(name, create_members(name, single, hp))
