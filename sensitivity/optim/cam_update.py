@@ -189,7 +189,8 @@ def _isfinite(x: Scalar):
 
 def project_gammas(old: Sequence[Scalar], grad: Sequence[Scalar], delta: Scalar) -> list[Scalar]:
     """γ_ℓ ← max(γ_ℓ − δ·∂f/∂γ_ℓ, 0), renormalised to sum 1; γ keep their values where the step
-    is not finite or every γ clamps to 0 (per member)."""
+    is not finite or every γ clamps to 0, and where δ = 0, as a solo run with δ = 0 does not project
+    them at all (per member)."""
     new = [gamma - delta * g for gamma, g in zip(old, grad)]
     ok = _isfinite(new[0])
     for x in new[1:]:
@@ -197,6 +198,8 @@ def project_gammas(old: Sequence[Scalar], grad: Sequence[Scalar], delta: Scalar)
     new = [torch.clamp(x, min=0.0) if isinstance(x, Tensor) else max(x, 0.0) for x in new]
     total = sum(new)
     ok = ok & (total > 0) & _isfinite(total)
+    if isinstance(delta, Tensor):
+        ok = ok & (delta != 0)
     if not isinstance(ok, Tensor):
         return [x / total for x in new] if ok else list(old)
     return [torch.where(ok, x / total, gamma) for x, gamma in zip(new, old)]

@@ -272,3 +272,25 @@ def test_cam_hd_members_have_their_solo_units_and_layers():
         member_axis_optimizer("sgd-cam-hd", _params(), hps)
     with pytest.raises(ValueError, match="levels"):
         _members("sgd-cam-hd", _params(), [*hps[:2], {**hps[2], "levels": ("global",), "gammas": (1.0,)}])
+
+
+
+@pytest.mark.parametrize("case", [c for c in CAM if ":" in c])
+def test_a_cam_hd_member_with_delta_zero_keeps_its_gammas_exactly(case):
+    """δ = 0 freezes γ: member 0 (δ = 0) ends with its starting γ bit for bit, as its solo run does,
+    while the members beside it move theirs. Its γ (as the optimizer normalises them) do not sum to 1
+    in floating point, so renormalising them each step would change them."""
+    start = {3: (0.7, 0.2, 0.1), 4: (0.4, 0.3, 0.2, 0.1)}
+    hps = [_hyperparameters(case, k) for k in range(K)]
+    hps[0]["gammas"] = start[len(hps[0]["levels"])]
+    fused = _params()
+    opt = _members(case, fused, hps)
+    before = opt.gammas
+    assert hps[0]["delta"] == 0 and sum(before[0].tolist()) != 1.0
+    _run_fused(case, fused, _grads(10), opt=opt)
+    solo = [p[0].clone() for p in _params()]
+    solo_opt = create(_name(case), list(zip(SOLO_NAMES, solo)), **hps[0])
+    for t, step in enumerate(_grads(10)):
+        _solo_step(solo_opt, solo, step, 0, _losses(10)[t])
+    assert opt.gammas[0].tolist() == list(solo_opt.gammas) == before[0].tolist()
+    assert not torch.equal(opt.gammas[1:], before[1:])
