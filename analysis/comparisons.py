@@ -73,7 +73,7 @@ def _pair_rows(ea: Evaluated, eb: Evaluated, stats, *, n_boot: int, seed: int, b
             ca, cb = _paired_counts(ea, eb, n_boot, seed)
             ra, rb = _replicates(ea, ca), _replicates(eb, cb)
         diffs = np.array([ra[s] - rb[s] for s in names]).reshape(len(names), n_boot)
-    n = min(a.n_seeds, b.n_seeds) if ea.replicates and eb.replicates else 1
+    n = min(len(a.seeds), len(b.seeds)) if ea.replicates and eb.replicates else 1  # the seeds each draw resamples
     rows = [{"task": task, "axis": a.ident["axis"], "metric": a.metric, "statistic": name,
              "a": a.ident["series"], "b": b.ident["series"], "a_at": a.ident["at"], "b_at": b.ident["at"],
              "value_a": ea.point[name], "value_b": eb.point[name], "difference": ea.point[name] - eb.point[name],

@@ -17,8 +17,12 @@ or more values of any other axis (``analysis.axes``: which lines there are, and 
   (``init_train_loss``/``init_test_loss``), so a diverged point counts as L0. Lower is less sensitive.
 
 Intervals come from ``analysis.bootstrap``: seeds are drawn with replacement, each with all its
-runs on the line, ``n_boot`` times, and the expanded percentile interval is taken. With one seed
-at a grid point the interval is NaN.
+runs on the line, ``n_boot`` times, and the interval is the value ± sqrt(n/(n − 1))·t(n − 1)·SE,
+the SE the replicates' standard deviation and n the line's seeds (``t_interval``): with 3 seeds
+no percentile of the replicates can cover 95%, since they never leave the range of the seeds'
+own values (tested: about 95% coverage with 3 to 10 seeds). ``best_<axis>`` is taken in the
+axis's coordinates and kept within the grid; widths and the sensitivity are at least 0. With one
+seed at a grid point the interval is NaN.
 
 ``resolved`` is False where the statistic depends on an edge that lies off the grid, or (on a
 log axis) between two grid points more than ``max_gap`` decades apart: ``best_<axis>``,
@@ -38,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .axes import axis_frame, axis_frames, candidate_axes
-from .bootstrap import interval
+from .axes import axis_frame, axis_frames, candidate_axes, from_axis, to_axis
+from .bootstrap import t_interval
 from .columns import prepare
 from .grids import Grid, batch_statistics, grids, resolution, statistic_names
 from .stats import LOSSES
@@ -152,8 +156,7 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
         for e in lines:
             g = e.grid
             order = [s for s in statistic_names(name, tolerances=tolerances, ks=ks) if s in e.point]
-            reps = np.array([e.replicates[s] for s in order]) if e.replicates else np.empty((len(order), 0))
-            low, high = interval(reps, level=level, n=g.n_seeds)
+            low, high = _intervals(e, order, name, level)
             ident = {k: g.ident[k] for k in ("axis", "scale", "series", "label", "variant", "decay", "at", "lr",
                                              "beta")}
             for j, stat in enumerate(order):
@@ -162,6 +165,24 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
                              "resolved": bool(e.resolved[stat]), "n_values": len(g.x), "n_seeds": g.n_seeds,
                              "max_gap": np.nan if g.ident["scale"] == "linear" else float(max_gap)})
     return pd.DataFrame(rows, columns=COLUMNS).astype({"at_best": bool, "resolved": bool})  # bool also when empty
+
+
+def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The t-interval of each statistic in ``order`` (see the module docstring): ``best_<axis>`` in the
+    axis's coordinates and within the grid, widths and the sensitivity at least 0."""
+    g = e.grid
+    if not e.replicates:
+        return np.full(len(order), np.nan), np.full(len(order), np.nan)
+    scale, best = g.ident["scale"], f"best_{axis}"
+    coords = [to_axis(e.replicates[s], scale) if s == best else e.replicates[s] for s in order]
+    estimate = [float(to_axis(e.point[s], scale)) if s == best else e.point[s] for s in order]
+    low, high = t_interval(estimate, np.array(coords), level=level, n=len(g.seeds))
+    for j, s in enumerate(order):
+        if s == best:
+            low[j], high[j] = from_axis(np.clip([low[j], high[j]], g.x.min(), g.x.max()), scale)
+        elif s.startswith("valley_width") or s == f"{axis}_sensitivity":
+            low[j], high[j] = max(low[j], 0.0), max(high[j], 0.0)
+    return low, high
 
 
 def _generic(statistic: str, axis: str) -> str:

@@ -127,3 +127,16 @@ def test_the_ranking_orders_series_and_marks_significant_neighbours():
     assert list(ranking["mark"]) == ["≈", "<", ""]  # flat and flatter do not differ; both beat steep
     expected = _sensitivity(trials, "flatter") - _sensitivity(trials, "steep")
     assert ranking["difference"].iloc[1] == pytest.approx(expected)
+
+
+def test_an_errored_run_off_the_best_leaves_the_difference_interval_as_it_was():
+    """n is the seeds drawn (5), not the fewest at a grid point: one run of a erroring at the far end
+    leaves the best loss's difference and its interval nearly as they were (not 2x wider)."""
+    trials = _pair(diff=0.2)
+    errored = trials.copy()
+    far = errored.index[(errored["optimizer"] == "adam-hd") & (errored["seed"] == 0) & (errored["lr"] == 1.0)]
+    errored.loc[far, ["status", "min_train_loss"]] = ["error", np.nan]
+    kw = dict(a="adam-hd", b="adam", statistic="best_loss", metrics=("min_train_loss",))
+    whole, less = (analysis.compare(t, **kw).iloc[0] for t in (trials, errored))
+    assert less["difference"] == pytest.approx(whole["difference"])
+    assert less["ci_high"] - less["ci_low"] == pytest.approx(whole["ci_high"] - whole["ci_low"], rel=0.05)
