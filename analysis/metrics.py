@@ -88,11 +88,10 @@ def evaluate(trials: pd.DataFrame, *, axis: str, metric: str, tolerances=TOLERAN
     """
     trials = prepare(trials)
     frame = axis_frame(trials, axis) if frame is None else frame
-    ran = trials[trials["status"] != "error"]
-    values = ran[metric].astype(float) if metric in ran else pd.Series(dtype=float)
-    finite = values[np.isfinite(values)]
-    cap = float(finite.max()) if len(finite) else np.nan  # the expected-best stand-in where L0 is unknown
     found = grids(frame, axis=axis, metric=metric)
+    means = np.concatenate([g.means()[0] for g in found]) if found else np.empty(0)
+    finite = means[np.isfinite(means)]
+    cap = float(finite.max()) if len(finite) else np.nan  # the expected-best stand-in where L0 is unknown
     kwargs = dict(axis=axis, scale=found[0].ident["scale"] if found else "log", cap=cap, tolerances=tolerances, ks=ks)
     points = batch_statistics(found, [None] * len(found), **kwargs)
     counts = [g.counts(n_boot, seed, cache) if g.n_seeds > 1 else None for g in found]

@@ -284,3 +284,14 @@ def test_each_axis_takes_the_scale_that_spaces_its_grid_evenly(results_dir):
     assert (momentum["series"], momentum["scale"], momentum["n_lines"], momentum["n_values"]) == (
         "sgdn-momentum", "log1m", 4, 4)  # one line per α0, four momenta on each
     assert "sgdn-momentum [momentum=0.9]" in set(axes.loc[axes["axis"] == "lr", "series"])
+
+
+def test_without_l0_a_diverged_point_counts_as_the_worst_finite_mean():
+    """No init_* columns: the expected best counts a diverged α0 as the worst finite mean (2.0 at 1e-3),
+    not the worst single run (3.0), as robustness.expected_best does."""
+    trials = _trials({1e-3: [1.0, 3.0], 1e-2: [0.5, 0.7], 1e-1: [math.inf, math.inf]})
+    trials = trials.drop(columns=["init_train_loss", "init_test_loss"])
+    value = _stat(metrics_table(trials, n_boot=20), "expected_best@k=1")["value"]
+    assert value == pytest.approx((2.0 + 0.6 + 2.0) / 3)
+    table = analysis.sensitivity_table(trials)
+    assert analysis.expected_best(table, metric="min_train_loss", k=[1])["expected"].iloc[0] == pytest.approx(value)
