@@ -142,7 +142,8 @@ def statistics(x: np.ndarray, Y: np.ndarray, *, axis: str, scale: str, l0, cap: 
     """Every statistic of each row of grid means ``Y`` (rows: the estimate or bootstrap replicates).
 
     ``l0`` is one loss at initialization for all rows or one per row (NaN: unknown). A row
-    without a finite mean gets NaN everywhere. ``cap`` stands in for L0 where it is unknown (the
+    without a finite mean gets NaN everywhere, except its best loss: +inf where every point it
+    ran diverged (such a line is reported, and ranks last). ``cap`` stands in for L0 where it is unknown (the
     worst finite mean of the metric in the table), for the expected best only; without any L0
     there is no sensitivity.
     """
@@ -152,10 +153,12 @@ def statistics(x: np.ndarray, Y: np.ndarray, *, axis: str, scale: str, l0, cap: 
     finite = np.isfinite(Y)
     has = finite.any(axis=1)
     i = np.where(finite, Y, np.inf).argmin(axis=1)  # first minimum: the smaller value on a tie
-    best = np.where(has, Y[np.arange(len(Y)), i], np.nan)
+    # a row that diverged at every point it ran has +inf for its best loss, so the line is reported
+    best = np.where(has, Y[np.arange(len(Y)), i], np.where((Y == np.inf).any(axis=1), np.inf, np.nan))
     out = {f"best_{axis}": np.where(has, from_axis(x[i], scale), np.nan), "best_loss": best}
     for rtol, atol in tolerances:
-        low, high, _, _ = _bounds(x, Y, best + atol + rtol * np.abs(best), i)
+        with np.errstate(invalid="ignore"):  # (rows without a finite mean, NaN below)
+            low, high, _, _ = _bounds(x, Y, best + atol + rtol * np.abs(best), i)
         out[tolerance_name(rtol, atol)] = np.where(has, high - low, np.nan)
     # worse than initialization is as bad as not training: min(loss, L0), as the sensitivity counts it
     at_most_l0 = np.minimum(Y, l0)

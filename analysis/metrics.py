@@ -161,7 +161,7 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
             for j, stat in enumerate(order):
                 rows.append({**ident, "at_best": e.at_best, "metric": metric, "statistic": stat,
                              "value": e.point[stat], "ci_low": float(low[j]), "ci_high": float(high[j]),
-                             "resolved": bool(e.resolved[stat]), "n_values": len(g.x), "n_seeds": g.n_seeds,
+                             "resolved": bool(e.resolved.get(stat, False)), "n_values": len(g.x), "n_seeds": g.n_seeds,
                              "max_gap": np.nan if g.ident["scale"] == "linear" else float(max_gap)})
     return pd.DataFrame(rows, columns=COLUMNS).astype({"at_best": bool, "resolved": bool})  # bool also when empty
 
@@ -170,7 +170,7 @@ def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple
     """The t-interval of each statistic in ``order`` (see the module docstring): ``best_<axis>`` in the
     axis's coordinates and within the grid, widths and the sensitivity at least 0."""
     g = e.grid
-    if not e.replicates:
+    if not e.replicates or not order:
         return np.full(len(order), np.nan), np.full(len(order), np.nan)
     scale, best = g.ident["scale"], f"best_{axis}"
     coords = [to_axis(e.replicates[s], scale) if s == best else e.replicates[s] for s in order]

@@ -295,3 +295,23 @@ def test_without_l0_a_diverged_point_counts_as_the_worst_finite_mean():
     assert value == pytest.approx((2.0 + 0.6 + 2.0) / 3)
     table = analysis.sensitivity_table(trials)
     assert analysis.expected_best(table, metric="min_train_loss", k=[1])["expected"].iloc[0] == pytest.approx(value)
+
+
+def test_a_series_that_diverged_everywhere_is_reported_and_ranks_last():
+    """Every run of sgd diverged: metrics.csv lists it with a best loss of +inf (certain: every
+    resample has it), the comparison with adam is significant, and the best-loss ranking puts it last."""
+    adam = _trials(_parabola(HALF_DECADES), optimizer="adam")
+    adam["min_train_loss"] += np.tile([0.0, 0.05, -0.05], len(HALF_DECADES))
+    sgd = _trials({10.0 ** x: [math.inf] * 3 for x in HALF_DECADES})
+    trials = pd.concat([adam, sgd], ignore_index=True)
+    table = metrics_table(trials, axis="lr", metrics=("min_train_loss",), n_boot=200)
+    diverged = table[table["series"] == "sgd"]
+    assert diverged[["statistic", "value", "ci_low", "ci_high"]].values.tolist() == [
+        ["best_loss", math.inf, math.inf, math.inf]]
+    assert diverged["at_best"].all() and not diverged["resolved"].any()
+    pairs = analysis.comparisons_table(trials, axis="lr", metrics=("min_train_loss",), n_boot=200)
+    (pair,) = pairs[pairs["statistic"] == "best_loss"].itertuples(index=False)
+    assert (pair.a, pair.b, pair.difference, pair.significant) == ("adam", "sgd", -math.inf, True)
+    from analysis.comparisons import ranking_table
+    ranking = ranking_table(table, pairs, axis="lr", statistic="best_loss")
+    assert ranking["series"].tolist() == ["adam", "sgd"] and ranking["mark"].tolist() == ["<", ""]
