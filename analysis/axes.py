@@ -153,7 +153,7 @@ def _frame(trials, text, labels, varying, axis, numbers) -> pd.DataFrame:
     out["series"] = out["label"] + out["variant"].map(lambda v: f" [{v}]" if v else "") + decay
     out["line"] = out["series"] + out["at"].map(lambda a: f" @ {a}" if a else "")
     out["task"] = _tasks(out, axis)
-    scale = axis_scale(numbers.dropna().to_numpy(), axis=axis)
+    scale = axis_scale(numbers[keep].to_numpy(), axis=axis)  # the lines' values: not those of labels that fix it
     out["scale"] = scale
     out["x"] = to_axis(numbers[keep].to_numpy(), scale)
     return out

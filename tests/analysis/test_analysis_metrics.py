@@ -315,3 +315,15 @@ def test_a_series_that_diverged_everywhere_is_reported_and_ranks_last():
     from analysis.comparisons import ranking_table
     ranking = ranking_table(table, pairs, axis="lr", statistic="best_loss")
     assert ranking["series"].tolist() == ["adam", "sgd"] and ranking["mark"].tolist() == ["<", ""]
+
+
+def test_an_axis_scale_comes_from_the_lines_that_sweep_it():
+    """adamw sweeps weight decay over 1e-4..1e-2 (log-even); an sgd entry fixed at weight_decay 0 does
+    not sweep it, so its 0 neither makes the axis linear nor changes adamw's statistics."""
+    adamw = _trials({1e-4: [1.0] * 3, 1e-3: [0.5, 0.51, 0.52], 1e-2: [1.0] * 3}, optimizer="adamw",
+                    axis="weight_decay", lr=1e-3)
+    sgd = _trials({0.0: [1.0] * 3}, optimizer="sgd", axis="weight_decay", lr=1e-2)
+    alone = metrics_table(adamw, axis="weight_decay", n_boot=50)
+    both = metrics_table(pd.concat([adamw, sgd], ignore_index=True), axis="weight_decay", n_boot=50)
+    assert set(both["scale"]) == {"log"} and set(both["series"]) == {"adamw"}
+    pd.testing.assert_frame_equal(both, alone)
