@@ -13,7 +13,7 @@ import pandas as pd
 from .axes import AT, axis_frame, axis_frames, candidate_axes
 from .columns import prepare, texts
 from .grids import init_column
-from .stats import LOSSES, cell_counts, mean_se
+from .stats import LOSSES, cell_counts, higher_is_better, mean_se
 
 __all__ = ["heatmap_table", "map_axes"]
 
@@ -69,7 +69,8 @@ def heatmap_table(trials: pd.DataFrame, *, axis: str, metrics=LOSSES, frame: pd.
         cells = ident.join(counts).join(mean_se(frame[metric], groups)).reset_index()
         cells = cells.assign(metric=metric, axis=axis, l0=cells["series"].map(l0).astype(float))
         finite = cells[np.isfinite(cells["mean"])]
-        best = finite.loc[finite.groupby("series")["mean"].idxmin()] if len(finite) else finite
+        pick = "idxmax" if higher_is_better(metric) else "idxmin"  # the best cell of an accuracy is its highest
+        best = finite.loc[getattr(finite.groupby("series")["mean"], pick)()] if len(finite) else finite
         chosen = dict(zip(best["series"], best["at"]))
         first = cells.drop_duplicates("series").set_index("series")["at"]  # no finite cell: the first slice
         cells = cells[cells["at"] == cells["series"].map(lambda s: chosen.get(s, first[s]))]

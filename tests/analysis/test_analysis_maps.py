@@ -59,6 +59,15 @@ def test_heatmap_table_has_a_cell_per_configuration_and_marks_the_best(momentum_
         analysis.heatmap_table(momentum_trials, axis="lr")
 
 
+
+def test_the_best_cell_of_an_accuracy_map_is_its_highest(momentum_trials):
+    """Accuracy 1 − loss/10: the best cell is the loss map's best, (0.01, 0.9), not the worst finite one."""
+    trials = momentum_trials.assign(best_test_acc=1 - momentum_trials["min_train_loss"] / 10)
+    trials.loc[~np.isfinite(trials["min_train_loss"]), "best_test_acc"] = 0.1
+    cells = analysis.heatmap_table(trials, axis="momentum", metrics=("best_test_acc",))
+    best = cells[cells["best"] & (cells["series"] == "sgdn")]
+    assert best[["lr", "value"]].values.tolist() == [[0.01, 0.9]]
+
 def test_heatmap_plot_marks_the_best_and_the_diverged_cells(momentum_trials):
     cells = analysis.heatmap_table(momentum_trials, axis="momentum")
     ax = map_plots.heatmap_plot(cells, series="sgdn", ax=axes()[0])
