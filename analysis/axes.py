@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .columns import (NOT_VARIANT, TASK_COLUMNS, hyperparameter_columns, is_hyperparameter, prepare, texts,
-                      variant_text, varying_columns)
+from .columns import (NOT_VARIANT, TASK_COLUMNS, hyperparameter_columns, is_hyperparameter, prepare, replicate_keys,
+                      texts, variant_text, varying_columns)
 
 __all__ = ["SCALES", "axis_scale", "to_axis", "from_axis", "axis_frame", "axis_frames", "same_task", "swept_axes",
            "min_values",
@@ -130,7 +130,8 @@ def axis_frames(trials: pd.DataFrame, axes) -> dict[str, pd.DataFrame]:
     columns = [c for c in hyperparameter_columns(trials) if c not in NOT_VARIANT]
     text = pd.DataFrame({c: texts(trials[c]) for c in [*columns, *AT]}, index=trials.index)
     labels = text.groupby(trials["label"].to_numpy(), sort=False).indices  # label -> row positions
-    varying = {label: varying_columns(text.iloc[rows]) for label, rows in labels.items()}
+    keys = replicate_keys(trials)
+    varying = {label: varying_columns(text.iloc[rows], keys[rows]) for label, rows in labels.items()}
     return {axis: _frame(trials, text, labels, varying, axis, numbers[axis]) for axis in axes}
 
 

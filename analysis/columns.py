@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["STATUSES", "OUTCOME_COLUMNS", "BOOKKEEPING_COLUMNS", "ADDED_COLUMNS", "TASK_COLUMNS",
-           "is_hyperparameter", "hyperparameter_columns", "varying_columns", "canonical", "texts", "floats",
+           "is_hyperparameter", "hyperparameter_columns", "varying_columns", "replicate_keys", "canonical", "texts", "floats",
            "words", "prepare", "base_optimizer"]
 
 STATUSES = ("ok", "diverged", "error")
@@ -123,19 +123,34 @@ def base_optimizer(label: str) -> str:
     return _BASES.get(label, label.split("-")[0])
 
 
-def varying_columns(text: pd.DataFrame) -> list[str]:
+def varying_columns(text: pd.DataFrame, keys: np.ndarray | None = None) -> list[str]:
     """Columns of ``text`` (cell texts of one label's rows) with two or more values set.
 
-    A missing cell ("None") is not a value of its own: older tables leave out a hyperparameter
-    that newer ones write with its default, and an errored trial's row lacks the task options, so
-    a column set for some rows and missing for others does not split a label.
+    A missing cell ("None") is not a value of its own where it can stand for a value the row did
+    not write: older tables leave out a hyperparameter that newer ones write with its default. It
+    is one where the rows without a value and the rows with one ran the same α0, β, schedule and
+    seed (``keys``, from :func:`replicate_keys`, positional): then they are different
+    configurations, and None is a setting (``lr_max: [null, 0.05]``).
     """
     out = []
     for column in text.columns:
-        values = set(text[column].unique()) - {"None"}
+        cells = text[column].to_numpy()
+        values = set(np.unique(cells)) - {"None"}
+        if keys is not None and values and len(values) < len(set(np.unique(cells))):
+            unset = cells == "None"
+            if np.intersect1d(keys[unset], keys[~unset]).size:
+                values.add("None")
         if len(values) > 1:
             out.append(column)
     return out
+
+
+def replicate_keys(trials: pd.DataFrame) -> np.ndarray:
+    """Per row (positional), a code of its α0, β, schedule and seed: two rows of one label that share
+    it are two configurations, never one configuration's replicates (``varying_columns``)."""
+    columns = [c for c in ("lr", "beta", "decay", "seed") if c in trials]
+    text = pd.DataFrame({c: texts(trials[c]).to_numpy() for c in columns})
+    return text.groupby(columns, sort=False).ngroup().to_numpy()
 
 
 def prepare(trials: pd.DataFrame) -> pd.DataFrame:
@@ -193,8 +208,9 @@ def _variants(trials: pd.DataFrame) -> pd.Series:
     text = pd.DataFrame({c: texts(trials[c]).to_numpy() for c in columns},
                         index=pd.RangeIndex(len(trials)))  # positional: the index may repeat
     variant = np.full(len(trials), "", dtype=object)
+    keys = replicate_keys(trials)
     for _, rows in text.groupby(trials["label"].to_numpy(), sort=False):
-        varying = varying_columns(rows)
+        varying = varying_columns(rows, keys[rows.index.to_numpy()])
         if varying:
             variant[rows.index.to_numpy()] = variant_text(rows, varying).to_numpy()
     return pd.Series(variant, index=trials.index, dtype=object).astype(str)

@@ -209,3 +209,18 @@ def test_older_rows_without_a_value_and_an_older_optimizer_name_do_not_split_a_l
     # two values set besides a missing one do split, and the missing one shows as None
     trials.loc[2:, "momentum"] = 0.9
     assert sorted(set(analysis.prepare(trials)["variant"])) == ["momentum=0", "momentum=0.9", "momentum=None"]
+
+
+def test_a_null_setting_beside_a_value_at_the_same_points_is_a_variant_of_its_own():
+    """lr_max: [null, 0.05] over the same α0 and seeds: two configurations, two series of 2 seeds each
+    (a null there is a setting, not a value an older table left out)."""
+    trials = pd.DataFrame([{"optimizer": "sgd-hd", "lr": lr, "beta": 1e-4, "decay": None, "status": "ok", "seed": seed,
+                            "lr_max": lr_max, "min_train_loss": 1.0, "min_test_loss": 1.1}
+                           for lr in (0.01, 0.1, 1.0) for lr_max in (None, 0.05) for seed in (0, 1)])
+    out = analysis.prepare(trials)
+    assert sorted(set(out["series"])) == ["sgd-hd [lr_max=0.05]", "sgd-hd [lr_max=None]"]
+    assert out.groupby(["series", "lr"]).size().eq(2).all()
+    table = analysis.sensitivity_table(trials)
+    assert sorted(set(table["series"])) == ["sgd-hd [lr_max=0.05]", "sgd-hd [lr_max=None]"]
+    frame = analysis.axes.axis_frame(trials, "lr")
+    assert frame.groupby("line").size().eq(6).all() and frame["line"].nunique() == 2
