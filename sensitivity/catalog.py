@@ -137,12 +137,28 @@ def available() -> dict[str, OptimizerSpec]:
 
 
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
-    """A value must have its default's shape: a number for a number, k numbers for a k-tuple of numbers.
+    """A value must have its default's shape: a number for a number (a whole one for an int), true or
+    false for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
 
     Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
     """
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
+        return
+    if isinstance(default, int) and not (checks.is_number(value) and float(value).is_integer()):
+        raise ValueError(f"{name}: {key} must be a whole number, got {value!r}")
     if checks.is_number(default) and not checks.is_number(value):
         raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    if default is None and value is not None and not checks.is_number(value):
+        raise ValueError(f"{name}: {key} must be a number or null, got {value!r}")
+    if isinstance(default, tuple) and default and all(isinstance(x, str) for x in default):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
+                or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"{name}: {key} must be a list of names like {list(default)}, got {value!r}")
+    if key == "gammas" and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))
+                            or not all(checks.is_number(x) for x in value)):
+        raise ValueError(f"{name}: {key} must be a list of numbers like {list(default)}, got {value!r}")
     if isinstance(default, tuple) and default and all(checks.is_number(x) for x in default) and key != "gammas":
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(default) \
                 or not all(checks.is_number(x) for x in value):
@@ -167,4 +183,9 @@ def check(name: str, hyperparameters: Mapping[str, Any]) -> dict:
             out[key] = checks.number(f"{name}: {key}", out[key], low=0)  # param_groups hold python floats
     for key, value in out.items():
         _check_type(name, key, value, spec.hyperparameters[key])
+    if "gammas" in out:  # one weight per level (CAM-HD); the other range checks are the optimizer's
+        levels = out.get("levels", spec.hyperparameters["levels"])
+        if len(out["gammas"]) != len(levels):
+            raise ValueError(f"{name}: gammas must hold one weight per level ({', '.join(levels)}), "
+                             f"got {list(out['gammas'])}")
     return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from sensitivity import catalog, spec
-from sensitivity.optim import available
+from sensitivity.optim import available, create
 from sensitivity.optim.registry import register
 from sensitivity.train import validate_config
 
@@ -52,6 +53,34 @@ def test_check_config_names_the_bad_key_without_torch(config, message):
     with pytest.raises(ValueError, match=message):
         spec.check_config(config)
 
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("sgd-hd", {"lr_min": "low"}, "sgd-hd: lr_min must be a number or null, got 'low'"),
+    ("dog", {"init_eta": [1e-6]}, "dog: init_eta must be a number or null"),
+    ("prodigy", {"decouple": "maybe"}, "prodigy: decouple must be true or false, got 'maybe'"),
+    ("prodigy", {"safeguard_warmup": 1}, "prodigy: safeguard_warmup must be true or false"),
+    ("schedule-free-sgd", {"warmup_steps": 2.5}, "schedule-free-sgd: warmup_steps must be a whole number, got 2.5"),
+    ("sgd-cam-hd", {"levels": "unit"}, "sgd-cam-hd: levels must be a list of names"),
+    ("sgd-cam-hd", {"gammas": "0.5"}, "sgd-cam-hd: gammas must be a list of numbers"),
+    ("sgd-cam-hd", {"gammas": [0.5]}, r"sgd-cam-hd: gammas must hold one weight per level \(unit, global\), got \[0.5\]"),
+    ("sgd-cam-hd", {"levels": ["layer", "global"], "gammas": [0.2, 0.3, 0.5]}, "one weight per level"),
+])
+def test_optimizer_hyperparameters_are_checked_for_type_without_torch(name, args, message):
+    with pytest.raises(ValueError, match=message):
+        catalog.check(name, args)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("sgd-hd", {"lr_min": None, "lr_max": 0.5}), ("dog", {"init_eta": 1e-6}), ("prodigy", {"decouple": False}),
+    ("schedule-free-sgd", {"warmup_steps": 3}), ("schedule-free-sgd", {"warmup_steps": 3.0}),
+    ("sgd-cam-hd", {"levels": ["parameter", "layer", "global"], "gammas": [0.2, 0.3, 0.5]}),
+    ("sgd-cam-hd", {"gammas": (0.5, 0.5)}),
+])
+def test_what_the_optimizers_accept_passes_the_type_checks(name, args):
+    assert catalog.check(name, args) == args
+    create(name, [torch.zeros(2, requires_grad=True)] if "cam" not in name else
+           torch.nn.Linear(2, 2).named_parameters(), **args)
 
 def test_missing_files_names_the_folder_and_the_ways_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SENSITIVITY_DATA", str(tmp_path))
