@@ -98,6 +98,8 @@ def _validate(args) -> int:
     for name, count in zip(names, counts):
         print(f"  {name:<{width}}  {count:>6} trials")
     print(f"  {'total':<{width}}  {sum(counts):>6} trials")
+    for line in study.smoke_merges() if args.smoke else ():  # entries --smoke makes one: why one counts 0
+        print(f"  {line}")
     if study.refine:
         r = study.refine
         extra = sum(study.refine_counts(smoke=args.smoke))
@@ -128,6 +130,8 @@ def _run(args) -> int:
     study = load_study(args.study)  # bad input fails here, before Ray starts
     if args.fuse is not None:
         study.set_fuse(args.fuse)
+    for line in study.smoke_merges() if args.smoke and not args.quiet else ():
+        print(f"{study.name}: {line}", file=sys.stderr)
     from sensitivity.lease import Lease, study_location
 
     with Lease(study_location(args.out, args.storage, study.name)) as lease:  # held: exit 2, before slow imports

@@ -11,7 +11,9 @@
    columns, so one trial is one series however the study was written; nothing is rerun;
 3. which stored rows are current (``current.json``): the study's trials, a refined grid's
    rounds, and in a refined study any stored α0 point of a current series;
-4. what is left to run, and the errored rows that stay.
+4. what is left to run, and the errored rows that stay: only rows of current trials count (an
+   errored row of an earlier version of the study is stale like any other: kept, never counted,
+   dropped or rerun, not even by ``--retry-errors``).
 
 A plan with nothing left ends the way a run ends (:func:`finish`): both tables compacted,
 ``current.json`` and ``study.yaml`` written.
@@ -44,7 +46,7 @@ class Pending:
 
     total: int
     left: int
-    errored: int  # rows with status error that stay (a run without --retry-errors skips them)
+    errored: int  # current trials' rows with status error that stay (a run without --retry-errors skips them)
 
 
 @dataclass
@@ -57,7 +59,7 @@ class RunPlan:
     retry_errors: bool
     total: int
     left: int
-    errored: int  # rows with status error that stay (a run without --retry-errors skips them)
+    errored: int  # current trials' rows with status error that stay (a run without --retry-errors skips them)
     current: Current
     rewritten: int = 0  # stored rows given their canonical spelling or current id
     checked: bool = False  # the local data files and the optimizers' own range checks were checked
@@ -93,12 +95,19 @@ def smoke_guard(store: ResultsStore, smoke: bool) -> None:
         raise StudyError(f"out: {store.location} already holds {kind}; use another --out to keep the tables apart")
 
 
-def errored_rows(store: ResultsStore):
-    """The stored rows whose status is error (an empty frame or None without a table)."""
+def errored_rows(store: ResultsStore, current):
+    """The stored rows whose status is error (an empty frame or None without a table), of the trials
+    in `current` (trial ids: a set, a dict such as `Current.labels`); None: every errored row.
+
+    An errored row of no current trial (an earlier version of the study) is stale: it stays in the
+    table, and is neither counted, nor dropped or rerun by --retry-errors."""
     trials = store.columns(["status", "error"])  # (not the whole table: a million-row study's is large)
     if trials is None or "status" not in trials:
         return None
-    return trials[trials["status"] == "error"]
+    errors = trials[trials["status"] == "error"]
+    if current is not None and len(errors):  # (a pass over the errored rows only, not the study)
+        errors = errors[[tid in current for tid in errors["trial_id"]]]
+    return errors
 
 
 def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
@@ -123,7 +132,8 @@ def plan_run(study: Study, store: ResultsStore, smoke: bool = False, retry_error
         current = current_rows(study, store, smoke, rename=write)
     if write:
         rewritten += store.respell(_current_records(study, store, smoke, current))
-    todo = pending(study, store, smoke, retry_errors, ids=ids, others=others if write else None)
+    todo = pending(study, store, smoke, retry_errors, ids=ids, others=others if write else None,
+                   current=current.labels)
     return RunPlan(study, store, smoke, retry_errors, todo.total, todo.left, todo.errored, current, rewritten)
 
 
@@ -167,11 +177,13 @@ def finish(plan: RunPlan, *, write_study: bool = True) -> None:
 
 
 def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors: bool = False, *,
-            ids=None, others: bool | None = None) -> Pending:
+            ids=None, others: bool | None = None, current=None) -> Pending:
     """How many of the study's trials a run would start, given the stored rows.
 
     `ids`: a plain grid's trial ids, `others`: whether rows not of the grid are stored (`_others`),
-    when the caller has them (`plan_run`); else found here.
+    `current`: the ids of the study's current trials (`Current.labels`), when the caller has them
+    (`plan_run`); else found here. Only errored rows of current trials count, and only they are
+    retried (`errored_rows`).
 
     Rows are matched as the run matches them: by trial_id (rows stored under the earlier id rule
     count under it too), and in search mode points by configuration, never by entry position.
@@ -183,11 +195,10 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     from sensitivity.identity import legacy_trial_id
 
     total = sum(study.counts(smoke))
-    errors = errored_rows(store)
-    n_errors = 0 if errors is None else len(errors)
-    retried = set(errors["trial_id"]) if retry_errors and n_errors else set()
+    errors = _current_errors(study, store, smoke, current, ids, migrated=others is not None)
+    retried = errors if retry_errors else set()
     done = store.done_ids() - retried
-    errored = 0 if retry_errors else n_errors
+    errored = 0 if retry_errors else len(errors)
     if not study.search:
         grid = ids if ids is not None else (r.trial_id for r in study.iter_trials(smoke))
         left = sum(tid not in done for tid in grid) if done else total
@@ -214,6 +225,26 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
                        for p in points.values())
         left += max(0, n_points - complete) * len(seeds)
     return Pending(total, left, errored)
+
+
+def _current_errors(study: Study, store: ResultsStore, smoke: bool, current, ids, *, migrated: bool) -> set[str]:
+    """The ids of the stored errored rows of current trials (`errored_rows`).
+
+    `current` (else `ids`, a plain grid's; else found here, only when some row errored): the current
+    trial ids. Without `migrated` (the stored rows may still carry ids of the earlier id rule: `plan_run`
+    without `write`, or `pending` alone), an errored row under the legacy id of a grid trial counts too,
+    as the run's migration would give it that trial's id (when no row holds that id yet)."""
+    errors = errored_rows(store, None)
+    if errors is None or not len(errors):
+        return set()
+    if current is None:
+        current = ids if ids is not None else current_rows(study, store, smoke, rename=False).labels
+    errored = {tid for tid in errors["trial_id"] if tid in current}
+    stray = set(errors["trial_id"]) - errored
+    if stray and not migrated and not study.search:
+        moved = legacy_ids(study.spelled_trials(smoke))
+        errored |= {old for old in stray if old in moved and moved[old] not in store}
+    return errored
 
 
 def refined_trials(study: Study, store: ResultsStore, grid: list[TrialRecord]) -> list[TrialRecord]:

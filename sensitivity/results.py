@@ -223,7 +223,10 @@ class ResultsStore:
         return f"{self.parts_path}/{seq:08d}-{self.writer}.{kind}.parquet"
 
     def append(self, rows: list[Mapping[str, Any]], curves: list[Mapping[str, Any]]) -> int:
-        """Add finished trials (skipping ids already stored) as one new pair of parts; returns how many were new."""
+        """Add finished trials (skipping ids already stored) as one new pair of parts; returns how many were new.
+
+        A trial given twice keeps its first row, and its curve once: one curve row per epoch (the first
+        given, the kept row's when each row's curve follows the one before), never a copy of an epoch."""
         fresh, seen = [], set()
         for row in rows:
             tid = row["trial_id"]
@@ -232,7 +235,7 @@ class ResultsStore:
                 seen.add(tid)
         if not fresh:
             return 0
-        self._write_part(fresh, [c for c in curves if c.get("trial_id") in seen])
+        self._write_part(fresh, _curves_once([c for c in curves if c.get("trial_id") in seen]))
         return len(fresh)
 
     def _write_part(self, fresh: list[Mapping[str, Any]], curve_rows: list[Mapping[str, Any]]) -> None:
@@ -389,6 +392,21 @@ class ResultsStore:
         """Make both tables exist so a study with nothing to run still has them (a compaction)."""
         if not (exists(self.fs, self.trials_path) and exists(self.fs, self.curves_path)) or self._parts():
             self.compact()
+
+
+def _curves_once(curves: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Curve rows with each (trial_id, epoch) once, the first given: a trial that ran twice (two
+    copies of one trial in a flush) stores one curve. Rows without an epoch are kept as they are."""
+    out, seen = [], set()
+    for curve in curves:
+        epoch = curve.get("epoch")
+        if epoch is not None and not is_missing(epoch):
+            key = (curve.get("trial_id"), epoch)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(curve)
+    return out
 
 
 def load(location: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:

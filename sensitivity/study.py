@@ -13,6 +13,9 @@ of an entry become categorical choices.
 
 Errors are `StudyError` (a ValueError): one line naming the field path and,
 where there is a choice, the allowed values.
+
+Entries that --smoke makes the same trials run once, as the first one's (`sensitivity.smoke`;
+`Study.smoke_merges` says which).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sensitivity.entries import entry_plans
 from sensitivity.record import TrialRecord
 from sensitivity.schema import (KEEP_TRIALS, REFINE_POINTS, SMOKE_OPTUNA_TRIALS, Entry, Refine, Resources, Search,
                                 StudyError, StudyModel, pydantic_error, read_yaml)
+from sensitivity.smoke import first_owners, merge_lines
 
 
 class Study:
@@ -107,6 +111,7 @@ class Study:
         # the same seeds, so two trials are one exactly when their points are (checked on one seed).
         self._cache: dict[tuple, list[TrialRecord]] = {}
         self._point_cache: dict[tuple, list] = {}
+        self._merges: list[str] | None = None  # --smoke's merged entries, once `_smoke` has expanded them
         seen: dict[str, int] = {}
         for i in range(len(self.entries)):
             for spelled, record in self._points(i, smoke=False):
@@ -177,10 +182,20 @@ class Study:
     def _points(self, index: int, smoke: bool) -> list[tuple[dict, TrialRecord]]:
         """(spelled config, record) of each point of one entry's grid, on the first seed (search mode:
         a probe per axis value). Each point is checked once (`TrialRecord.from_config`, naming the
-        entry's field that is bad); its other seeds are the same record with another seed."""
+        entry's field that is bad); its other seeds are the same record with another seed.
+        --smoke: without the points an earlier entry has (`_smoke`)."""
         key = (index, smoke)
         if key in self._point_cache:
             return self._point_cache[key]
+        if smoke:
+            self._smoke()
+            return self._point_cache[key]
+        points = self._expand(index, smoke)
+        self._point_cache[key] = points
+        return points
+
+    def _expand(self, index: int, smoke: bool) -> list[tuple[dict, TrialRecord]]:
+        """The points of `_points`, made and checked (none left out)."""
         plan = self._plans[index]
         axes = smoke_axes(plan.axes) if smoke else plan.axes
         task = smoke_task(plan.task) if smoke else plan.task
@@ -194,8 +209,27 @@ class Study:
         for combo in itertools.product(*(axes[k] for k in keys)):
             config = self._config(entry, task, dict(zip(keys, combo)), seed)
             points.append((config, self._check_config(index, config, TrialRecord.from_config)))
-        self._point_cache[key] = points
         return points
+
+    def _smoke(self) -> None:
+        """Every entry's --smoke points, each trial once, and `_merges` (`sensitivity.smoke`). Cheap:
+        --smoke leaves at most 2 points per entry's grid."""
+        if self._merges is not None:
+            return
+        expanded = [self._expand(i, True) for i in range(len(self.entries))]
+        kept, merged = first_owners(expanded)
+        self._merges = merge_lines(merged, label=self.label, tasks=[p.task for p in self._plans],
+                                   sizes=[len(p) for p in expanded], seeds=len(self.seeds(True)),
+                                   search=bool(self.search))
+        for i, points in enumerate(expanded if self.search else kept):
+            self._point_cache[(i, True)] = points
+
+    def smoke_merges(self) -> list[str]:
+        """One line per entry whose --smoke trials (some or all) run as an earlier entry's, naming both
+        and what they differ in; empty when --smoke keeps every entry's trials its own. Search mode:
+        StudyError when --smoke would make two entries one."""
+        self._smoke()
+        return list(self._merges)
 
     def _entry_pairs(self, index: int, smoke: bool):
         """(spelled config, record) of each grid trial of one entry: its points, each on every seed."""
@@ -279,6 +313,8 @@ class Study:
     def counts(self, smoke: bool = False) -> list[int]:
         """Trials (seeded runs) per optimizer entry, as the sweep will run them."""
         if self.search:
+            if smoke:
+                self._smoke()  # (entries that --smoke makes one: StudyError)
             n = min(self.search.trials, SMOKE_OPTUNA_TRIALS) if smoke else self.search.trials
             return [n * len(self.seeds(smoke)) for _ in self.entries]
         return [len(self._points(i, smoke)) * len(self.seeds(smoke)) for i in range(len(self.entries))]
@@ -290,8 +326,8 @@ class Study:
         out = []
         for i, plan in enumerate(self._plans):
             axes = smoke_axes(plan.axes) if smoke else plan.axes
-            if len(axes.get("lr", [])) < 2:
-                out.append(0)  # one α0: nothing to bracket
+            if len(axes.get("lr", [])) < 2 or (smoke and not self._points(i, smoke)):
+                out.append(0)  # one α0 (or --smoke runs the entry as an earlier one's): nothing to bracket
                 continue
             series = math.prod(len(v) for k, v in axes.items() if k != "lr")
             out.append(self.refine.rounds * REFINE_POINTS * series * len(self.seeds(smoke)))
@@ -304,6 +340,8 @@ class Study:
 
     def search_plan(self, index: int, smoke: bool = False) -> dict:
         """What Optuna samples for one entry: base task, fixed values, categorical axes, ranges."""
+        if smoke:
+            self._smoke()  # (entries that --smoke makes one: StudyError)
         plan = self._plans[index]
         axes = smoke_axes(plan.axes) if smoke else plan.axes
         fixed = {k: v[0] for k, v in axes.items() if len(v) == 1}
@@ -348,6 +386,8 @@ class Study:
     def to_yaml(self, smoke: bool = False) -> str:
         """The resolved study as a loadable study file; a header comment records how it ran."""
         head = f"# resolved by sensitivity: smoke: {str(bool(smoke)).lower()}, trials: {sum(self.counts(smoke))}\n"
+        if smoke:
+            head += "".join(f"# {line}\n" for line in self.smoke_merges())
         return head + yaml.safe_dump(self.resolved(smoke), sort_keys=False)
 
 

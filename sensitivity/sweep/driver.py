@@ -84,7 +84,9 @@ def run_study(study: Study, out: str | os.PathLike = "results", address: str | N
         if not plan.checked:  # (the CLI checks these before it hands its plan over)
             check_local_data(study, smoke, address)  # a local run: this machine's files are the workers'
             study.check_optimizers(smoke)  # the optimizers' own range checks (torch), before Ray starts
-        errors = errored_rows(store) if retry_errors else None
+        # only the current trials' errored rows run again: a stale one (an earlier version of the
+        # study) stays in the table like any other stale row
+        errors = errored_rows(store, plan.current.labels) if retry_errors else None
         if errors is not None and len(errors):
             store.drop(errors["trial_id"])
         started = connect(address)
