@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import torch
 
+from sensitivity import checks
+
 from .registry import register
 
 
+# torch's own ranges, checked first so that a bad value's message names the allowed ones
 def _sgd(params, *, lr, weight_decay):
+    checks.number("lr", lr, low=0), checks.number("weight_decay", weight_decay, low=0)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
 def _sgdn(params, *, lr, momentum, weight_decay):
+    checks.number("lr", lr, low=0), checks.number("weight_decay", weight_decay, low=0)
+    checks.number("momentum", momentum, low=0)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def _adam(params, *, lr, betas, eps, weight_decay):
+    checks.number("lr", lr, low=0), checks.number("weight_decay", weight_decay, low=0)
+    checks.pair("betas", betas), checks.number("eps", eps, low=0)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 

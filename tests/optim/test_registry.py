@@ -109,6 +109,11 @@ def test_defaults_come_from_the_registry_and_keywords_override_them():
         ("sgd-hd", {"lr_min": 1.0, "lr_max": 0.5}, r"lr_min must be <= lr_max"),
         ("adam-l4", {"gamma": 2.0}, r"gamma must be in"),
         ("sgdn-l4", {"tau": 0.0}, r"tau must be >="),
+        # torch's own baselines: their ranges with the allowed values, not torch's "Invalid ... value"
+        ("adam", {"eps": -1.0}, r"^eps must be >= 0, got -1.0$"),
+        ("adam", {"betas": (1.5, 0.999)}, r"^betas\[0\] must be in \[0, 1\), got 1.5$"),
+        ("sgdn", {"momentum": -0.5}, r"^momentum must be >= 0, got -0.5$"),
+        ("sgd", {"weight_decay": -1.0}, r"^weight_decay must be >= 0, got -1.0$"),
     ],
 )
 def test_bad_input_raises_a_one_line_value_error(name, kwargs, match):
