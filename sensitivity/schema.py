@@ -135,7 +135,8 @@ def _path(loc) -> str:
 
 
 def pydantic_error(exc: ValidationError) -> StudyError:
-    err = exc.errors()[0]
+    errors = exc.errors()  # an unknown field first: a misspelt one is why a required field is missing
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path, kind, msg = _path(err["loc"]), err["type"], err["msg"]
     if kind == "missing":
         return StudyError(f"{path}: missing required field")

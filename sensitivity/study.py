@@ -113,8 +113,15 @@ class Study:
         self._point_cache: dict[tuple, list] = {}
         self._merges: list[str] | None = None  # --smoke's merged entries, once `_smoke` has expanded them
         seen: dict[str, int] = {}
+        labels: dict[str, tuple[int, str]] = {}  # label -> (its first entry, that entry's optimizer)
         for i in range(len(self.entries)):
-            for spelled, record in self._points(i, smoke=False):
+            points = self._points(i, smoke=False)
+            optimizer = points[0][1].optimizer if points else ""
+            j, other = labels.setdefault(self.label(i), (i, optimizer))
+            if other != optimizer:  # one label, two optimizers: their runs would average into one series
+                raise StudyError(f"optimizers[{i}].label: {self.label(i)!r} is also optimizers[{j}]'s ({other}); "
+                                 f"a label names one optimizer's series: give this {optimizer} entry its own")
+            for spelled, record in points:
                 tid = record.trial_id
                 if tid in seen and seen[tid] != i:
                     raise StudyError(f"optimizers[{i}]: repeats trials of optimizers[{seen[tid]}] "
