@@ -137,17 +137,17 @@ def available() -> dict[str, OptimizerSpec]:
 
 
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
-    """A value must have its default's shape: a number for a number (a whole one for an int), true or
-    false for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
+    """A value must have its default's shape: a number for a number (an integer >= 0 for an int), True
+    or False for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
 
     Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
     """
-    if isinstance(default, bool):
+    if isinstance(default, bool):  # (the optimizers' own words, which a run would print)
         if not isinstance(value, bool):
-            raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
+            raise ValueError(f"{name}: {key} must be True or False, got {value!r}")
         return
-    if isinstance(default, int) and not (checks.is_number(value) and float(value).is_integer()):
-        raise ValueError(f"{name}: {key} must be a whole number, got {value!r}")
+    if isinstance(default, int):
+        checks.integer(f"{name}: {key}", value, low=0)
     if checks.is_number(default) and not checks.is_number(value):
         raise ValueError(f"{name}: {key} must be a number, got {value!r}")
     if default is None and value is not None and not checks.is_number(value):
@@ -155,7 +155,8 @@ def _check_type(name: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, tuple) and default and all(isinstance(x, str) for x in default):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
                 or not all(isinstance(x, str) for x in value):
-            raise ValueError(f"{name}: {key} must be a list of names like {list(default)}, got {value!r}")
+            raise ValueError(f"{name}: {key} must be a non-empty list of level names like {list(default)}, "
+                             f"got {value!r}")
     if key == "gammas" and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))
                             or not all(checks.is_number(x) for x in value)):
         raise ValueError(f"{name}: {key} must be a list of numbers like {list(default)}, got {value!r}")

@@ -58,10 +58,10 @@ def test_check_config_names_the_bad_key_without_torch(config, message):
 @pytest.mark.parametrize("name, args, message", [
     ("sgd-hd", {"lr_min": "low"}, "sgd-hd: lr_min must be a number or null, got 'low'"),
     ("dog", {"init_eta": [1e-6]}, "dog: init_eta must be a number or null"),
-    ("prodigy", {"decouple": "maybe"}, "prodigy: decouple must be true or false, got 'maybe'"),
-    ("prodigy", {"safeguard_warmup": 1}, "prodigy: safeguard_warmup must be true or false"),
-    ("schedule-free-sgd", {"warmup_steps": 2.5}, "schedule-free-sgd: warmup_steps must be a whole number, got 2.5"),
-    ("sgd-cam-hd", {"levels": "unit"}, "sgd-cam-hd: levels must be a list of names"),
+    ("prodigy", {"decouple": "maybe"}, "prodigy: decouple must be True or False, got 'maybe'"),
+    ("prodigy", {"safeguard_warmup": 1}, "prodigy: safeguard_warmup must be True or False"),
+    ("schedule-free-sgd", {"warmup_steps": 2.5}, "schedule-free-sgd: warmup_steps must be an integer >= 0, got 2.5"),
+    ("sgd-cam-hd", {"levels": "unit"}, "sgd-cam-hd: levels must be a non-empty list of level names"),
     ("sgd-cam-hd", {"gammas": "0.5"}, "sgd-cam-hd: gammas must be a list of numbers"),
     ("sgd-cam-hd", {"gammas": [0.5]}, r"sgd-cam-hd: gammas must hold one weight per level \(unit, global\), got \[0.5\]"),
     ("sgd-cam-hd", {"levels": ["layer", "global"], "gammas": [0.2, 0.3, 0.5]}, "one weight per level"),
@@ -73,7 +73,7 @@ def test_optimizer_hyperparameters_are_checked_for_type_without_torch(name, args
 
 @pytest.mark.parametrize("name, args", [
     ("sgd-hd", {"lr_min": None, "lr_max": 0.5}), ("dog", {"init_eta": 1e-6}), ("prodigy", {"decouple": False}),
-    ("schedule-free-sgd", {"warmup_steps": 3}), ("schedule-free-sgd", {"warmup_steps": 3.0}),
+    ("schedule-free-sgd", {"warmup_steps": 3}),
     ("sgd-cam-hd", {"levels": ["parameter", "layer", "global"], "gammas": [0.2, 0.3, 0.5]}),
     ("sgd-cam-hd", {"gammas": (0.5, 0.5)}),
 ])
