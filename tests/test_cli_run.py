@@ -200,7 +200,7 @@ def test_an_optimizers_own_range_check_stops_run_before_any_trial(tmp_path, caps
     capsys.readouterr()
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "sensitivity: optimizers[0]: Invalid beta parameter at index 0: 1.5"
+    assert err == "sensitivity: optimizers[0].betas[0] must be in [0, 1), got 1.5"
     assert not (tmp_path / "out").exists() and stopped == [True]
 
 

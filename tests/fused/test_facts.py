@@ -74,7 +74,7 @@ def test_an_optimizers_own_range_check_fails_alike_with_and_without_torch():
     got = _driver(data)
     assert got["torch"] is False
     assert got["error"] == _error(Study.from_dict(data)) == \
-        "StudyError: optimizers[1]: Invalid beta parameter at index 0: 1.5"
+        "StudyError: optimizers[1].betas[0] must be in [0, 1), got 1.5"
 
 
 def test_answers_are_kept_per_model_and_optimizer(monkeypatch):
