@@ -21,8 +21,8 @@ runs on the line, ``n_boot`` times, and the interval is the value Â± sqrt(n/(n â
 the SE the replicates' standard deviation and n the line's seeds (``t_interval``): with 3 seeds
 no percentile of the replicates can cover 95%, since they never leave the range of the seeds'
 own values (tested: about 95% coverage with 3 to 10 seeds). ``best_<axis>`` is taken in the
-axis's coordinates and kept within the grid; widths and the sensitivity are at least 0. With one
-seed at a grid point the interval is NaN.
+axis's coordinates and kept within the grid; the others (losses, widths, the sensitivity) are at
+least 0. With one seed at a grid point the interval is NaN.
 
 ``resolved`` is False where the statistic depends on an edge that lies off the grid, or (on a
 log axis) between two grid points more than ``max_gap`` decades apart: ``best_<axis>``,
@@ -168,7 +168,7 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
 
 def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple[np.ndarray, np.ndarray]:
     """The t-interval of each statistic in ``order`` (see the module docstring): ``best_<axis>`` in the
-    axis's coordinates and within the grid, widths and the sensitivity at least 0."""
+    axis's coordinates and within the grid, the others (losses, widths, the sensitivity) at least 0."""
     g = e.grid
     if not e.replicates or not order:
         return np.full(len(order), np.nan), np.full(len(order), np.nan)
@@ -179,7 +179,7 @@ def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple
     for j, s in enumerate(order):
         if s == best:
             low[j], high[j] = from_axis(np.clip([low[j], high[j]], g.x.min(), g.x.max()), scale)
-        elif s.startswith("valley_width") or s == f"{axis}_sensitivity":
+        else:  # losses (cross-entropy), widths and the sensitivity are never negative
             low[j], high[j] = max(low[j], 0.0), max(high[j], 0.0)
     return low, high
 
