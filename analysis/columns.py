@@ -127,10 +127,11 @@ def varying_columns(text: pd.DataFrame, keys: np.ndarray | None = None) -> list[
     """Columns of ``text`` (cell texts of one label's rows) with two or more values set.
 
     A missing cell ("None") is not a value of its own where it can stand for a value the row did
-    not write: older tables leave out a hyperparameter that newer ones write with its default. It
-    is one where the rows without a value and the rows with one ran the same α0, β, schedule and
-    seed (``keys``, from :func:`replicate_keys`, positional): then they are different
-    configurations, and None is a setting (``lr_max: [null, 0.05]``).
+    not write: older tables leave out a hyperparameter that newer ones write with its default (and
+    older errored rows the task options). It is one where a row without a value and a row with one
+    ran the same point: the same α0, β, schedule and seed (``keys``, from :func:`replicate_keys`,
+    positional) and the same other cells. Then they are different configurations, and None is a
+    setting (``lr_max: [null, 0.05]``).
     """
     out = []
     for column in text.columns:
@@ -138,7 +139,9 @@ def varying_columns(text: pd.DataFrame, keys: np.ndarray | None = None) -> list[
         values = set(np.unique(cells)) - {"None"}
         if keys is not None and values and len(values) < len(set(np.unique(cells))):
             unset = cells == "None"
-            if np.intersect1d(keys[unset], keys[~unset]).size:
+            rest = text.drop(columns=column).assign(_key=keys)  # the same point: every other cell alike
+            point = rest.groupby(list(rest.columns), sort=False).ngroup().to_numpy()
+            if np.intersect1d(point[unset], point[~unset]).size:
                 values.add("None")
         if len(values) > 1:
             out.append(column)

@@ -21,8 +21,8 @@ runs on the line, ``n_boot`` times, and the interval is the value ± sqrt(n/(n �
 the SE the replicates' standard deviation and n the line's seeds (``t_interval``): with 3 seeds
 no percentile of the replicates can cover 95%, since they never leave the range of the seeds'
 own values (tested: about 95% coverage with 3 to 10 seeds). ``best_<axis>`` is taken in the
-axis's coordinates and kept within the grid; the others (losses, widths, the sensitivity) are at
-least 0. With one seed at a grid point the interval is NaN.
+axis's coordinates and kept within the grid; losses and widths are at least 0. With one seed at a
+grid point the interval is NaN.
 
 ``resolved`` is False where the statistic depends on an edge that lies off the grid, or (on a
 log axis) between two grid points more than ``max_gap`` decades apart: ``best_<axis>``,
@@ -89,9 +89,7 @@ def evaluate(trials: pd.DataFrame, *, axis: str, metric: str, tolerances=TOLERAN
     trials = prepare(trials)
     frame = axis_frame(trials, axis) if frame is None else frame
     found = grids(frame, axis=axis, metric=metric)
-    means = np.concatenate([g.means()[0] for g in found]) if found else np.empty(0)
-    finite = means[np.isfinite(means)]
-    cap = float(finite.max()) if len(finite) else np.nan  # the expected-best stand-in where L0 is unknown
+    cap = worst_finite_mean(trials, metric)  # the expected-best stand-in where L0 is unknown
     kwargs = dict(axis=axis, scale=found[0].ident["scale"] if found else "log", cap=cap, tolerances=tolerances, ks=ks)
     points = batch_statistics(found, [None] * len(found), **kwargs)
     counts = [g.counts(n_boot, seed, cache) if g.n_seeds > 1 else None for g in found]
@@ -112,6 +110,17 @@ def evaluate(trials: pd.DataFrame, *, axis: str, metric: str, tolerances=TOLERAN
     for e in best.values():
         e.at_best = True
     return out
+
+
+def worst_finite_mean(trials: pd.DataFrame, metric: str) -> float:
+    """The worst finite mean over seeds of ``metric`` among the table's configurations (a series at
+    one α0 and β), errors left out, as ``robustness.expected_best`` counts a diverged one; NaN: none."""
+    ran = trials[trials["status"] != "error"]
+    if metric not in ran or ran.empty:
+        return np.nan
+    means = ran.groupby(["series", "lr", "beta"], dropna=False, sort=False)[metric].mean().to_numpy(float)
+    finite = means[np.isfinite(means)]
+    return float(finite.max()) if len(finite) else np.nan
 
 
 def evaluate_all(trials: pd.DataFrame, *, axis=None, metrics=LOSSES, tolerances=TOLERANCES, ks=KS,
@@ -168,7 +177,7 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
 
 def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple[np.ndarray, np.ndarray]:
     """The t-interval of each statistic in ``order`` (see the module docstring): ``best_<axis>`` in the
-    axis's coordinates and within the grid, the others (losses, widths, the sensitivity) at least 0."""
+    axis's coordinates and within the grid, losses and widths at least 0."""
     g = e.grid
     if not e.replicates or not order:
         return np.full(len(order), np.nan), np.full(len(order), np.nan)
@@ -179,8 +188,8 @@ def _intervals(e: Evaluated, order: list[str], axis: str, level: float) -> tuple
     for j, s in enumerate(order):
         if s == best:
             low[j], high[j] = from_axis(np.clip([low[j], high[j]], g.x.min(), g.x.max()), scale)
-        else:  # losses (cross-entropy), widths and the sensitivity are never negative
-            low[j], high[j] = max(low[j], 0.0), max(high[j], 0.0)
+        elif s != f"{axis}_sensitivity":  # losses (cross-entropy) and widths are never negative (a
+            low[j], high[j] = max(low[j], 0.0), max(high[j], 0.0)  # sensitivity is, where all is worse than L0)
     return low, high
 
 

@@ -137,8 +137,8 @@ def available() -> dict[str, OptimizerSpec]:
 
 
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
-    """A value must have its default's shape: a number for a number (an integer >= 0 for an int), True
-    or False for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
+    """A value must have its default's shape: a number for a number (a whole one >= 0 for an int: 10.0
+    too, as the optimizers take it), True or False for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
 
     Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
     """
@@ -146,14 +146,14 @@ def _check_type(name: str, key: str, value: Any, default: Any) -> None:
         if not isinstance(value, bool):
             raise ValueError(f"{name}: {key} must be True or False, got {value!r}")
         return
-    if isinstance(default, int):
-        checks.integer(f"{name}: {key}", value, low=0)
+    if isinstance(default, int) and not (checks.is_number(value) and float(value).is_integer() and value >= 0):
+        raise ValueError(f"{name}: {key} must be an integer >= 0, got {value!r}")  # (10.0 too, as the optimizer)
     if checks.is_number(default) and not checks.is_number(value):
         raise ValueError(f"{name}: {key} must be a number, got {value!r}")
     if default is None and value is not None and not checks.is_number(value):
         raise ValueError(f"{name}: {key} must be a number or null, got {value!r}")
     if isinstance(default, tuple) and default and all(isinstance(x, str) for x in default):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value \
                 or not all(isinstance(x, str) for x in value):
             raise ValueError(f"{name}: {key} must be a non-empty list of level names like {list(default)}, "
                              f"got {value!r}")
@@ -184,9 +184,10 @@ def check(name: str, hyperparameters: Mapping[str, Any]) -> dict:
             out[key] = checks.number(f"{name}: {key}", out[key], low=0)  # param_groups hold python floats
     for key, value in out.items():
         _check_type(name, key, value, spec.hyperparameters[key])
-    if "gammas" in out:  # one weight per level (CAM-HD); the other range checks are the optimizer's
+    if "gammas" in out or "levels" in out:  # one weight per level (CAM-HD), the defaults where unset
         levels = out.get("levels", spec.hyperparameters["levels"])
-        if len(out["gammas"]) != len(levels):
+        gammas = out.get("gammas", spec.hyperparameters["gammas"])
+        if len(gammas) != len(levels):
             raise ValueError(f"{name}: gammas must hold one weight per level ({', '.join(levels)}), "
-                             f"got {list(out['gammas'])}")
+                             f"got {list(gammas)}{'' if 'gammas' in out else ' (the default)'}")
     return out

@@ -65,6 +65,8 @@ def test_check_config_names_the_bad_key_without_torch(config, message):
     ("sgd-cam-hd", {"gammas": "0.5"}, "sgd-cam-hd: gammas must be a list of numbers"),
     ("sgd-cam-hd", {"gammas": [0.5]}, r"sgd-cam-hd: gammas must hold one weight per level \(unit, global\), got \[0.5\]"),
     ("sgd-cam-hd", {"levels": ["layer", "global"], "gammas": [0.2, 0.3, 0.5]}, "one weight per level"),
+    ("sgd-cam-hd", {"levels": ["unit"]}, r"gammas must hold one weight per level \(unit\), got \[0.2, 0.8\] \(the default\)"),
+    ("sgd-cam-hd", {"levels": []}, "levels must be a non-empty list"),
 ])
 def test_optimizer_hyperparameters_are_checked_for_type_without_torch(name, args, message):
     with pytest.raises(ValueError, match=message):
@@ -73,7 +75,7 @@ def test_optimizer_hyperparameters_are_checked_for_type_without_torch(name, args
 
 @pytest.mark.parametrize("name, args", [
     ("sgd-hd", {"lr_min": None, "lr_max": 0.5}), ("dog", {"init_eta": 1e-6}), ("prodigy", {"decouple": False}),
-    ("schedule-free-sgd", {"warmup_steps": 3}),
+    ("schedule-free-sgd", {"warmup_steps": 3}), ("schedule-free-sgd", {"warmup_steps": 10.0}),
     ("sgd-cam-hd", {"levels": ["parameter", "layer", "global"], "gammas": [0.2, 0.3, 0.5]}),
     ("sgd-cam-hd", {"gammas": (0.5, 0.5)}),
 ])

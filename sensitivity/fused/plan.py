@@ -120,7 +120,8 @@ def _free_bytes(kind: str) -> int:
 def cpu_free_bytes(proc: str = "/proc", cgroup: str = "/sys/fs/cgroup") -> int:
     """Memory this process can take without swapping: ``MemAvailable`` (the free pages and the page
     cache the kernel can drop; free pages alone undercount a machine that has read many files), within
-    a cgroup v2 limit when one is set (its unused part and its droppable cache). Where there is no
+    the limit of the cgroup v2 at `cgroup` when one is set there, as a container's own is (its unused
+    part and its droppable cache; a limit set further up the hierarchy is not read). Where there is no
     /proc/meminfo (not Linux), the free pages."""
     try:
         with open(os.path.join(proc, "meminfo")) as f:

@@ -18,7 +18,7 @@ def _sgd(params, *, lr, weight_decay):
 
 def _sgdn(params, *, lr, momentum, weight_decay):
     checks.number("lr", lr, low=0), checks.number("weight_decay", weight_decay, low=0)
-    checks.number("momentum", momentum, low=0)
+    checks.number("momentum", momentum, low=0, low_open=True)  # (Nesterov needs some momentum)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 

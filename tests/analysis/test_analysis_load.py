@@ -224,3 +224,15 @@ def test_a_null_setting_beside_a_value_at_the_same_points_is_a_variant_of_its_ow
     assert sorted(set(table["series"])) == ["sgd-hd [lr_max=0.05]", "sgd-hd [lr_max=None]"]
     frame = analysis.axes.axis_frame(trials, "lr")
     assert frame.groupby("line").size().eq(6).all() and frame["line"].nunique() == 2
+
+
+def test_an_older_errored_row_without_task_options_does_not_split_a_two_axis_label():
+    """sgd over lr × weight_decay; one older errored row lacks batch_size. Another row at its α0 and seed
+    (at another weight decay) is not the same point, so the missing cell is no setting of its own."""
+    rows = [{"optimizer": "sgd", "lr": lr, "beta": None, "decay": None, "seed": seed, "weight_decay": wd,
+             "batch_size": 64, "status": "ok", "min_train_loss": 1.0, "min_test_loss": 1.1}
+            for lr in (0.01, 0.1) for wd in (0.0, 1e-4) for seed in range(3)]
+    rows[-1].update(batch_size=None, status="error")
+    out = analysis.prepare(pd.DataFrame(rows))
+    assert sorted(set(out["series"])) == ["sgd [weight_decay=0.0001]", "sgd [weight_decay=0]"]
+    assert out.groupby("series").size().eq(6).all()

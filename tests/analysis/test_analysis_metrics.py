@@ -328,3 +328,28 @@ def test_an_axis_scale_comes_from_the_lines_that_sweep_it():
     both = metrics_table(pd.concat([adamw, sgd], ignore_index=True), axis="weight_decay", n_boot=50)
     assert set(both["scale"]) == {"log"} and set(both["series"]) == {"adamw"}
     pd.testing.assert_frame_equal(both, alone)
+
+
+def test_a_sensitivity_below_zero_keeps_its_interval_around_it():
+    """Every point worse than L0 (2.3): min(loss, L0) − best is negative, and so may its interval be;
+    losses and widths stay at least 0."""
+    rng = np.random.default_rng(1)
+    trials = _trials({10.0 ** x: list(3 + 0.1 * (x + 2) ** 2 + rng.normal(0, 0.05, 3)) for x in HALF_DECADES})
+    table = metrics_table(trials, n_boot=300)
+    sens = _stat(table, "lr_sensitivity")
+    assert sens["value"] < 0 and sens["ci_low"] <= sens["value"] <= sens["ci_high"] < 0
+    others = table[~table["statistic"].isin(["lr_sensitivity", "best_lr"])]
+    assert (others["ci_low"] >= 0).all()
+
+
+def test_the_expected_best_stand_in_is_the_worst_mean_of_the_whole_table():
+    """No L0: sgd's diverged α0 counts as the table's worst finite mean, adam's single α0 at 5.0 (not a
+    line, but a configuration of the table), as robustness.expected_best counts it."""
+    sgd = _trials({1e-3: [1.0, 3.0], 1e-2: [0.5, 0.7], 1e-1: [math.inf, math.inf]})
+    adam = _trials({1e-3: [5.0, 5.0]}, optimizer="adam")
+    trials = pd.concat([sgd, adam], ignore_index=True).drop(columns=["init_train_loss", "init_test_loss"])
+    value = _stat(metrics_table(trials, n_boot=20), "expected_best@k=1")["value"]
+    assert value == pytest.approx((2.0 + 0.6 + 5.0) / 3)
+    table = analysis.sensitivity_table(trials)
+    expected = analysis.expected_best(table, metric="min_train_loss", k=[1])
+    assert expected.set_index("series").loc["sgd", "expected"] == pytest.approx(value)

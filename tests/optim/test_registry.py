@@ -112,7 +112,8 @@ def test_defaults_come_from_the_registry_and_keywords_override_them():
         # torch's own baselines: their ranges with the allowed values, not torch's "Invalid ... value"
         ("adam", {"eps": -1.0}, r"^eps must be >= 0, got -1.0$"),
         ("adam", {"betas": (1.5, 0.999)}, r"^betas\[0\] must be in \[0, 1\), got 1.5$"),
-        ("sgdn", {"momentum": -0.5}, r"^momentum must be >= 0, got -0.5$"),
+        ("sgdn", {"momentum": -0.5}, r"^momentum must be > 0, got -0.5$"),
+        ("sgdn", {"momentum": 0.0}, r"^momentum must be > 0, got 0.0$"),
         ("sgd", {"weight_decay": -1.0}, r"^weight_decay must be >= 0, got -1.0$"),
     ],
 )
