@@ -78,12 +78,12 @@ def t_interval(estimate, replicates: np.ndarray, *, level: float, n, min_share: 
     if rows == 0 or reps.shape[1] < 2:
         return low, high
     defined = (~np.isnan(reps)).sum(axis=1)
-    ok = (n >= 2) & (defined >= max(min_share * reps.shape[1], 2)) & np.isfinite(estimate)
+    enough = (n >= 2) & (defined >= max(min_share * reps.shape[1], 2))
+    ok = enough & np.isfinite(estimate)
     # an infinite estimate that every defined replicate repeats (a series diverged everywhere, and its
     # difference to any other) is certain: its interval is that value
     with np.errstate(invalid="ignore"):
-        same = np.isinf(estimate) & (defined >= max(min_share * reps.shape[1], 2)) & (n >= 2) & np.all(
-            np.isnan(reps) | (reps == estimate[:, None]), axis=1)
+        same = enough & np.isinf(estimate) & np.all(np.isnan(reps) | (reps == estimate[:, None]), axis=1)
     low[same], high[same] = estimate[same], estimate[same]
     if ok.any():
         with np.errstate(invalid="ignore"):  # inf − inf in an infinite replicate: no SE, no interval

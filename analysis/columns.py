@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["STATUSES", "OUTCOME_COLUMNS", "BOOKKEEPING_COLUMNS", "ADDED_COLUMNS", "TASK_COLUMNS",
-           "is_hyperparameter", "hyperparameter_columns", "varying_columns", "replicate_keys", "canonical", "texts", "floats",
-           "words", "prepare", "base_optimizer"]
+           "is_hyperparameter", "hyperparameter_columns", "varying_columns", "replicate_keys", "canonical", "texts",
+           "floats", "words", "prepare", "base_optimizer"]
 
 STATUSES = ("ok", "diverged", "error")
 

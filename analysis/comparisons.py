@@ -77,7 +77,8 @@ def _pair_rows(ea: Evaluated, eb: Evaluated, stats, *, n_boot: int, seed: int, b
     rows = [{"task": task, "axis": a.ident["axis"], "metric": a.metric, "statistic": name,
              "a": a.ident["series"], "b": b.ident["series"], "a_at": a.ident["at"], "b_at": b.ident["at"],
              "value_a": ea.point[name], "value_b": eb.point[name], "difference": ea.point[name] - eb.point[name],
-             "paired": n_shared > 0, "n_shared": n_shared, "resolved": bool(ea.resolved.get(name) and eb.resolved.get(name)),
+             "paired": n_shared > 0, "n_shared": n_shared,
+             "resolved": bool(ea.resolved.get(name) and eb.resolved.get(name)),
              "base": base, "_n": n} for name in names]
     return rows, diffs
 

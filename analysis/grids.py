@@ -143,9 +143,9 @@ def statistics(x: np.ndarray, Y: np.ndarray, *, axis: str, scale: str, l0, cap: 
 
     ``l0`` is one loss at initialization for all rows or one per row (NaN: unknown). A row
     without a finite mean gets NaN everywhere, except its best loss: +inf where every point it
-    ran diverged (such a line is reported, and ranks last). ``cap`` stands in for L0 where it is unknown (the
-    worst finite mean of the metric in the table), for the expected best only; without any L0
-    there is no sensitivity.
+    ran diverged (such a line is reported, and ranks last). ``cap`` stands in for L0 where it is
+    unknown (the worst finite mean of the metric in the table), for the expected best only; without
+    any L0 there is no sensitivity.
     """
     Y = np.atleast_2d(Y)
     l0 = np.broadcast_to(np.asarray(l0, dtype=float), (len(Y),))[:, None]

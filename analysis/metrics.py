@@ -170,7 +170,8 @@ def metrics_from(evaluated: dict[tuple[str, str], list[Evaluated]], *, level: fl
             for j, stat in enumerate(order):
                 rows.append({**ident, "at_best": e.at_best, "metric": metric, "statistic": stat,
                              "value": e.point[stat], "ci_low": float(low[j]), "ci_high": float(high[j]),
-                             "resolved": bool(e.resolved.get(stat, False)), "n_values": len(g.x), "n_seeds": g.n_seeds,
+                             "resolved": bool(e.resolved.get(stat, False)), "n_values": len(g.x),
+                             "n_seeds": g.n_seeds,
                              "max_gap": np.nan if g.ident["scale"] == "linear" else float(max_gap)})
     return pd.DataFrame(rows, columns=COLUMNS).astype({"at_best": bool, "resolved": bool})  # bool also when empty
 

@@ -138,7 +138,8 @@ def available() -> dict[str, OptimizerSpec]:
 
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
     """A value must have its default's shape: a number for a number (a whole one >= 0 for an int: 10.0
-    too, as the optimizers take it), True or False for a flag, a number or null for a null, k numbers for a k-tuple of numbers, names for names.
+    too, as the optimizers take it), True or False for a flag, a number or null for a null, k numbers
+    for a k-tuple of numbers, names for names.
 
     Ranges are the factories' business; this turns a wrong type into a ValueError, not a TypeError deep inside.
     """

@@ -195,7 +195,7 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     from sensitivity.identity import legacy_trial_id
 
     total = sum(study.counts(smoke))
-    errors = _current_errors(study, store, smoke, current, ids, migrated=others is not None)
+    errors = _current_errors(study, store, smoke, current, ids)
     retried = errors if retry_errors else set()
     done = store.done_ids() - retried
     errored = 0 if retry_errors else len(errors)
@@ -227,24 +227,15 @@ def pending(study: Study, store: ResultsStore, smoke: bool = False, retry_errors
     return Pending(total, left, errored)
 
 
-def _current_errors(study: Study, store: ResultsStore, smoke: bool, current, ids, *, migrated: bool) -> set[str]:
-    """The ids of the stored errored rows of current trials (`errored_rows`).
-
-    `current` (else `ids`, a plain grid's; else found here, only when some row errored): the current
-    trial ids. Without `migrated` (the stored rows may still carry ids of the earlier id rule: `plan_run`
-    without `write`, or `pending` alone), an errored row under the legacy id of a grid trial counts too,
-    as the run's migration would give it that trial's id (when no row holds that id yet)."""
+def _current_errors(study: Study, store: ResultsStore, smoke: bool, current, ids) -> set[str]:
+    """The ids of the stored errored rows of current trials (`errored_rows`). `current` (else `ids`, a
+    plain grid's; else found here, only when some row errored): the current trial ids."""
     errors = errored_rows(store, None)
     if errors is None or not len(errors):
         return set()
     if current is None:
         current = ids if ids is not None else current_rows(study, store, smoke, rename=False).labels
-    errored = {tid for tid in errors["trial_id"] if tid in current}
-    stray = set(errors["trial_id"]) - errored
-    if stray and not migrated and not study.search:
-        moved = legacy_ids(study.spelled_trials(smoke))
-        errored |= {old for old in stray if old in moved and moved[old] not in store}
-    return errored
+    return {tid for tid in errors["trial_id"] if tid in current}
 
 
 def refined_trials(study: Study, store: ResultsStore, grid: list[TrialRecord]) -> list[TrialRecord]:

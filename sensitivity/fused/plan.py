@@ -37,7 +37,8 @@ from sensitivity.record import TrialRecord
 
 __all__ = ["MEMORY_FRACTION", "AUTO_MAX", "CPU_ARRAY_BYTES", "CPU_MIN_MEMBERS", "CPU_SMALL_PARAMS",
            "CPU_MAX_STEP_MACS", "check_setting",
-           "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cpu_free_bytes", "cut"]
+           "device_kind", "fusable", "param_count", "step_macs", "pays", "auto_cap", "member_bytes", "fit", "cpu_free_bytes",
+           "cut"]
 
 MEMORY_FRACTION = {"cuda": 0.6, "cpu": 0.25}  # of the free memory, for one array
 AUTO_MAX = 64  # members of one array under `auto`
